@@ -1,0 +1,157 @@
+//! The crate's error type and the closed list of error codes that clients see.
+//!
+//! [`ErrorCode`] is the one list used by problem+json HTTP bodies and by data-channel
+//! `error` events alike; `docs/errors.md` documents each code. A code never changes
+//! meaning; new codes may be added.
+
+use std::fmt;
+
+/// A client-visible error code. Serialized as its snake_case name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ErrorCode {
+    /// The request body is not a parseable SDP offer.
+    InvalidSdp,
+    /// The SDP offer has no audio media section.
+    NoAudio,
+    /// The SDP offer's audio does not offer Opus.
+    UnsupportedCodec,
+    /// The request's `Content-Type` is not the one the endpoint takes.
+    UnsupportedMediaType,
+    /// The request body exceeds the configured cap.
+    PayloadTooLarge,
+    /// No such WHIP resource or session (or it has expired).
+    NotFound,
+    /// The gateway holds `max_sessions` sessions already.
+    TooManySessions,
+    /// No UDP port of the configured media range is free.
+    NoMediaPort,
+    /// The gateway is shutting down and takes no new sessions.
+    ShuttingDown,
+    /// A data-channel message is not a JSON object with a string `type`, or its fields
+    /// do not have the documented types.
+    MalformedMessage,
+    /// A data-channel message has a `type` the gateway does not know.
+    UnknownMessageType,
+    /// A `turn_id` is not 32 lowercase hex characters, or is all zero.
+    InvalidTurnId,
+    /// A `turn_id` was already used in this session.
+    DuplicateTurnId,
+    /// A `traceparent` does not follow W3C Trace Context.
+    InvalidTraceparent,
+    /// Both `turn_id` and `traceparent` were given and their ids differ.
+    TurnIdMismatch,
+    /// `turn.start` while a client turn is open.
+    TurnAlreadyOpen,
+    /// `turn.end` while no client turn is open.
+    NoOpenTurn,
+    /// An unexpected failure inside the gateway; the message says more.
+    Internal,
+}
+
+impl ErrorCode {
+    /// Every code, in documentation order.
+    pub const ALL: &'static [ErrorCode] = &[
+        Self::InvalidSdp,
+        Self::NoAudio,
+        Self::UnsupportedCodec,
+        Self::UnsupportedMediaType,
+        Self::PayloadTooLarge,
+        Self::NotFound,
+        Self::TooManySessions,
+        Self::NoMediaPort,
+        Self::ShuttingDown,
+        Self::MalformedMessage,
+        Self::UnknownMessageType,
+        Self::InvalidTurnId,
+        Self::DuplicateTurnId,
+        Self::InvalidTraceparent,
+        Self::TurnIdMismatch,
+        Self::TurnAlreadyOpen,
+        Self::NoOpenTurn,
+        Self::Internal,
+    ];
+
+    /// The wire name, e.g. `invalid_sdp`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InvalidSdp => "invalid_sdp",
+            Self::NoAudio => "no_audio",
+            Self::UnsupportedCodec => "unsupported_codec",
+            Self::UnsupportedMediaType => "unsupported_media_type",
+            Self::PayloadTooLarge => "payload_too_large",
+            Self::NotFound => "not_found",
+            Self::TooManySessions => "too_many_sessions",
+            Self::NoMediaPort => "no_media_port",
+            Self::ShuttingDown => "shutting_down",
+            Self::MalformedMessage => "malformed_message",
+            Self::UnknownMessageType => "unknown_message_type",
+            Self::InvalidTurnId => "invalid_turn_id",
+            Self::DuplicateTurnId => "duplicate_turn_id",
+            Self::InvalidTraceparent => "invalid_traceparent",
+            Self::TurnIdMismatch => "turn_id_mismatch",
+            Self::TurnAlreadyOpen => "turn_already_open",
+            Self::NoOpenTurn => "no_open_turn",
+            Self::Internal => "internal",
+        }
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The crate's error: a malformed id or `traceparent`, or a refused client event.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// An id with the wrong number of characters.
+    #[error("expected {expected} hex characters, found {found}")]
+    IdLength {
+        /// Characters expected.
+        expected: usize,
+        /// Characters found.
+        found: usize,
+    },
+    /// An id with a character outside `0-9a-f`.
+    #[error("only lowercase hex characters are allowed")]
+    IdNotLowercaseHex,
+    /// The all-zero id, which W3C Trace Context reserves as invalid.
+    #[error("an all-zero id is invalid")]
+    IdAllZero,
+    /// A malformed `traceparent`.
+    #[error("invalid traceparent: {0}")]
+    TraceParent(&'static str),
+    /// A client event the turn engine refuses, or a driver misuse.
+    #[error("{message}")]
+    Refused {
+        /// The client-visible code.
+        code: ErrorCode,
+        /// A human-readable explanation, safe to show to the client.
+        message: String,
+    },
+}
+
+impl Error {
+    /// A refusal with a code and a message.
+    pub fn refused(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self::Refused {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// The client-visible code of this error.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Self::IdLength { .. } | Self::IdNotLowercaseHex | Self::IdAllZero => {
+                ErrorCode::InvalidTurnId
+            }
+            Self::TraceParent(_) => ErrorCode::InvalidTraceparent,
+            Self::Refused { code, .. } => *code,
+        }
+    }
+}

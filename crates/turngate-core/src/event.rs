@@ -1,0 +1,246 @@
+//! The data-channel wire events: JSON text messages with a string `type`.
+//!
+//! The schema of record is `proto/turngate/v1/events.proto`; its JSON form is exactly
+//! what these types read and write, and a test round-trips every event through it.
+//! Parsing a client message never panics and maps every failure to an [`ErrorCode`].
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, ErrorCode};
+use crate::id::{SessionId, TraceParent, TurnId};
+use crate::turn::{Cause, EndReason};
+
+/// An event sent by the client.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "type")]
+pub enum ClientEvent {
+    /// The user's turn begins (push-to-talk pressed, or the client's own VAD fired).
+    #[serde(rename = "turn.start")]
+    TurnStart {
+        /// A client-chosen turn id; any valid trace-id, unique within the session.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        turn_id: Option<TurnId>,
+        /// The client's span context; its trace-id becomes the turn id.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        traceparent: Option<TraceParent>,
+    },
+    /// The user's turn input ends.
+    #[serde(rename = "turn.end")]
+    TurnEnd {},
+}
+
+impl ClientEvent {
+    /// Parses one data-channel text message.
+    ///
+    /// Unknown fields are refused (`malformed_message`) so that a misspelt field is
+    /// reported rather than silently ignored.
+    pub fn parse(text: &str) -> Result<Self, Error> {
+        let malformed = |why: String| Error::refused(ErrorCode::MalformedMessage, why);
+        let value: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| malformed(format!("not valid JSON: {e}")))?;
+        let serde_json::Value::Object(mut fields) = value else {
+            return Err(malformed("a message must be a JSON object".into()));
+        };
+        let kind = match fields.remove("type") {
+            Some(serde_json::Value::String(kind)) => kind,
+            Some(_) => return Err(malformed("`type` must be a string".into())),
+            None => return Err(malformed("a message needs a string `type`".into())),
+        };
+        let mut take_str = |name: &str| -> Result<Option<String>, Error> {
+            match fields.remove(name) {
+                None | Some(serde_json::Value::Null) => Ok(None),
+                Some(serde_json::Value::String(s)) => Ok(Some(s)),
+                Some(_) => Err(malformed(format!("`{name}` must be a string"))),
+            }
+        };
+        let event = match kind.as_str() {
+            "turn.start" => {
+                let turn_id = take_str("turn_id")?
+                    .map(|s| s.parse::<TurnId>())
+                    .transpose()
+                    .map_err(|e| {
+                        Error::refused(ErrorCode::InvalidTurnId, format!("invalid turn_id: {e}"))
+                    })?;
+                let traceparent = take_str("traceparent")?
+                    .map(|s| s.parse::<TraceParent>())
+                    .transpose()
+                    .map_err(|e| Error::refused(ErrorCode::InvalidTraceparent, e.to_string()))?;
+                ClientEvent::TurnStart {
+                    turn_id,
+                    traceparent,
+                }
+            }
+            "turn.end" => ClientEvent::TurnEnd {},
+            other => {
+                let shown: String = other.chars().take(64).collect();
+                return Err(Error::refused(
+                    ErrorCode::UnknownMessageType,
+                    format!("unknown message type {shown:?}"),
+                ));
+            }
+        };
+        if let Some(name) = fields.keys().next() {
+            let shown: String = name.chars().take(64).collect();
+            return Err(malformed(format!("unknown field {shown:?} in {kind}")));
+        }
+        Ok(event)
+    }
+}
+
+/// An event sent by the gateway.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", deny_unknown_fields)]
+pub enum ServerEvent {
+    /// The session's data channel is open; sent first.
+    #[serde(rename = "session.ready")]
+    SessionReady {
+        /// The session id (also `GET /v1/sessions/{session_id}`).
+        session_id: SessionId,
+    },
+    /// A turn has begun.
+    #[serde(rename = "turn.started")]
+    TurnStarted {
+        /// The turn id, which is the trace id of the turn's root span.
+        turn_id: TurnId,
+        /// The turn's number within the session, from 1.
+        turn_number: u32,
+        /// `00-{turn_id}-{root span id}-{flags}`: the context of the turn's root span.
+        traceparent: TraceParent,
+        /// What opened the turn.
+        cause: Cause,
+    },
+    /// A turn's input has ended.
+    #[serde(rename = "turn.ended")]
+    TurnEnded {
+        /// The turn id.
+        turn_id: TurnId,
+        /// Why the input ended.
+        reason: EndReason,
+        /// Audio frames (RTP packets) tagged with the turn.
+        frames: u32,
+    },
+    /// A refused message or a failure; the session goes on.
+    #[serde(rename = "error")]
+    Error {
+        /// A code from the documented closed list.
+        code: ErrorCode,
+        /// A human-readable explanation.
+        message: String,
+        /// The turn the error concerns, if any.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        turn_id: Option<TurnId>,
+    },
+}
+
+impl ServerEvent {
+    /// An `error` event for a refused input.
+    pub fn error(error: &Error, turn_id: Option<TurnId>) -> Self {
+        let message = match error {
+            Error::Refused { message, .. } => message.clone(),
+            other => other.to_string(),
+        };
+        ServerEvent::Error {
+            code: error.code(),
+            message,
+            turn_id,
+        }
+    }
+
+    /// The JSON text of the event.
+    pub fn to_json(&self) -> String {
+        // Serializing these plain structs cannot fail: no maps with non-string keys, no
+        // failing `Serialize` impls.
+        serde_json::to_string(self).expect("server events always serialize")
+    }
+}
+
+impl Serialize for TraceParent {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for TraceParent {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn code(text: &str) -> ErrorCode {
+        ClientEvent::parse(text).unwrap_err().code()
+    }
+
+    #[test]
+    fn parses_client_events() {
+        assert_eq!(
+            ClientEvent::parse(r#"{"type":"turn.start"}"#).unwrap(),
+            ClientEvent::TurnStart {
+                turn_id: None,
+                traceparent: None
+            }
+        );
+        let tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        let ev = ClientEvent::parse(&format!(r#"{{"type":"turn.start","traceparent":"{tp}"}}"#))
+            .unwrap();
+        assert_eq!(
+            ev,
+            ClientEvent::TurnStart {
+                turn_id: None,
+                traceparent: Some(tp.parse().unwrap())
+            }
+        );
+        assert_eq!(
+            ClientEvent::parse(r#"{"type":"turn.end"}"#).unwrap(),
+            ClientEvent::TurnEnd {}
+        );
+    }
+
+    #[test]
+    fn refuses_bad_messages_with_their_codes() {
+        assert_eq!(code("not json"), ErrorCode::MalformedMessage);
+        assert_eq!(code("[1,2]"), ErrorCode::MalformedMessage);
+        assert_eq!(code(r#"{"type":7}"#), ErrorCode::MalformedMessage);
+        assert_eq!(
+            code(r#"{"kind":"turn.start"}"#),
+            ErrorCode::MalformedMessage
+        );
+        assert_eq!(
+            code(r#"{"type":"turn.start","turnId":"x"}"#),
+            ErrorCode::MalformedMessage
+        );
+        assert_eq!(
+            code(r#"{"type":"turn.start","turn_id":5}"#),
+            ErrorCode::MalformedMessage
+        );
+        assert_eq!(
+            code(r#"{"type":"turn.jump"}"#),
+            ErrorCode::UnknownMessageType
+        );
+        assert_eq!(
+            code(r#"{"type":"turn.start","turn_id":"ABC"}"#),
+            ErrorCode::InvalidTurnId
+        );
+        assert_eq!(
+            code(r#"{"type":"turn.start","traceparent":"00-xyz"}"#),
+            ErrorCode::InvalidTraceparent
+        );
+    }
+
+    #[test]
+    fn server_events_serialize_as_documented() {
+        let ev = ServerEvent::Error {
+            code: ErrorCode::NoOpenTurn,
+            message: "m".into(),
+            turn_id: None,
+        };
+        assert_eq!(
+            ev.to_json(),
+            r#"{"type":"error","code":"no_open_turn","message":"m"}"#
+        );
+    }
+}

@@ -1,0 +1,40 @@
+//! Tagged media: what leaves the turn engine, stamped with its session and turn.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::id::{SessionId, TurnId};
+
+/// A value stamped with the session and turn it belongs to. Built once by the turn
+/// engine; the tag is never rewritten.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tagged<T> {
+    /// The session the value arrived on.
+    pub session_id: SessionId,
+    /// The turn it belongs to, or `None` for input that arrived while no turn was open.
+    pub turn_id: Option<TurnId>,
+    /// Per-session sequence number, from 0, in arrival order.
+    pub seq: u64,
+    /// Arrival time on the session clock (time since the session started).
+    pub at: Duration,
+    /// The value.
+    pub value: T,
+}
+
+/// One received RTP packet of the session's Opus track, with its decoded audio.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AudioFrame {
+    /// RTP sequence number as received.
+    pub rtp_seq: u16,
+    /// RTP timestamp as received (48 kHz clock for Opus).
+    pub rtp_timestamp: u32,
+    /// The Opus payload exactly as received.
+    pub payload: Bytes,
+    /// Mono 16 kHz PCM: first the concealment for any packets lost or skipped (DTX)
+    /// just before this one, then this packet's audio. Concatenating the `pcm` of a
+    /// turn's frames gives its audio with the sender's timing.
+    pub pcm: Vec<i16>,
+    /// Samples at the start of `pcm` that were concealed rather than decoded.
+    pub concealed_samples: u32,
+}

@@ -1,0 +1,545 @@
+//! The turn state machine of one session, sans-IO.
+//!
+//! [`TurnEngine`] takes inputs stamped with the session clock (time since the session
+//! started) — audio frames with their VAD decision, client `turn.start` / `turn.end`,
+//! "processing finished", ticks, session close — and produces [`Output`]s: every frame
+//! exactly once as a [`Tagged`] frame, and turn lifecycle events. It never reads a clock
+//! or an RNG it was not given; [`TurnEngine::poll_timeout`] says when it next needs a
+//! tick, so silence without packets (DTX) still ends turns.
+//!
+//! Rules (see the project README for the full model):
+//! - a turn is opened by a client `turn.start` (cause `client`), or by VAD speech onset
+//!   while no turn is open (cause `vad`);
+//! - a client turn's input ends on `turn.end`; a VAD turn's after `hangover` without
+//!   voiced frames; any turn's at `max_turn` (a client turn, or a VAD turn whose speech
+//!   goes on, continues as a follow-on turn); any turn's when the session closes;
+//! - while a client turn is open, VAD neither opens nor closes turns; `turn.start`
+//!   during a VAD turn supersedes it; a second `turn.start` during a client turn is refused;
+//! - while idle, frames wait up to `preroll` in a ring; on VAD onset those frames join the
+//!   new turn, older ones leave as idle. A tag is assigned once and never rewritten;
+//! - a turn is `open`, then `ended` (input closed), then `completed` (processing
+//!   finished). A new turn opened by the user (speech or `turn.start`) while earlier
+//!   turns are not completed marks them `interrupted` (barge-in).
+
+use std::collections::{HashSet, VecDeque};
+use std::time::Duration;
+
+use rand_core::Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, ErrorCode};
+use crate::id::{SessionId, SpanId, TraceParent, TurnId};
+use crate::tag::{AudioFrame, Tagged};
+
+/// Timing of turn detection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TurnConfig {
+    /// Silence after the last voiced frame that ends a VAD turn. Longer values merge
+    /// pauses within a sentence into one turn; shorter ones answer sooner. Default 700 ms.
+    pub hangover: Duration,
+    /// Audio kept from before VAD onset and added to the new turn, because a detector
+    /// notices speech some time after it began. Default 300 ms.
+    pub preroll: Duration,
+    /// The longest a turn's input may last; longer input is split. Bounds the audio any
+    /// one turn holds. Default 60 s.
+    pub max_turn: Duration,
+    /// How long voiced frames must run before VAD calls speech onset; filters clicks.
+    /// Default 60 ms.
+    pub speech_onset: Duration,
+}
+
+impl Default for TurnConfig {
+    fn default() -> Self {
+        Self {
+            hangover: Duration::from_millis(700),
+            preroll: Duration::from_millis(300),
+            max_turn: Duration::from_secs(60),
+            speech_onset: Duration::from_millis(60),
+        }
+    }
+}
+
+/// What opened a turn.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Cause {
+    /// The client sent `turn.start`.
+    Client,
+    /// The gateway's voice activity detector heard speech onset.
+    Vad,
+}
+
+/// Why a turn's input ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum EndReason {
+    /// The client sent `turn.end`.
+    ClientEnd,
+    /// VAD heard no speech for the hangover.
+    EndOfSpeech,
+    /// The turn reached the maximum length.
+    MaxLength,
+    /// A client `turn.start` replaced this VAD turn.
+    Superseded,
+    /// The session closed.
+    SessionClosed,
+}
+
+/// A turn's lifecycle state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TurnState {
+    /// Input is being collected.
+    Open,
+    /// Input closed; processing runs.
+    Ended,
+    /// Processing finished.
+    Completed,
+}
+
+/// Everything the engine knows about one turn.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TurnInfo {
+    /// The turn id (trace id of its root span).
+    pub id: TurnId,
+    /// Number within the session, from 1.
+    pub number: u32,
+    /// What opened it.
+    pub cause: Cause,
+    /// The span id assigned to the turn's root span.
+    pub root_span_id: SpanId,
+    /// The client's span context from `turn.start`, the root span's remote parent.
+    pub client_parent: Option<TraceParent>,
+    /// Lifecycle state.
+    pub state: TurnState,
+    /// Why its input ended, once it has.
+    pub reason: Option<EndReason>,
+    /// Whether the user spoke over its processing.
+    pub interrupted: bool,
+    /// Session time of its first frame (pre-roll included), or of `turn.start`.
+    pub started_at: Duration,
+    /// Session time its input ended.
+    pub ended_at: Option<Duration>,
+    /// Session time its processing finished.
+    pub completed_at: Option<Duration>,
+    /// Frames tagged with it.
+    pub frames: u32,
+}
+
+impl TurnInfo {
+    /// The context of the turn's root span, as announced in `turn.started`.
+    pub fn traceparent(&self) -> TraceParent {
+        TraceParent {
+            trace_id: self.id,
+            parent_id: self.root_span_id,
+            flags: self.client_parent.map_or(1, |p| p.flags),
+        }
+    }
+}
+
+/// What the engine asks its driver to do or tell.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Output {
+    /// A frame with its final tag.
+    Frame(Tagged<AudioFrame>),
+    /// A turn opened.
+    TurnStarted(TurnInfo),
+    /// A turn's input ended.
+    TurnEnded(TurnInfo),
+    /// A not yet completed turn was spoken over.
+    TurnInterrupted(TurnId),
+    /// A turn's processing finished.
+    TurnCompleted(TurnInfo),
+}
+
+/// Frame counts kept by the engine. Frames dropped or undecodable before reaching it
+/// are counted by the driver.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EngineCounters {
+    /// Frames tagged with a turn.
+    pub frames_in_turns: u64,
+    /// Frames that left while no turn was open.
+    pub frames_idle: u64,
+    /// Frames waiting in the pre-roll ring for their tag.
+    pub frames_held: u64,
+}
+
+/// The turn state machine of one session. See the module docs.
+pub struct TurnEngine<R> {
+    config: TurnConfig,
+    session_id: SessionId,
+    started_unix_ms: u64,
+    rng: R,
+    now: Duration,
+    next_seq: u64,
+    preroll: VecDeque<(u64, Duration, AudioFrame)>,
+    turns: Vec<TurnInfo>,
+    used_ids: HashSet<TurnId>,
+    open: Option<usize>,
+    voiced_since: Option<Duration>,
+    last_voiced: Option<Duration>,
+    counters: EngineCounters,
+    outputs: VecDeque<Output>,
+    closed: bool,
+}
+
+impl<R: Rng> TurnEngine<R> {
+    /// An engine for a session that started at `started_unix_ms` (wall clock, used to
+    /// time-stamp minted turn ids), drawing ids from `rng`. A zero `max_turn` is taken
+    /// as 1 ms.
+    pub fn new(
+        mut config: TurnConfig,
+        session_id: SessionId,
+        started_unix_ms: u64,
+        rng: R,
+    ) -> Self {
+        config.max_turn = config.max_turn.max(Duration::from_millis(1));
+        Self {
+            config,
+            session_id,
+            started_unix_ms,
+            rng,
+            now: Duration::ZERO,
+            next_seq: 0,
+            preroll: VecDeque::new(),
+            turns: Vec::new(),
+            used_ids: HashSet::new(),
+            open: None,
+            voiced_since: None,
+            last_voiced: None,
+            counters: EngineCounters::default(),
+            outputs: VecDeque::new(),
+            closed: false,
+        }
+    }
+
+    /// The session id frames are tagged with.
+    pub fn session_id(&self) -> SessionId {
+        self.session_id
+    }
+
+    /// The session's turns, oldest first.
+    pub fn turns(&self) -> &[TurnInfo] {
+        &self.turns
+    }
+
+    /// The turn whose input is open, if any.
+    pub fn open_turn(&self) -> Option<&TurnInfo> {
+        self.open.map(|i| &self.turns[i])
+    }
+
+    /// Frame counts.
+    pub fn counters(&self) -> EngineCounters {
+        self.counters
+    }
+
+    /// The next output, if any. Drain after every input.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    /// When the engine next needs [`handle_tick`](Self::handle_tick), if ever.
+    pub fn poll_timeout(&self) -> Option<Duration> {
+        let turn_deadline = self
+            .open
+            .and_then(|i| self.turn_deadline(&self.turns[i]).map(|(at, _)| at));
+        let preroll_deadline = self
+            .preroll
+            .front()
+            .map(|(_, at, _)| *at + self.config.preroll);
+        [turn_deadline, preroll_deadline]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// Time passes without input.
+    pub fn handle_tick(&mut self, at: Duration) {
+        self.advance(at);
+    }
+
+    /// A frame arrived, with the VAD decision for its audio.
+    pub fn handle_frame(&mut self, at: Duration, frame: AudioFrame, voiced: bool) {
+        let at = self.advance(at);
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        if voiced {
+            self.voiced_since.get_or_insert(at);
+            self.last_voiced = Some(at);
+        } else {
+            self.voiced_since = None;
+        }
+        if let Some(i) = self.open {
+            let turn_id = self.turns[i].id;
+            self.emit_frame(Some((i, turn_id)), seq, at, frame);
+            return;
+        }
+        self.preroll.push_back((seq, at, frame));
+        self.counters.frames_held += 1;
+        self.expire_preroll(at);
+        let onset = self
+            .voiced_since
+            .is_some_and(|since| at - since >= self.config.speech_onset);
+        if onset && !self.closed {
+            let started_at = self.preroll.front().map_or(at, |(_, first, _)| *first);
+            self.open_turn_at(started_at, Cause::Vad, None, None, true);
+        }
+    }
+
+    /// The client sent `turn.start`. Returns the new turn's id.
+    pub fn handle_turn_start(
+        &mut self,
+        at: Duration,
+        turn_id: Option<TurnId>,
+        traceparent: Option<TraceParent>,
+    ) -> Result<TurnId, Error> {
+        let at = self.advance(at);
+        if let (Some(id), Some(tp)) = (turn_id, traceparent)
+            && id != tp.trace_id
+        {
+            return Err(Error::refused(
+                ErrorCode::TurnIdMismatch,
+                format!(
+                    "turn_id {id} differs from the traceparent's trace-id {}",
+                    tp.trace_id
+                ),
+            ));
+        }
+        let requested = traceparent.map(|tp| tp.trace_id).or(turn_id);
+        if let Some(id) = requested
+            && self.used_ids.contains(&id)
+        {
+            return Err(Error::refused(
+                ErrorCode::DuplicateTurnId,
+                format!("turn id {id} was already used in this session"),
+            ));
+        }
+        if self.closed {
+            return Err(Error::refused(
+                ErrorCode::NotFound,
+                "the session has closed",
+            ));
+        }
+        if let Some(open) = self.open_turn()
+            && open.cause == Cause::Client
+        {
+            return Err(Error::refused(
+                ErrorCode::TurnAlreadyOpen,
+                format!("client turn {} is still open; send turn.end first", open.id),
+            ));
+        }
+        if self.open.is_some() {
+            self.close_open_turn(at, EndReason::Superseded);
+        }
+        self.flush_preroll_idle();
+        self.voiced_since = None;
+        Ok(self.open_turn_at(at, Cause::Client, requested, traceparent, true))
+    }
+
+    /// The client sent `turn.end`. Returns the id of the turn it ended.
+    pub fn handle_turn_end(&mut self, at: Duration) -> Result<TurnId, Error> {
+        let at = self.advance(at);
+        match self.open_turn() {
+            Some(open) if open.cause == Cause::Client => {
+                let id = open.id;
+                self.close_open_turn(at, EndReason::ClientEnd);
+                self.voiced_since = None;
+                Ok(id)
+            }
+            _ => Err(Error::refused(
+                ErrorCode::NoOpenTurn,
+                "no client turn is open",
+            )),
+        }
+    }
+
+    /// Processing of an ended turn finished.
+    pub fn handle_processing_finished(
+        &mut self,
+        at: Duration,
+        turn_id: TurnId,
+    ) -> Result<(), Error> {
+        let at = self.advance(at);
+        let turn = self
+            .turns
+            .iter_mut()
+            .find(|t| t.id == turn_id)
+            .ok_or_else(|| {
+                Error::refused(
+                    ErrorCode::Internal,
+                    format!("no turn {turn_id} in this session"),
+                )
+            })?;
+        if turn.state != TurnState::Ended {
+            return Err(Error::refused(
+                ErrorCode::Internal,
+                format!("turn {turn_id} is {:?}, not ended", turn.state),
+            ));
+        }
+        turn.state = TurnState::Completed;
+        turn.completed_at = Some(at);
+        self.outputs.push_back(Output::TurnCompleted(turn.clone()));
+        Ok(())
+    }
+
+    /// The session closed: the open turn ends and held frames leave as idle. Frames
+    /// that still arrive afterwards leave as idle too.
+    pub fn handle_close(&mut self, at: Duration) {
+        let at = self.advance(at);
+        if self.open.is_some() {
+            self.close_open_turn(at, EndReason::SessionClosed);
+        }
+        self.flush_preroll_idle();
+        self.closed = true;
+    }
+
+    /// Clamps `at` to be monotonic and fires every deadline up to it.
+    fn advance(&mut self, at: Duration) -> Duration {
+        let at = at.max(self.now);
+        self.now = at;
+        while let Some(i) = self.open {
+            let Some((deadline, reason)) = self.turn_deadline(&self.turns[i]) else {
+                break;
+            };
+            if deadline > at {
+                break;
+            }
+            let cause = self.turns[i].cause;
+            self.close_open_turn(deadline, reason);
+            let speech_goes_on = self
+                .last_voiced
+                .is_some_and(|lv| lv + self.config.hangover > deadline);
+            if reason == EndReason::MaxLength && (cause == Cause::Client || speech_goes_on) {
+                self.open_turn_at(deadline, cause, None, None, false);
+            }
+        }
+        self.expire_preroll(at);
+        at
+    }
+
+    /// The open turn's next deadline and the reason it would end there.
+    fn turn_deadline(&self, turn: &TurnInfo) -> Option<(Duration, EndReason)> {
+        let max = (turn.started_at + self.config.max_turn, EndReason::MaxLength);
+        let speech_end = match turn.cause {
+            Cause::Vad => self
+                .last_voiced
+                .map(|lv| (lv + self.config.hangover, EndReason::EndOfSpeech)),
+            Cause::Client => None,
+        };
+        Some(match speech_end {
+            Some(end) if end.0 < max.0 => end,
+            _ => max,
+        })
+    }
+
+    fn open_turn_at(
+        &mut self,
+        at: Duration,
+        cause: Cause,
+        id: Option<TurnId>,
+        client_parent: Option<TraceParent>,
+        user_action: bool,
+    ) -> TurnId {
+        if user_action {
+            for turn in self
+                .turns
+                .iter_mut()
+                .filter(|t| t.state == TurnState::Ended && !t.interrupted)
+            {
+                turn.interrupted = true;
+                self.outputs.push_back(Output::TurnInterrupted(turn.id));
+            }
+        }
+        let id = id.unwrap_or_else(|| {
+            loop {
+                let unix_ms = self.started_unix_ms + at.as_millis() as u64;
+                let id = TurnId::mint(unix_ms, &mut self.rng);
+                if !self.used_ids.contains(&id) {
+                    break id;
+                }
+            }
+        });
+        self.used_ids.insert(id);
+        let info = TurnInfo {
+            id,
+            number: self.turns.len() as u32 + 1,
+            cause,
+            root_span_id: SpanId::random(&mut self.rng),
+            client_parent,
+            state: TurnState::Open,
+            reason: None,
+            interrupted: false,
+            started_at: at,
+            ended_at: None,
+            completed_at: None,
+            frames: 0,
+        };
+        self.outputs.push_back(Output::TurnStarted(info.clone()));
+        self.turns.push(info);
+        let index = self.turns.len() - 1;
+        self.open = Some(index);
+        while let Some((seq, frame_at, frame)) = self.preroll.pop_front() {
+            self.counters.frames_held -= 1;
+            self.emit_frame(Some((index, id)), seq, frame_at, frame);
+        }
+        id
+    }
+
+    fn close_open_turn(&mut self, at: Duration, reason: EndReason) {
+        let Some(i) = self.open.take() else { return };
+        let turn = &mut self.turns[i];
+        turn.state = TurnState::Ended;
+        turn.reason = Some(reason);
+        turn.ended_at = Some(at);
+        self.outputs.push_back(Output::TurnEnded(turn.clone()));
+    }
+
+    /// Lets frames older than the pre-roll window leave as idle.
+    fn expire_preroll(&mut self, now: Duration) {
+        while let Some((_, at, _)) = self.preroll.front() {
+            if *at + self.config.preroll > now {
+                break;
+            }
+            self.pop_preroll_idle();
+        }
+    }
+
+    fn flush_preroll_idle(&mut self) {
+        while !self.preroll.is_empty() {
+            self.pop_preroll_idle();
+        }
+    }
+
+    fn pop_preroll_idle(&mut self) {
+        if let Some((seq, at, frame)) = self.preroll.pop_front() {
+            self.counters.frames_held -= 1;
+            self.emit_frame(None, seq, at, frame);
+        }
+    }
+
+    fn emit_frame(
+        &mut self,
+        turn: Option<(usize, TurnId)>,
+        seq: u64,
+        at: Duration,
+        frame: AudioFrame,
+    ) {
+        match turn {
+            Some((index, _)) => {
+                self.counters.frames_in_turns += 1;
+                let t = &mut self.turns[index];
+                t.frames = t.frames.saturating_add(1);
+            }
+            None => self.counters.frames_idle += 1,
+        }
+        self.outputs.push_back(Output::Frame(Tagged {
+            session_id: self.session_id,
+            turn_id: turn.map(|(_, id)| id),
+            seq,
+            at,
+            value: frame,
+        }));
+    }
+}

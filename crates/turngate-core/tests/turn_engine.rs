@@ -1,0 +1,408 @@
+//! Scenario and property tests of the turn engine on simulated time.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use proptest::prelude::*;
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use turngate_core::*;
+
+const FRAME: Duration = Duration::from_millis(20);
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+fn engine() -> TurnEngine<StdRng> {
+    let session = SessionId::mint(1_700_000_000_000, &mut StdRng::seed_from_u64(1));
+    TurnEngine::new(
+        TurnConfig::default(),
+        session,
+        1_700_000_000_000,
+        StdRng::seed_from_u64(2),
+    )
+}
+
+fn frame(n: u64) -> AudioFrame {
+    AudioFrame {
+        rtp_seq: n as u16,
+        rtp_timestamp: (n * 960) as u32,
+        payload: Bytes::from(vec![n as u8]),
+        pcm: vec![0; 320],
+        concealed_samples: 0,
+    }
+}
+
+/// Drives an engine and records what came out.
+struct Harness {
+    engine: TurnEngine<StdRng>,
+    frames: Vec<Tagged<AudioFrame>>,
+    events: Vec<Output>,
+    sent: u64,
+}
+
+impl Harness {
+    fn new() -> Self {
+        Self {
+            engine: engine(),
+            frames: Vec::new(),
+            events: Vec::new(),
+            sent: 0,
+        }
+    }
+
+    fn drain(&mut self) {
+        while let Some(out) = self.engine.poll_output() {
+            match out {
+                Output::Frame(f) => self.frames.push(f),
+                other => self.events.push(other),
+            }
+        }
+    }
+
+    /// Sends frames every 20 ms from `from` for `dur`, voiced or not.
+    fn audio(&mut self, from: Duration, dur: Duration, voiced: bool) -> Duration {
+        let mut at = from;
+        while at < from + dur {
+            self.engine.handle_frame(at, frame(self.sent), voiced);
+            self.sent += 1;
+            self.drain();
+            at += FRAME;
+        }
+        at
+    }
+
+    fn tick(&mut self, at: Duration) {
+        self.engine.handle_tick(at);
+        self.drain();
+    }
+
+    fn started(&self) -> Vec<TurnInfo> {
+        self.events
+            .iter()
+            .filter_map(|e| match e {
+                Output::TurnStarted(t) => Some(t.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn ended(&self) -> Vec<TurnInfo> {
+        self.events
+            .iter()
+            .filter_map(|e| match e {
+                Output::TurnEnded(t) => Some(t.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+#[test]
+fn two_utterances_make_two_vad_turns_with_preroll() {
+    let mut h = Harness::new();
+    let t = h.audio(ms(0), ms(1000), false);
+    let t = h.audio(t, ms(800), true);
+    let t = h.audio(t, ms(1500), false);
+    let t = h.audio(t, ms(600), true);
+    h.audio(t, ms(1500), false);
+    let started = h.started();
+    let ended = h.ended();
+    assert_eq!(started.len(), 2);
+    assert_eq!(ended.len(), 2);
+    assert!(started.iter().all(|t| t.cause == Cause::Vad));
+    assert!(
+        ended
+            .iter()
+            .all(|t| t.reason == Some(EndReason::EndOfSpeech))
+    );
+    // Pre-roll: the onset frame is the fourth voiced frame (60 ms after the first, at
+    // 1060 ms); the turn starts with the frames of the 300 ms up to and including it.
+    assert_eq!(started[0].started_at, ms(1060 - 300 + 20));
+    // It ends 700 ms after the last voiced frame.
+    assert_eq!(ended[0].ended_at, Some(ms(1780 + 700)));
+    assert_eq!(started[0].number, 1);
+    assert_eq!(started[1].number, 2);
+    // The turn holds its pre-roll before speech (780..1000), its speech (1000..1800)
+    // and the hangover's frames (1800..2480; the frame at 2480 is past the end).
+    assert_eq!(
+        ended[0].frames,
+        (1000 - 780) / 20 + 800 / 20 + (2480 - 1800) / 20
+    );
+    let c = h.engine.counters();
+    assert_eq!(c.frames_in_turns + c.frames_idle + c.frames_held, h.sent);
+}
+
+#[test]
+fn silence_without_packets_ends_a_vad_turn_on_tick() {
+    let mut h = Harness::new();
+    let t = h.audio(ms(0), ms(500), true);
+    assert_eq!(h.started().len(), 1);
+    assert_eq!(h.engine.poll_timeout(), Some(t - FRAME + ms(700)));
+    h.tick(t + ms(100));
+    assert!(h.ended().is_empty());
+    h.tick(t + ms(1000));
+    assert_eq!(h.ended()[0].reason, Some(EndReason::EndOfSpeech));
+    assert_eq!(h.ended()[0].ended_at, Some(t - FRAME + ms(700)));
+}
+
+#[test]
+fn client_turn_uses_client_id_and_ignores_vad() {
+    let mut h = Harness::new();
+    let id: TurnId = "0af7651916cd43dd8448eb211c80319c".parse().unwrap();
+    let got = h.engine.handle_turn_start(ms(0), Some(id), None).unwrap();
+    assert_eq!(got, id);
+    let t = h.audio(ms(0), ms(400), true);
+    let t = h.audio(t, ms(2000), false); // longer than the hangover: VAD does not close it
+    assert!(h.ended().is_empty());
+    assert_eq!(h.engine.handle_turn_end(t).unwrap(), id);
+    h.drain();
+    let ended = h.ended();
+    assert_eq!(ended.len(), 1);
+    assert_eq!(ended[0].reason, Some(EndReason::ClientEnd));
+    assert_eq!(ended[0].frames as u64, h.sent);
+    assert_eq!(h.started().len(), 1);
+    // The id is now used, and no client turn is open.
+    assert_eq!(
+        h.engine
+            .handle_turn_start(t, Some(id), None)
+            .unwrap_err()
+            .code(),
+        ErrorCode::DuplicateTurnId
+    );
+    assert_eq!(
+        h.engine.handle_turn_end(t).unwrap_err().code(),
+        ErrorCode::NoOpenTurn
+    );
+}
+
+#[test]
+fn traceparent_sets_the_turn_id_and_parent() {
+    let mut h = Harness::new();
+    let tp: TraceParent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+        .parse()
+        .unwrap();
+    let other: TurnId = "1af7651916cd43dd8448eb211c80319c".parse().unwrap();
+    let err = h
+        .engine
+        .handle_turn_start(ms(0), Some(other), Some(tp))
+        .unwrap_err();
+    assert_eq!(err.code(), ErrorCode::TurnIdMismatch);
+    let id = h
+        .engine
+        .handle_turn_start(ms(0), Some(tp.trace_id), Some(tp))
+        .unwrap();
+    assert_eq!(id, tp.trace_id);
+    h.drain();
+    let started = &h.started()[0];
+    assert_eq!(started.client_parent, Some(tp));
+    let announced = started.traceparent();
+    assert_eq!(announced.trace_id, tp.trace_id);
+    assert_eq!(announced.parent_id, started.root_span_id);
+    assert_ne!(announced.parent_id, tp.parent_id);
+    let err = h.engine.handle_turn_start(ms(10), None, None).unwrap_err();
+    assert_eq!(err.code(), ErrorCode::TurnAlreadyOpen);
+}
+
+#[test]
+fn turn_start_supersedes_a_vad_turn() {
+    let mut h = Harness::new();
+    let t = h.audio(ms(0), ms(400), true);
+    h.engine.handle_turn_start(t, None, None).unwrap();
+    h.drain();
+    let ended = h.ended();
+    assert_eq!(ended[0].reason, Some(EndReason::Superseded));
+    let started = h.started();
+    assert_eq!(started.len(), 2);
+    assert_eq!(
+        (started[0].cause, started[1].cause),
+        (Cause::Vad, Cause::Client)
+    );
+}
+
+#[test]
+fn max_length_splits_continuing_speech_into_follow_on_turns() {
+    let mut h = Harness::new();
+    h.audio(ms(0), ms(130_000), true);
+    let ended = h.ended();
+    assert_eq!(ended.len(), 2);
+    assert!(ended.iter().all(|t| t.reason == Some(EndReason::MaxLength)));
+    assert_eq!(h.started().len(), 3);
+    assert_eq!(ended[0].ended_at, Some(h.started()[1].started_at));
+    // A follow-on is not a barge-in.
+    assert!(h.engine.turns().iter().all(|t| !t.interrupted));
+}
+
+#[test]
+fn barge_in_marks_unfinished_turns_interrupted() {
+    let mut h = Harness::new();
+    let t = h.audio(ms(0), ms(500), true);
+    let t = h.audio(t, ms(1000), false);
+    let first = h.ended()[0].id;
+    h.audio(t, ms(500), true);
+    assert!(h.events.contains(&Output::TurnInterrupted(first)));
+    assert!(h.engine.turns()[0].interrupted);
+    // A completed turn is not interrupted by later speech.
+    let mut h = Harness::new();
+    let t = h.audio(ms(0), ms(500), true);
+    let t = h.audio(t, ms(1000), false);
+    let first = h.ended()[0].id;
+    h.engine.handle_processing_finished(t, first).unwrap();
+    h.audio(t, ms(500), true);
+    assert!(!h.engine.turns()[0].interrupted);
+    assert_eq!(h.engine.turns()[0].state, TurnState::Completed);
+}
+
+#[test]
+fn close_ends_the_open_turn_and_flushes_held_frames() {
+    let mut h = Harness::new();
+    let t = h.audio(ms(0), ms(300), true);
+    h.engine.handle_close(t);
+    h.drain();
+    assert_eq!(h.ended()[0].reason, Some(EndReason::SessionClosed));
+    let mut h = Harness::new();
+    let t = h.audio(ms(0), ms(200), false);
+    assert!(h.engine.counters().frames_held > 0);
+    h.engine.handle_close(t);
+    h.drain();
+    assert_eq!(h.engine.counters().frames_held, 0);
+    assert_eq!(h.engine.counters().frames_idle, h.sent);
+}
+
+/// One step of a random session.
+#[derive(Clone, Debug)]
+enum Step {
+    Frames {
+        gap_ms: u64,
+        count: u8,
+        voiced: bool,
+    },
+    Tick {
+        gap_ms: u64,
+    },
+    Start {
+        with_id: bool,
+    },
+    End,
+    Finish,
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        6 => (0u64..60, 1u8..60, any::<bool>()).prop_map(|(gap_ms, count, voiced)| Step::Frames { gap_ms, count, voiced }),
+        2 => (0u64..3000).prop_map(|gap_ms| Step::Tick { gap_ms }),
+        1 => any::<bool>().prop_map(|with_id| Step::Start { with_id }),
+        1 => Just(Step::End),
+        1 => Just(Step::Finish),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+
+    #[test]
+    fn every_frame_is_tagged_once_and_turns_do_not_overlap(
+        steps in proptest::collection::vec(step(), 1..120),
+        seed in any::<u64>(),
+    ) {
+        let config = TurnConfig { max_turn: ms(5_000), ..TurnConfig::default() };
+        let session = SessionId::mint(1, &mut StdRng::seed_from_u64(seed));
+        let mut engine = TurnEngine::new(config.clone(), session, 1_700_000_000_000, StdRng::seed_from_u64(seed));
+        let mut at = Duration::ZERO;
+        let mut sent = 0u64;
+        let mut outputs = Vec::new();
+        let drain = |engine: &mut TurnEngine<StdRng>, outputs: &mut Vec<Output>| {
+            while let Some(o) = engine.poll_output() { outputs.push(o); }
+        };
+        for step in steps {
+            match step {
+                Step::Frames { gap_ms, count, voiced } => {
+                    at += ms(gap_ms);
+                    for _ in 0..count {
+                        engine.handle_frame(at, frame(sent), voiced);
+                        sent += 1;
+                        at += FRAME;
+                        drain(&mut engine, &mut outputs);
+                        let c = engine.counters();
+                        prop_assert_eq!(c.frames_in_turns + c.frames_idle + c.frames_held, sent);
+                    }
+                }
+                Step::Tick { gap_ms } => { at += ms(gap_ms); engine.handle_tick(at); }
+                Step::Start { with_id } => {
+                    let id = with_id.then(|| TurnId::mint(at.as_millis() as u64 + 1, &mut StdRng::seed_from_u64(sent)));
+                    let _ = engine.handle_turn_start(at, id, None);
+                }
+                Step::End => { let _ = engine.handle_turn_end(at); }
+                Step::Finish => {
+                    if let Some(t) = engine.turns().iter().find(|t| t.state == TurnState::Ended) {
+                        let id = t.id;
+                        engine.handle_processing_finished(at, id).unwrap();
+                    }
+                }
+            }
+            drain(&mut engine, &mut outputs);
+        }
+        engine.handle_close(at + ms(1));
+        drain(&mut engine, &mut outputs);
+
+        // Every frame leaves exactly once, in order, and nothing is held at the end.
+        let frames: Vec<&Tagged<AudioFrame>> = outputs.iter().filter_map(|o| match o {
+            Output::Frame(f) => Some(f), _ => None }).collect();
+        prop_assert_eq!(frames.len() as u64, sent);
+        for (i, f) in frames.iter().enumerate() {
+            prop_assert_eq!(f.seq, i as u64);
+            prop_assert_eq!(f.value.rtp_seq, i as u16);
+            prop_assert_eq!(f.session_id, session);
+        }
+        let c = engine.counters();
+        prop_assert_eq!(c.frames_held, 0);
+        prop_assert_eq!(c.frames_in_turns + c.frames_idle, sent);
+
+        // Each turn starts before its frames arrive, frames fall inside its input window,
+        // and a frame is tagged only between its turn's start and end outputs.
+        let turns = engine.turns();
+        let mut open: Option<TurnId> = None;
+        let mut frames_per_turn: HashMap<TurnId, u32> = HashMap::new();
+        for o in &outputs {
+            match o {
+                Output::TurnStarted(t) => { prop_assert!(open.is_none()); open = Some(t.id); }
+                Output::TurnEnded(t) => { prop_assert_eq!(open, Some(t.id)); open = None; }
+                Output::Frame(f) => {
+                    prop_assert_eq!(f.turn_id, if f.turn_id.is_some() { open } else { None });
+                    if let Some(id) = f.turn_id {
+                        *frames_per_turn.entry(id).or_default() += 1;
+                        let t = turns.iter().find(|t| t.id == id).unwrap();
+                        prop_assert!(f.at >= t.started_at);
+                        prop_assert!(f.at <= t.ended_at.unwrap());
+                    }
+                }
+                _ => {}
+            }
+        }
+        prop_assert!(open.is_none());
+        for pair in turns.windows(2) {
+            prop_assert!(pair[0].ended_at.unwrap() <= pair[1].started_at, "input windows overlap");
+            prop_assert_eq!(pair[1].number, pair[0].number + 1);
+        }
+        for t in turns {
+            prop_assert_eq!(t.frames, frames_per_turn.get(&t.id).copied().unwrap_or(0));
+            prop_assert!(t.state != TurnState::Open);
+            if t.cause == Cause::Vad && t.reason == Some(EndReason::EndOfSpeech) {
+                // VAD turns never outlive the maximum length.
+                prop_assert!(t.ended_at.unwrap() - t.started_at <= config.max_turn);
+            }
+        }
+        // A frame that arrived strictly inside a turn's input window belongs to it; with
+        // the check above, pre-roll frames (which lie inside the window of a VAD turn,
+        // since it starts at its first frame) belong to the turn that followed them.
+        for f in &frames {
+            for t in turns {
+                if t.started_at < f.at && f.at < t.ended_at.unwrap() {
+                    prop_assert_eq!(f.turn_id, Some(t.id));
+                }
+            }
+        }
+    }
+}
