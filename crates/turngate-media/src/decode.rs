@@ -1,0 +1,206 @@
+//! Opus RTP payloads to 16 kHz mono PCM, with loss concealment that keeps timing.
+//!
+//! libopus decodes straight to 16 kHz, the rate both the VAD and ASR want. When the RTP
+//! timestamp jumps past what the previous packet covered (packets lost, or skipped by
+//! DTX), the gap is filled first: with Opus packet loss concealment, and for the last
+//! lost packet with the in-band FEC the current packet may carry. Concatenating the PCM
+//! of consecutive packets therefore gives audio with the sender's timing.
+
+use opus::{Channels, Decoder};
+
+use crate::error::MediaError;
+
+/// Output rate of the decoder.
+pub const PCM_RATE: u32 = 16_000;
+/// RTP clock rate of Opus.
+const RTP_RATE: u32 = 48_000;
+const RTP_PER_PCM: u32 = RTP_RATE / PCM_RATE;
+/// The longest gap filled with concealment; a longer jump (a muted sender, a sender
+/// restart) is treated as a discontinuity and filled only this far.
+pub const MAX_CONCEALMENT_SAMPLES: u32 = PCM_RATE;
+/// libopus conceals in multiples of 2.5 ms.
+const PLC_GRANULE: u32 = PCM_RATE / 400;
+/// The longest Opus packet is 120 ms.
+const MAX_PACKET_SAMPLES: usize = (PCM_RATE as usize * 120) / 1000;
+
+/// What one received packet decoded to.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Decoded {
+    /// PCM: `concealed` samples filling the gap before the packet, then its audio.
+    Audio {
+        /// The samples.
+        pcm: Vec<i16>,
+        /// How many of them, at the start, are concealment.
+        concealed: u32,
+        /// Packets missing (by sequence number) just before this one.
+        lost: u32,
+    },
+    /// A duplicate or a packet older than one already decoded: kept as received, not
+    /// decoded, because its time has already been filled.
+    Late,
+    /// libopus refused the payload.
+    Undecodable,
+}
+
+/// Decoder state of one Opus track. Not `Sync` (libopus state), one per track.
+pub struct OpusTrackDecoder {
+    decoder: Decoder,
+    last_seq: Option<u16>,
+    /// RTP timestamp just past the audio decoded so far.
+    next_timestamp: Option<u32>,
+}
+
+impl OpusTrackDecoder {
+    /// A decoder producing 16 kHz mono PCM.
+    pub fn new() -> Result<Self, MediaError> {
+        let decoder = Decoder::new(PCM_RATE, Channels::Mono).map_err(|e| MediaError::Codec(e.to_string()))?;
+        Ok(Self { decoder, last_seq: None, next_timestamp: None })
+    }
+
+    /// Decodes one received packet.
+    pub fn decode(&mut self, seq: u16, timestamp: u32, payload: &[u8]) -> Decoded {
+        let lost = match self.last_seq {
+            None => 0,
+            Some(last) => {
+                let delta = seq.wrapping_sub(last) as i16;
+                if delta <= 0 {
+                    return Decoded::Late;
+                }
+                delta as u32 - 1
+            }
+        };
+        self.last_seq = Some(seq);
+
+        let gap = self.next_timestamp.map_or(0, |next| {
+            let d = timestamp.wrapping_sub(next) as i32;
+            if d > 0 { (d as u32 / RTP_PER_PCM).min(MAX_CONCEALMENT_SAMPLES) } else { 0 }
+        });
+        let gap = gap - gap % PLC_GRANULE;
+
+        let Ok(samples) = opus::packet::get_nb_samples(payload, PCM_RATE) else {
+            // Keep the timeline: the next packet's gap covers this one's time.
+            self.next_timestamp.get_or_insert(timestamp);
+            return Decoded::Undecodable;
+        };
+        if payload.is_empty() || samples == 0 || samples > MAX_PACKET_SAMPLES {
+            self.next_timestamp.get_or_insert(timestamp);
+            return Decoded::Undecodable;
+        }
+
+        let mut pcm = vec![0i16; gap as usize + samples];
+        let concealed = self.conceal(&mut pcm[..gap as usize], lost > 0, payload);
+        match self.decoder.decode(payload, &mut pcm[gap as usize..], false) {
+            Ok(n) if n == samples => {}
+            _ => return Decoded::Undecodable,
+        }
+        if concealed < gap {
+            // Concealment stopped short; move the packet's audio up to keep samples
+            // contiguous. (Happens only if libopus refused the concealment itself.)
+            pcm.drain(concealed as usize..gap as usize);
+        }
+        self.next_timestamp = Some(timestamp.wrapping_add(samples as u32 * RTP_PER_PCM));
+        Decoded::Audio { pcm, concealed, lost }
+    }
+
+    /// Fills `out` with concealment; the last packet-sized part from the current
+    /// packet's in-band FEC when a packet was lost. Returns the samples written.
+    fn conceal(&mut self, out: &mut [i16], packet_lost: bool, payload: &[u8]) -> u32 {
+        let total = out.len();
+        if total == 0 {
+            return 0;
+        }
+        let fec_len = if packet_lost {
+            opus::packet::get_nb_samples(payload, PCM_RATE).unwrap_or(0).min(total)
+        } else {
+            0
+        };
+        let plc_len = total - fec_len;
+        let mut done = 0;
+        while done < plc_len {
+            let chunk = (plc_len - done).min(MAX_PACKET_SAMPLES);
+            match self.decoder.decode(&[], &mut out[done..done + chunk], false) {
+                Ok(n) if n > 0 => done += n,
+                _ => return done as u32,
+            }
+        }
+        if fec_len > 0 {
+            match self.decoder.decode(payload, &mut out[done..done + fec_len], true) {
+                Ok(n) => done += n,
+                Err(_) => return done as u32,
+            }
+        }
+        done as u32
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opus::{Application, Encoder};
+
+    /// 20 ms Opus packets of a 300 Hz tone at 16 kHz input.
+    fn packets(n: usize) -> Vec<Vec<u8>> {
+        let mut enc = Encoder::new(16_000, Channels::Mono, Application::Voip).unwrap();
+        enc.set_inband_fec(true).unwrap();
+        enc.set_packet_loss_perc(10).unwrap();
+        (0..n)
+            .map(|i| {
+                let pcm: Vec<i16> = (0..320)
+                    .map(|k| {
+                        let t = (i * 320 + k) as f32 / 16_000.0;
+                        ((t * 300.0 * std::f32::consts::TAU).sin() * 8000.0) as i16
+                    })
+                    .collect();
+                enc.encode_vec(&pcm, 4000).unwrap()
+            })
+            .collect()
+    }
+
+    fn audio(d: Decoded) -> (usize, u32, u32) {
+        match d {
+            Decoded::Audio { pcm, concealed, lost } => (pcm.len(), concealed, lost),
+            other => panic!("expected audio, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn decodes_in_order_packets_to_320_samples() {
+        let mut dec = OpusTrackDecoder::new().unwrap();
+        for (i, p) in packets(5).iter().enumerate() {
+            assert_eq!(audio(dec.decode(i as u16, i as u32 * 960, p)), (320, 0, 0));
+        }
+    }
+
+    #[test]
+    fn conceals_lost_packets_keeping_timing() {
+        let mut dec = OpusTrackDecoder::new().unwrap();
+        let p = packets(6);
+        audio(dec.decode(65_534, 0, &p[0]));
+        // Sequence wraps; packets 65535 and 0 are lost.
+        assert_eq!(audio(dec.decode(1, 3 * 960, &p[3])), (3 * 320, 640, 2));
+        assert_eq!(audio(dec.decode(2, 4 * 960, &p[4])), (320, 0, 0));
+        assert_eq!(dec.decode(1, 3 * 960, &p[3]), Decoded::Late);
+    }
+
+    #[test]
+    fn fills_dtx_timestamp_jumps_and_caps_long_ones() {
+        let mut dec = OpusTrackDecoder::new().unwrap();
+        let p = packets(3);
+        audio(dec.decode(10, 0, &p[0]));
+        // Contiguous sequence numbers, 400 ms timestamp jump (DTX).
+        assert_eq!(audio(dec.decode(11, 960 + 19_200, &p[1])), (320 + 6400, 6400, 0));
+        // A ten-second jump is filled only up to the cap.
+        let (len, concealed, _) = audio(dec.decode(12, 500_000, &p[2]));
+        assert_eq!(concealed, MAX_CONCEALMENT_SAMPLES);
+        assert_eq!(len, 320 + MAX_CONCEALMENT_SAMPLES as usize);
+    }
+
+    #[test]
+    fn refuses_garbage_without_panicking() {
+        let mut dec = OpusTrackDecoder::new().unwrap();
+        assert_eq!(dec.decode(0, 0, &[]), Decoded::Undecodable);
+        assert_eq!(dec.decode(1, 960, &[0xff, 0xff, 0xff]), Decoded::Undecodable);
+        let p = packets(1);
+        assert!(matches!(dec.decode(2, 1920, &p[0]), Decoded::Audio { .. }));
+    }
+}
