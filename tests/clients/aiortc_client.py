@@ -56,6 +56,9 @@ def _loopback_host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
     return [LOOPBACK_V4] if use_ipv4 else []
 
 
+if not callable(getattr(aioice.ice, "get_host_addresses", None)):
+    sys.exit("aiortc_client: aioice.ice.get_host_addresses not found; "
+             "this aioice version is not supported (see requirements.txt)")
 aioice.ice.get_host_addresses = _loopback_host_addresses
 
 from aiortc import (  # noqa: E402  (import after the patch on purpose)

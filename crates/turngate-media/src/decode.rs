@@ -53,8 +53,13 @@ pub struct OpusTrackDecoder {
 impl OpusTrackDecoder {
     /// A decoder producing 16 kHz mono PCM.
     pub fn new() -> Result<Self, MediaError> {
-        let decoder = Decoder::new(PCM_RATE, Channels::Mono).map_err(|e| MediaError::Codec(e.to_string()))?;
-        Ok(Self { decoder, last_seq: None, next_timestamp: None })
+        let decoder =
+            Decoder::new(PCM_RATE, Channels::Mono).map_err(|e| MediaError::Codec(e.to_string()))?;
+        Ok(Self {
+            decoder,
+            last_seq: None,
+            next_timestamp: None,
+        })
     }
 
     /// Decodes one received packet.
@@ -73,7 +78,11 @@ impl OpusTrackDecoder {
 
         let gap = self.next_timestamp.map_or(0, |next| {
             let d = timestamp.wrapping_sub(next) as i32;
-            if d > 0 { (d as u32 / RTP_PER_PCM).min(MAX_CONCEALMENT_SAMPLES) } else { 0 }
+            if d > 0 {
+                (d as u32 / RTP_PER_PCM).min(MAX_CONCEALMENT_SAMPLES)
+            } else {
+                0
+            }
         });
         let gap = gap - gap % PLC_GRANULE;
 
@@ -89,7 +98,10 @@ impl OpusTrackDecoder {
 
         let mut pcm = vec![0i16; gap as usize + samples];
         let concealed = self.conceal(&mut pcm[..gap as usize], lost > 0, payload);
-        match self.decoder.decode(payload, &mut pcm[gap as usize..], false) {
+        match self
+            .decoder
+            .decode(payload, &mut pcm[gap as usize..], false)
+        {
             Ok(n) if n == samples => {}
             _ => return Decoded::Undecodable,
         }
@@ -99,7 +111,11 @@ impl OpusTrackDecoder {
             pcm.drain(concealed as usize..gap as usize);
         }
         self.next_timestamp = Some(timestamp.wrapping_add(samples as u32 * RTP_PER_PCM));
-        Decoded::Audio { pcm, concealed, lost }
+        Decoded::Audio {
+            pcm,
+            concealed,
+            lost,
+        }
     }
 
     /// Fills `out` with concealment; the last packet-sized part from the current
@@ -110,7 +126,9 @@ impl OpusTrackDecoder {
             return 0;
         }
         let fec_len = if packet_lost {
-            opus::packet::get_nb_samples(payload, PCM_RATE).unwrap_or(0).min(total)
+            opus::packet::get_nb_samples(payload, PCM_RATE)
+                .unwrap_or(0)
+                .min(total)
         } else {
             0
         };
@@ -118,13 +136,19 @@ impl OpusTrackDecoder {
         let mut done = 0;
         while done < plc_len {
             let chunk = (plc_len - done).min(MAX_PACKET_SAMPLES);
-            match self.decoder.decode(&[], &mut out[done..done + chunk], false) {
+            match self
+                .decoder
+                .decode(&[], &mut out[done..done + chunk], false)
+            {
                 Ok(n) if n > 0 => done += n,
                 _ => return done as u32,
             }
         }
         if fec_len > 0 {
-            match self.decoder.decode(payload, &mut out[done..done + fec_len], true) {
+            match self
+                .decoder
+                .decode(payload, &mut out[done..done + fec_len], true)
+            {
                 Ok(n) => done += n,
                 Err(_) => return done as u32,
             }
@@ -158,7 +182,11 @@ mod tests {
 
     fn audio(d: Decoded) -> (usize, u32, u32) {
         match d {
-            Decoded::Audio { pcm, concealed, lost } => (pcm.len(), concealed, lost),
+            Decoded::Audio {
+                pcm,
+                concealed,
+                lost,
+            } => (pcm.len(), concealed, lost),
             other => panic!("expected audio, got {other:?}"),
         }
     }
@@ -188,7 +216,10 @@ mod tests {
         let p = packets(3);
         audio(dec.decode(10, 0, &p[0]));
         // Contiguous sequence numbers, 400 ms timestamp jump (DTX).
-        assert_eq!(audio(dec.decode(11, 960 + 19_200, &p[1])), (320 + 6400, 6400, 0));
+        assert_eq!(
+            audio(dec.decode(11, 960 + 19_200, &p[1])),
+            (320 + 6400, 6400, 0)
+        );
         // A ten-second jump is filled only up to the cap.
         let (len, concealed, _) = audio(dec.decode(12, 500_000, &p[2]));
         assert_eq!(concealed, MAX_CONCEALMENT_SAMPLES);
@@ -199,7 +230,10 @@ mod tests {
     fn refuses_garbage_without_panicking() {
         let mut dec = OpusTrackDecoder::new().unwrap();
         assert_eq!(dec.decode(0, 0, &[]), Decoded::Undecodable);
-        assert_eq!(dec.decode(1, 960, &[0xff, 0xff, 0xff]), Decoded::Undecodable);
+        assert_eq!(
+            dec.decode(1, 960, &[0xff, 0xff, 0xff]),
+            Decoded::Undecodable
+        );
         let p = packets(1);
         assert!(matches!(dec.decode(2, 1920, &p[0]), Decoded::Audio { .. }));
     }

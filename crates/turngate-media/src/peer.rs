@@ -17,9 +17,9 @@ use tokio::sync::{mpsc, oneshot};
 use webrtc::data_channel::DataChannel;
 use webrtc::media_stream::track_remote::TrackRemote;
 use webrtc::peer_connection::{
-    MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfigurationBuilder,
-    RTCIceGatheringState, RTCPeerConnectionState, RTCSessionDescription, Registry, SettingEngineBuilder,
-    configure_rtcp_reports,
+    MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler,
+    RTCConfigurationBuilder, RTCIceGatheringState, RTCPeerConnectionState, RTCSessionDescription,
+    Registry, SettingEngineBuilder, configure_rtcp_reports,
 };
 
 use crate::error::MediaError;
@@ -33,21 +33,32 @@ const PEER_EVENT_QUEUE: usize = 32;
 pub fn check_offer(sdp: &str) -> Result<(), MediaError> {
     let parsed = rtc::sdp::SessionDescription::try_from(sdp.to_owned())
         .map_err(|e| MediaError::InvalidSdp(e.to_string()))?;
-    let audio: Vec<_> = parsed.media_descriptions.iter().filter(|m| m.media_name.media == "audio").collect();
+    let audio: Vec<_> = parsed
+        .media_descriptions
+        .iter()
+        .filter(|m| m.media_name.media == "audio")
+        .collect();
     if audio.is_empty() {
         return Err(MediaError::NoAudio("the offer has no audio media section"));
     }
-    let sending = |m: &&rtc::sdp::MediaDescription| !(m.has_attribute("recvonly") || m.has_attribute("inactive"));
+    let sending = |m: &&rtc::sdp::MediaDescription| {
+        !(m.has_attribute("recvonly") || m.has_attribute("inactive"))
+    };
     let sending: Vec<_> = audio.into_iter().filter(sending).collect();
     if sending.is_empty() {
-        return Err(MediaError::NoAudio("the offer's audio is recvonly or inactive: it sends nothing to receive"));
+        return Err(MediaError::NoAudio(
+            "the offer's audio is recvonly or inactive: it sends nothing to receive",
+        ));
     }
     let offers_opus = sending.iter().flat_map(|m| m.attributes.iter()).any(|a| {
         a.key == "rtpmap"
-            && a.value.as_deref().and_then(|v| v.split_whitespace().nth(1)).is_some_and(|codec| {
-                let codec = codec.to_ascii_lowercase();
-                codec.starts_with("opus/48000")
-            })
+            && a.value
+                .as_deref()
+                .and_then(|v| v.split_whitespace().nth(1))
+                .is_some_and(|codec| {
+                    let codec = codec.to_ascii_lowercase();
+                    codec.starts_with("opus/48000")
+                })
     });
     if !offers_opus {
         return Err(MediaError::UnsupportedCodec);
@@ -94,7 +105,13 @@ impl PortPool {
     /// A pool over `range` (inclusive). Port 0 ranges mean "any port the OS picks".
     pub fn new(range: RangeInclusive<u16>) -> Arc<Self> {
         let next = *range.start();
-        Arc::new(Self { range, state: Mutex::new(PoolState { leased: BTreeSet::new(), next }) })
+        Arc::new(Self {
+            range,
+            state: Mutex::new(PoolState {
+                leased: BTreeSet::new(),
+                next,
+            }),
+        })
     }
 
     /// Ports in the range.
@@ -110,7 +127,10 @@ impl PortPool {
             let port = state.next;
             state.next = if port >= end { start } else { port + 1 };
             if state.leased.insert(port) {
-                return Some(PortLease { pool: Arc::clone(self), port });
+                return Some(PortLease {
+                    pool: Arc::clone(self),
+                    port,
+                });
             }
         }
         None
@@ -192,9 +212,14 @@ fn opus_codec() -> RTCRtpCodec {
 
 /// Builds a peer connection on a port of `ports` and answers `offer` (non-trickle:
 /// gathering completes before the answer is returned).
-pub async fn answer(config: &PeerConfig, ports: &Arc<PortPool>, offer: String) -> Result<AnsweredPeer, MediaError> {
+pub async fn answer(
+    config: &PeerConfig,
+    ports: &Arc<PortPool>,
+    offer: String,
+) -> Result<AnsweredPeer, MediaError> {
     check_offer(&offer)?;
-    let offer = RTCSessionDescription::offer(offer).map_err(|e| MediaError::InvalidSdp(e.to_string()))?;
+    let offer =
+        RTCSessionDescription::offer(offer).map_err(|e| MediaError::InvalidSdp(e.to_string()))?;
     let webrtc = |e: webrtc::error::Error| MediaError::WebRtc(e.to_string());
 
     let mut last_error = None;
@@ -202,17 +227,34 @@ pub async fn answer(config: &PeerConfig, ports: &Arc<PortPool>, offer: String) -
         let Some(port) = ports.lease() else { break };
         let mut media = MediaEngine::default();
         media
-            .register_codec(RTCRtpCodecParameters { rtp_codec: opus_codec(), payload_type: 111 }, RtpCodecKind::Audio)
+            .register_codec(
+                RTCRtpCodecParameters {
+                    rtp_codec: opus_codec(),
+                    payload_type: 111,
+                },
+                RtpCodecKind::Audio,
+            )
             .map_err(webrtc)?;
         let registry = configure_rtcp_reports(Registry::new());
         let settings = SettingEngineBuilder::new()
             .with_multicast_dns_mode(MulticastDnsMode::Disabled)
-            .with_ice_timeouts(Some(config.ice_disconnected), Some(config.ice_failed), Some(Duration::from_secs(2)))
+            .with_ice_timeouts(
+                Some(config.ice_disconnected),
+                Some(config.ice_failed),
+                Some(Duration::from_secs(2)),
+            )
             .build();
         let (events_tx, events) = mpsc::channel(PEER_EVENT_QUEUE);
         let (gathered_tx, gathered) = oneshot::channel();
-        let handler = Arc::new(Handler { events: events_tx, gathered: Mutex::new(Some(gathered_tx)) });
-        let addrs: Vec<SocketAddr> = config.ips.iter().map(|ip| SocketAddr::new(*ip, port.port())).collect();
+        let handler = Arc::new(Handler {
+            events: events_tx,
+            gathered: Mutex::new(Some(gathered_tx)),
+        });
+        let addrs: Vec<SocketAddr> = config
+            .ips
+            .iter()
+            .map(|ip| SocketAddr::new(*ip, port.port()))
+            .collect();
         let built = PeerConnectionBuilder::new()
             .with_configuration(RTCConfigurationBuilder::new().build())
             .with_media_engine(media)
@@ -232,14 +274,21 @@ pub async fn answer(config: &PeerConfig, ports: &Arc<PortPool>, offer: String) -
             }
         };
         return match negotiate(&connection, offer, gathered).await {
-            Ok(answer) => Ok(AnsweredPeer { answer, connection, events, port }),
+            Ok(answer) => Ok(AnsweredPeer {
+                answer,
+                connection,
+                events,
+                port,
+            }),
             Err(e) => {
                 let _ = connection.close().await;
                 Err(e)
             }
         };
     }
-    Err(MediaError::NoPort(last_error.unwrap_or_else(|| "every port is leased".to_owned())))
+    Err(MediaError::NoPort(
+        last_error.unwrap_or_else(|| "every port is leased".to_owned()),
+    ))
 }
 
 async fn negotiate(
@@ -247,17 +296,31 @@ async fn negotiate(
     offer: RTCSessionDescription,
     gathered: oneshot::Receiver<()>,
 ) -> Result<String, MediaError> {
-    pc.set_remote_description(offer).await.map_err(|e| MediaError::InvalidSdp(e.to_string()))?;
-    let answer = pc.create_answer(None).await.map_err(|e| MediaError::WebRtc(e.to_string()))?;
-    pc.set_local_description(answer).await.map_err(|e| MediaError::WebRtc(e.to_string()))?;
+    pc.set_remote_description(offer)
+        .await
+        .map_err(|e| MediaError::InvalidSdp(e.to_string()))?;
+    let answer = pc
+        .create_answer(None)
+        .await
+        .map_err(|e| MediaError::WebRtc(e.to_string()))?;
+    pc.set_local_description(answer)
+        .await
+        .map_err(|e| MediaError::WebRtc(e.to_string()))?;
     tokio::time::timeout(GATHER_TIMEOUT, gathered)
         .await
         .map_err(|_| MediaError::Timeout("ICE gathering"))?
         .map_err(|_| MediaError::WebRtc("the peer connection closed while gathering".into()))?;
-    let local = pc.local_description().await.ok_or_else(|| MediaError::WebRtc("no local description".into()))?;
-    let parsed = local.unmarshal().map_err(|e| MediaError::WebRtc(e.to_string()))?;
-    let audio_accepted =
-        parsed.media_descriptions.iter().any(|m| m.media_name.media == "audio" && m.media_name.port.value != 0);
+    let local = pc
+        .local_description()
+        .await
+        .ok_or_else(|| MediaError::WebRtc("no local description".into()))?;
+    let parsed = local
+        .unmarshal()
+        .map_err(|e| MediaError::WebRtc(e.to_string()))?;
+    let audio_accepted = parsed
+        .media_descriptions
+        .iter()
+        .any(|m| m.media_name.media == "audio" && m.media_name.port.value != 0);
     if !audio_accepted {
         return Err(MediaError::UnsupportedCodec);
     }
@@ -284,7 +347,10 @@ mod tests {
         assert_eq!(code(""), InvalidSdp);
         assert_eq!(code(&OFFER.replace("m=audio", "m=video")), NoAudio);
         assert_eq!(code(&OFFER.replace("a=sendrecv", "a=recvonly")), NoAudio);
-        assert_eq!(code(&OFFER.replace("opus/48000/2", "G722/8000")), UnsupportedCodec);
+        assert_eq!(
+            code(&OFFER.replace("opus/48000/2", "G722/8000")),
+            UnsupportedCodec
+        );
     }
 
     #[test]

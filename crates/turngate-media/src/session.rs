@@ -24,8 +24,8 @@ use rand::rngs::StdRng;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use turngate_core::{
-    AudioFrame, ClientEvent, Error, ErrorCode, Output, ServerEvent, SessionId, Tagged, TurnConfig, TurnEngine, TurnId,
-    TurnInfo,
+    AudioFrame, ClientEvent, Error, ErrorCode, Output, ServerEvent, SessionId, Tagged, TurnConfig,
+    TurnEngine, TurnId, TurnInfo,
 };
 use webrtc::data_channel::{DataChannel, DataChannelEvent};
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
@@ -49,8 +49,10 @@ const MAX_PACKETS_PER_WAKE: usize = 32;
 pub struct SessionConfig {
     /// Turn detection timing.
     pub turn: TurnConfig,
-    /// VAD score (0–1) at which a 16 ms window counts as voiced.
-    pub vad_threshold: f32,
+    /// VAD score (0–1) a frame needs to begin speech (see [`crate::vad`]).
+    pub vad_onset: f32,
+    /// VAD score (0–1) a frame needs to continue speech.
+    pub vad_sustain: f32,
     /// RTP packets queued between receipt and the turn engine (50 ≈ 1 s of 20 ms audio).
     pub ingress_queue: usize,
     /// Tagged frames and turn events queued for downstream consumers.
@@ -65,7 +67,8 @@ impl Default for SessionConfig {
     fn default() -> Self {
         Self {
             turn: TurnConfig::default(),
-            vad_threshold: 0.5,
+            vad_onset: 0.9,
+            vad_sustain: 0.5,
             ingress_queue: 50,
             downstream_queue: 500,
             outbox: 64,
@@ -185,9 +188,16 @@ pub struct Session {
 }
 
 /// Starts the session driver for an answered peer.
-pub fn start(config: SessionConfig, peer: AnsweredPeer, rng: &mut impl rand::Rng) -> Result<Session, MediaError> {
+pub fn start(
+    config: SessionConfig,
+    peer: AnsweredPeer,
+    rng: &mut impl rand::Rng,
+) -> Result<Session, MediaError> {
     let started = SystemTime::now();
-    let started_unix_ms = started.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+    let started_unix_ms = started
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
     let id = SessionId::mint(started_unix_ms, rng);
     let (close, close_rx) = watch::channel(None);
     let shared = Arc::new(SessionShared {
@@ -201,10 +211,15 @@ pub fn start(config: SessionConfig, peer: AnsweredPeer, rng: &mut impl rand::Rng
     });
     let (downstream_tx, downstream) = mpsc::channel(config.downstream_queue.max(1));
     let (processing, processing_rx) = mpsc::unbounded_channel();
-    let engine = TurnEngine::new(config.turn.clone(), id, started_unix_ms, StdRng::from_rng(rng));
+    let engine = TurnEngine::new(
+        config.turn.clone(),
+        id,
+        started_unix_ms,
+        StdRng::from_rng(rng),
+    );
     let driver = Driver {
         decoder: OpusTrackDecoder::new()?,
-        vad: VoiceDetector::new(config.vad_threshold),
+        vad: VoiceDetector::new(config.vad_onset, config.vad_sustain),
         outbox: Outbox::new(config.outbox),
         engine,
         config,
@@ -218,7 +233,11 @@ pub fn start(config: SessionConfig, peer: AnsweredPeer, rng: &mut impl rand::Rng
         undelivered: 0,
     };
     tokio::spawn(driver.run(peer, processing_rx));
-    Ok(Session { shared, downstream, processing })
+    Ok(Session {
+        shared,
+        downstream,
+        processing,
+    })
 }
 
 /// Gateway → client events waiting for the data channel.
@@ -229,7 +248,10 @@ struct Outbox {
 
 impl Outbox {
     fn new(cap: usize) -> Self {
-        Self { queue: VecDeque::new(), cap }
+        Self {
+            queue: VecDeque::new(),
+            cap,
+        }
     }
 
     /// Queues an event; returns false (and keeps the older events) when full.
@@ -276,7 +298,12 @@ struct Rtp {
 
 impl Driver {
     async fn run(mut self, peer: AnsweredPeer, mut processing: mpsc::UnboundedReceiver<TurnId>) {
-        let AnsweredPeer { connection, mut events, port, .. } = peer;
+        let AnsweredPeer {
+            connection,
+            mut events,
+            port,
+            ..
+        } = peer;
         let (rtp_tx, mut rtp_rx) = mpsc::channel::<Rtp>(self.config.ingress_queue.max(1));
         let (control_tx, mut control_rx) = mpsc::channel::<Control>(CONTROL_QUEUE);
         let mut rtp_tx = Some(rtp_tx);
@@ -338,7 +365,11 @@ impl Driver {
         self.clock.elapsed()
     }
 
-    async fn adopt_channel(&mut self, channel: Arc<dyn DataChannel>, control: &mpsc::Sender<Control>) {
+    async fn adopt_channel(
+        &mut self,
+        channel: Arc<dyn DataChannel>,
+        control: &mpsc::Sender<Control>,
+    ) {
         let label = channel.label().await.unwrap_or_default();
         if label != CONTROL_LABEL || self.channel.is_some() {
             tracing::debug!(session = %self.shared.id, label, "Ignoring a data channel.");
@@ -352,7 +383,10 @@ impl Driver {
     async fn on_control(&mut self, control: Control) {
         match control {
             Control::Open => {
-                let ready = ServerEvent::SessionReady { session_id: self.shared.id }.to_json();
+                let ready = ServerEvent::SessionReady {
+                    session_id: self.shared.id,
+                }
+                .to_json();
                 self.outbox.queue.push_front(ready);
                 self.flush_outbox().await;
             }
@@ -360,16 +394,22 @@ impl Driver {
             Control::Binary(len) => {
                 let error = Error::refused(
                     ErrorCode::MalformedMessage,
-                    format!("binary messages ({len} bytes) are not accepted yet; events are JSON text"),
+                    format!(
+                        "binary messages ({len} bytes) are not accepted yet; events are JSON text"
+                    ),
                 );
                 self.refuse(&error, None).await;
             }
             Control::Text(text) => {
                 let at = self.now();
                 let result = ClientEvent::parse(&text).and_then(|event| match event {
-                    ClientEvent::TurnStart { turn_id, traceparent } => {
-                        self.engine.handle_turn_start(at, turn_id, traceparent).map(|_| ())
-                    }
+                    ClientEvent::TurnStart {
+                        turn_id,
+                        traceparent,
+                    } => self
+                        .engine
+                        .handle_turn_start(at, turn_id, traceparent)
+                        .map(|_| ()),
                     ClientEvent::TurnEnd {} => self.engine.handle_turn_end(at).map(|_| ()),
                 });
                 if let Err(error) = result {
@@ -382,7 +422,10 @@ impl Driver {
     }
 
     async fn refuse(&mut self, error: &Error, turn: Option<TurnId>) {
-        self.shared.counters.messages_refused.fetch_add(1, Ordering::Relaxed);
+        self.shared
+            .counters
+            .messages_refused
+            .fetch_add(1, Ordering::Relaxed);
         tracing::debug!(session = %self.shared.id, code = %error.code(), %error, "Refused a client message.");
         self.send_event(ServerEvent::error(error, turn)).await;
     }
@@ -390,9 +433,17 @@ impl Driver {
     fn on_rtp(&mut self, rtp: Rtp) {
         let counters = &self.shared.counters;
         let (pcm, concealed) = match self.decoder.decode(rtp.seq, rtp.timestamp, &rtp.payload) {
-            Decoded::Audio { pcm, concealed, lost } => {
-                counters.packets_lost.fetch_add(u64::from(lost), Ordering::Relaxed);
-                counters.samples_concealed.fetch_add(u64::from(concealed), Ordering::Relaxed);
+            Decoded::Audio {
+                pcm,
+                concealed,
+                lost,
+            } => {
+                counters
+                    .packets_lost
+                    .fetch_add(u64::from(lost), Ordering::Relaxed);
+                counters
+                    .samples_concealed
+                    .fetch_add(u64::from(concealed), Ordering::Relaxed);
                 (pcm, concealed)
             }
             Decoded::Late => (Vec::new(), 0),
@@ -419,8 +470,11 @@ impl Driver {
             let counters = &self.shared.counters;
             match output {
                 Output::Frame(frame) => {
-                    let counter =
-                        if frame.turn_id.is_some() { &counters.frames_in_turns } else { &counters.frames_idle };
+                    let counter = if frame.turn_id.is_some() {
+                        &counters.frames_in_turns
+                    } else {
+                        &counters.frames_idle
+                    };
                     counter.fetch_add(1, Ordering::Relaxed);
                     if frame.turn_id.is_some() {
                         self.send_downstream(Downstream::Frame(frame)).await;
@@ -442,7 +496,11 @@ impl Driver {
                     tracing::debug!(session = %self.shared.id, turn = %turn.id, reason = ?turn.reason, frames = turn.frames, "Turn ended.");
                     self.record_turn(&turn);
                     if let Some(reason) = turn.reason {
-                        let event = ServerEvent::TurnEnded { turn_id: turn.id, reason, frames: turn.frames };
+                        let event = ServerEvent::TurnEnded {
+                            turn_id: turn.id,
+                            reason,
+                            frames: turn.frames,
+                        };
                         self.send_event(event).await;
                     }
                     self.send_downstream(Downstream::TurnEnded(turn)).await;
@@ -482,7 +540,9 @@ impl Driver {
     }
 
     fn record_turn(&self, turn: &TurnInfo) {
-        let Ok(mut turns) = self.shared.turns.lock() else { return };
+        let Ok(mut turns) = self.shared.turns.lock() else {
+            return;
+        };
         match turns.iter_mut().rev().find(|t| t.id == turn.id) {
             Some(slot) => *slot = turn.clone(),
             None => turns.push(turn.clone()),
@@ -495,7 +555,10 @@ impl Driver {
             return;
         }
         if !self.outbox.push(json) {
-            self.shared.counters.events_dropped.fetch_add(1, Ordering::Relaxed);
+            self.shared
+                .counters
+                .events_dropped
+                .fetch_add(1, Ordering::Relaxed);
         }
         self.flush_outbox().await;
     }
@@ -512,11 +575,16 @@ impl Driver {
     /// Sends without waiting; false when the channel is not open yet. A full send buffer
     /// drops the event (counted): a client that does not read must not stall media.
     async fn try_send(&mut self, json: &str) -> bool {
-        let Some(channel) = &self.channel else { return false };
+        let Some(channel) = &self.channel else {
+            return false;
+        };
         match channel.try_send_text(json).await {
             Ok(()) => true,
             Err(webrtc::error::Error::ErrSendBufferFull) => {
-                self.shared.counters.events_dropped.fetch_add(1, Ordering::Relaxed);
+                self.shared
+                    .counters
+                    .events_dropped
+                    .fetch_add(1, Ordering::Relaxed);
                 true
             }
             Err(_) => false,
@@ -553,7 +621,9 @@ impl Driver {
             tracing::error!(session = %self.shared.id, received, accounted, "Frame accounting does not balance.");
         }
         self.shared.close(why);
-        self.shared.ended.send_replace(Some((SystemTime::now(), why)));
+        self.shared
+            .ended
+            .send_replace(Some((SystemTime::now(), why)));
         tracing::info!(session = %self.shared.id, reason = ?why, received, "Session ended.");
     }
 }
@@ -566,7 +636,12 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
 }
 
 /// Counts every RTP packet of the track at receipt and offers it to the session task.
-async fn read_track(track: Arc<dyn TrackRemote>, tx: mpsc::Sender<Rtp>, shared: Arc<SessionShared>, clock: Instant) {
+async fn read_track(
+    track: Arc<dyn TrackRemote>,
+    tx: mpsc::Sender<Rtp>,
+    shared: Arc<SessionShared>,
+    clock: Instant,
+) {
     while let Some(event) = track.poll().await {
         let TrackRemoteEvent::OnRtpPacket(packet) = event else {
             if matches!(event, TrackRemoteEvent::OnEnded) {
@@ -574,7 +649,10 @@ async fn read_track(track: Arc<dyn TrackRemote>, tx: mpsc::Sender<Rtp>, shared: 
             }
             continue;
         };
-        shared.counters.frames_received.fetch_add(1, Ordering::Relaxed);
+        shared
+            .counters
+            .frames_received
+            .fetch_add(1, Ordering::Relaxed);
         let rtp = Rtp {
             seq: packet.header.sequence_number,
             timestamp: packet.header.timestamp,
@@ -584,11 +662,17 @@ async fn read_track(track: Arc<dyn TrackRemote>, tx: mpsc::Sender<Rtp>, shared: 
         match tx.try_send(rtp) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
-                shared.counters.frames_dropped.fetch_add(1, Ordering::Relaxed);
+                shared
+                    .counters
+                    .frames_dropped
+                    .fetch_add(1, Ordering::Relaxed);
             }
             Err(mpsc::error::TrySendError::Closed(_)) => {
                 // The session is finishing and no longer takes frames: still a fate.
-                shared.counters.frames_dropped.fetch_add(1, Ordering::Relaxed);
+                shared
+                    .counters
+                    .frames_dropped
+                    .fetch_add(1, Ordering::Relaxed);
                 break;
             }
         }

@@ -1,1 +1,116 @@
-fn main() {}
+//! `turngate`: the real-time media gateway for voice and multimodal AI agents.
+//!
+//! `turngate serve` terminates WebRTC audio (WHIP-shaped signaling), mints turn ids and
+//! tags every frame with its turn. See README.md.
+
+mod api;
+mod config;
+mod pipeline;
+mod problem;
+mod registry;
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+use turngate_media::session::SessionEnd;
+
+/// How long shutdown waits for sessions to close their turns.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+#[derive(Parser)]
+#[command(
+    name = "turngate",
+    version,
+    about = "Real-time media gateway: WebRTC audio in, turns out."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway. Settings: defaults < TOML file (--config) < TURNGATE_* < flags.
+    Serve(config::Overrides),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(overrides) => {
+            let config = config::Config::load(&overrides)?;
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?
+                .block_on(serve(config))
+        }
+    }
+}
+
+async fn serve(config: config::Config) -> anyhow::Result<()> {
+    let filter = EnvFilter::try_from_env("TURNGATE_LOG").unwrap_or_else(|_| {
+        EnvFilter::new("info,rtc=error,rtc_dtls=error,rtc_ice=error,rtc_sctp=error,webrtc=warn")
+    });
+    tracing_subscriber::fmt().with_env_filter(filter).init();
+
+    let app = api::App::new(&config);
+    let router = api::router(Arc::clone(&app), &config.cors_origins);
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (listen)", config.listen))?;
+    tracing::info!(listen = %listener.local_addr()?, media_ips = ?config.media.ips,
+        ports = %format!("{}-{}", config.media.port_min, config.media.port_max), "turngate is serving.");
+
+    let shutdown_app = Arc::clone(&app);
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            tracing::info!("Shutting down: no new sessions; closing live ones.");
+            shutdown_app.shutting_down.store(true, Ordering::Relaxed);
+            close_all(&shutdown_app).await;
+        })
+        .await?;
+    tracing::info!("Stopped.");
+    Ok(())
+}
+
+/// Ends every live session (closing its open turn) and waits for them, within a grace.
+async fn close_all(app: &api::App) {
+    let live = app.registry.live();
+    for entry in &live {
+        entry.shared.close(SessionEnd::Shutdown);
+    }
+    let all_ended = async {
+        for entry in &live {
+            entry.shared.wait_ended().await;
+        }
+    };
+    if tokio::time::timeout(SHUTDOWN_GRACE, all_ended)
+        .await
+        .is_err()
+    {
+        tracing::warn!("Some sessions did not end within the shutdown grace.");
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return std::future::pending().await,
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

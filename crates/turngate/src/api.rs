@@ -1,0 +1,287 @@
+//! The HTTP API: WHIP-shaped signaling, session queries, health, CORS.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime};
+
+use axum::Router;
+use axum::body::{Body, to_bytes};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use serde_json::{Value, json};
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use turngate_core::{ErrorCode, SessionId};
+use turngate_media::peer::{self, PeerConfig, PortPool};
+use turngate_media::session::{self, SessionConfig};
+
+use crate::config::Config;
+use crate::pipeline;
+use crate::problem::Problem;
+use crate::registry::{Entry, Registry};
+
+/// Everything the handlers share.
+pub struct App {
+    pub registry: Registry,
+    pub ports: Arc<PortPool>,
+    pub peer: PeerConfig,
+    pub session: SessionConfig,
+    pub max_offer_bytes: usize,
+    pub shutting_down: AtomicBool,
+}
+
+impl App {
+    /// The application state for a validated configuration.
+    pub fn new(config: &Config) -> Arc<Self> {
+        Arc::new(Self {
+            registry: Registry::new(
+                config.sessions.max,
+                config.sessions.retain_ended,
+                Duration::from_secs(config.sessions.retain_ended_s),
+            ),
+            ports: PortPool::new(config.media.port_min..=config.media.port_max),
+            peer: config.peer(),
+            session: config.session(),
+            max_offer_bytes: config.max_offer_bytes,
+            shutting_down: AtomicBool::new(false),
+        })
+    }
+}
+
+/// The router, with CORS for the configured origins.
+pub fn router(app: Arc<App>, cors_origins: &[String]) -> Router {
+    let router = Router::new()
+        .route("/v1/whip", post(create_session))
+        .route("/v1/whip/{resource}", delete(delete_session))
+        .route("/v1/sessions", get(list_sessions))
+        .route("/v1/sessions/{id}", get(get_session))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(ready))
+        .fallback(|| async { Problem::new(ErrorCode::NotFound, "no such endpoint") })
+        .with_state(app);
+    if cors_origins.is_empty() {
+        return router;
+    }
+    let origins = if cors_origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(
+            cors_origins
+                .iter()
+                .filter_map(|o| HeaderValue::from_str(o).ok()),
+        )
+    };
+    router.layer(
+        CorsLayer::new()
+            .allow_origin(origins)
+            .allow_methods([Method::GET, Method::POST, Method::DELETE, Method::OPTIONS])
+            .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION])
+            .expose_headers([header::LOCATION])
+            .max_age(Duration::from_secs(600)),
+    )
+}
+
+async fn ready(State(app): State<Arc<App>>) -> Response {
+    if app.shutting_down.load(Ordering::Relaxed) {
+        return Problem::new(ErrorCode::ShuttingDown, "shutting down").into_response();
+    }
+    "ready".into_response()
+}
+
+/// `POST /v1/whip`: an SDP offer in, `201 Created` with the answer and `Location` out.
+async fn create_session(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, Problem> {
+    if app.shutting_down.load(Ordering::Relaxed) {
+        return Err(Problem::new(
+            ErrorCode::ShuttingDown,
+            "the gateway is shutting down",
+        ));
+    }
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let mime = content_type.split(';').next().unwrap_or("").trim();
+    if !mime.eq_ignore_ascii_case("application/sdp") {
+        return Err(Problem::new(
+            ErrorCode::UnsupportedMediaType,
+            format!("the offer must be sent as application/sdp, not {content_type:?}"),
+        ));
+    }
+    let too_large = || {
+        Problem::new(
+            ErrorCode::PayloadTooLarge,
+            format!("the offer exceeds {} bytes", app.max_offer_bytes),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > app.max_offer_bytes) {
+        return Err(too_large());
+    }
+    let body = to_bytes(body, app.max_offer_bytes)
+        .await
+        .map_err(|_| too_large())?;
+    let offer = String::from_utf8(body.to_vec())
+        .map_err(|_| Problem::new(ErrorCode::InvalidSdp, "the offer is not UTF-8 text"))?;
+    peer::check_offer(&offer).map_err(|e| Problem::new(e.code(), e.to_string()))?;
+
+    let slot = app.registry.reserve().ok_or_else(|| {
+        Problem::new(
+            ErrorCode::TooManySessions,
+            "the gateway holds its maximum number of sessions; retry later",
+        )
+    })?;
+    let answered = peer::answer(&app.peer, &app.ports, offer)
+        .await
+        .map_err(|e| {
+            if e.code() == ErrorCode::Internal {
+                tracing::warn!(error = %e, "Could not answer an offer.");
+            }
+            Problem::new(e.code(), e.to_string())
+        })?;
+    let answer = answered.answer.clone();
+    let mut rng = rand::rng();
+    let started = session::start(app.session.clone(), answered, &mut rng)
+        .map_err(|e| Problem::new(e.code(), e.to_string()))?;
+    let resource = resource_id(&mut rng);
+    let entry = Arc::new(Entry {
+        shared: Arc::clone(&started.shared),
+        audio: Default::default(),
+    });
+    app.registry
+        .insert(slot, resource.clone(), Arc::clone(&entry));
+    tracing::info!(session = %entry.shared.id, "Session created.");
+    tracing::debug!(session = %entry.shared.id, resource = %resource, "WHIP resource.");
+    pipeline::spawn(Arc::clone(&app), resource.clone(), entry, started);
+
+    let location = format!("/v1/whip/{resource}");
+    Ok((
+        StatusCode::CREATED,
+        [
+            (header::CONTENT_TYPE, "application/sdp".to_owned()),
+            (header::LOCATION, location),
+        ],
+        answer,
+    )
+        .into_response())
+}
+
+/// 128 random bits, hex: the unguessable WHIP resource id.
+fn resource_id(rng: &mut impl rand::Rng) -> String {
+    let mut bytes = [0u8; 16];
+    rng.fill_bytes(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `DELETE /v1/whip/{resource}`: ends the session and frees what it held.
+async fn delete_session(
+    State(app): State<Arc<App>>,
+    Path(resource): Path<String>,
+) -> Result<StatusCode, Problem> {
+    let entry = app.registry.by_resource(&resource).ok_or_else(|| {
+        Problem::new(
+            ErrorCode::NotFound,
+            "no such WHIP resource (or it has ended)",
+        )
+    })?;
+    entry.shared.close(session::SessionEnd::Deleted);
+    entry.shared.wait_ended().await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn list_sessions(State(app): State<Arc<App>>) -> Response {
+    let sessions: Vec<Value> = app
+        .registry
+        .all()
+        .iter()
+        .map(|e| session_json(e, false))
+        .collect();
+    axum::Json(json!({ "sessions": sessions })).into_response()
+}
+
+async fn get_session(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+) -> Result<Response, Problem> {
+    let id: SessionId = id
+        .parse()
+        .map_err(|_| Problem::new(ErrorCode::NotFound, "no such session"))?;
+    let entry = app
+        .registry
+        .get(id)
+        .ok_or_else(|| Problem::new(ErrorCode::NotFound, "no such session"))?;
+    Ok(axum::Json(session_json(&entry, true)).into_response())
+}
+
+fn time(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// A session as JSON: counters always, turns when `detail`.
+fn session_json(entry: &Entry, detail: bool) -> Value {
+    use std::sync::atomic::Ordering::Relaxed;
+    let s = &entry.shared;
+    let c = &s.counters;
+    let received = c.frames_received.load(Relaxed);
+    let in_turns = c.frames_in_turns.load(Relaxed);
+    let idle = c.frames_idle.load(Relaxed);
+    let dropped = c.frames_dropped.load(Relaxed);
+    let undecodable = c.frames_undecodable.load(Relaxed);
+    let ended = s.ended();
+    let mut v = json!({
+        "session_id": s.id,
+        "state": if ended.is_some() { "ended" } else { "live" },
+        "started_at": time(s.started),
+        "ended_at": ended.map(|(t, _)| time(t)),
+        "end_reason": ended.map(|(_, why)| why),
+        "data_channel": s.has_data_channel(),
+        "counters": {
+            "frames_received": received,
+            "frames_in_turns": in_turns,
+            "frames_idle": idle,
+            "frames_dropped": dropped,
+            "frames_undecodable": undecodable,
+            // Received but not yet given a fate (queued, or in the pre-roll ring).
+            "frames_pending": received.saturating_sub(in_turns + idle + dropped + undecodable),
+            "packets_lost": c.packets_lost.load(Relaxed),
+            "concealed_ms": c.samples_concealed.load(Relaxed) / 16,
+            "events_dropped": c.events_dropped.load(Relaxed),
+            "messages_refused": c.messages_refused.load(Relaxed),
+        },
+    });
+    if detail {
+        let audio = entry.audio.lock().map(|a| a.clone()).unwrap_or_default();
+        let at = |d: std::time::Duration| time(s.started + d);
+        let turns: Vec<Value> = s
+            .turns()
+            .iter()
+            .map(|t| {
+                let a = audio.get(&t.id).copied().unwrap_or_default();
+                json!({
+                    "turn_id": t.id,
+                    "turn_number": t.number,
+                    "cause": t.cause,
+                    "state": t.state,
+                    "reason": t.reason,
+                    "interrupted": t.interrupted,
+                    "traceparent": t.traceparent().to_string(),
+                    "started_at": at(t.started_at),
+                    "ended_at": t.ended_at.map(at),
+                    "completed_at": t.completed_at.map(at),
+                    "duration_ms": t.ended_at.map(|e| (e - t.started_at).as_millis() as u64),
+                    "frames": t.frames,
+                    "audio_ms": a.samples / 16,
+                    "concealed_ms": a.concealed / 16,
+                })
+            })
+            .collect();
+        v["turns"] = Value::Array(turns);
+    }
+    v
+}

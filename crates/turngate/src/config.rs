@@ -1,0 +1,419 @@
+//! Configuration: defaults, the TOML file, `TURNGATE_*` environment variables and flags,
+//! merged in that order and validated as a whole before any port is bound.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+use turngate_core::TurnConfig;
+use turngate_media::peer::PeerConfig;
+use turngate_media::session::SessionConfig;
+
+/// The whole configuration, as in the TOML file. Every key is optional.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// HTTP listen address. Loopback by default: there is no authentication yet.
+    pub listen: SocketAddr,
+    /// Origins allowed to call the API from a browser (CORS); `["*"]` allows any.
+    /// Empty: no CORS headers.
+    pub cors_origins: Vec<String>,
+    /// Largest accepted SDP offer, in bytes.
+    pub max_offer_bytes: usize,
+    /// Session limits and retention.
+    pub sessions: SessionsConfig,
+    /// Media sockets and queues.
+    pub media: MediaConfig,
+    /// Turn detection timing.
+    pub turn: TurnTiming,
+    /// Voice activity detection.
+    pub vad: VadConfig,
+}
+
+/// `[sessions]`
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionsConfig {
+    /// Live sessions at most; more get 503 with `Retry-After`.
+    pub max: usize,
+    /// Ended sessions kept queryable, at most this many...
+    pub retain_ended: usize,
+    /// ...and for at most this long (seconds).
+    pub retain_ended_s: u64,
+}
+
+/// `[media]`
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MediaConfig {
+    /// Addresses the media sockets bind to and advertise as host candidates. Use the
+    /// address clients reach; `0.0.0.0` binds every interface except loopback.
+    pub ips: Vec<IpAddr>,
+    /// First UDP port of the media range (one port per session).
+    pub port_min: u16,
+    /// Last UDP port of the media range.
+    pub port_max: u16,
+    /// RTP packets queued before the turn engine; overflow is dropped and counted.
+    pub ingress_queue: usize,
+    /// Tagged frames and turn events queued for downstream processing.
+    pub downstream_queue: usize,
+    /// Events held for a client whose data channel is not open; overflow is counted.
+    pub outbox: usize,
+    /// Bytes a data channel may queue for sending.
+    pub data_channel_send_buffer: usize,
+    /// A peer must connect within this many milliseconds of the answer.
+    pub connect_timeout_ms: u64,
+    /// ICE: milliseconds without traffic before a peer counts as disconnected.
+    pub ice_disconnected_ms: u64,
+    /// ICE: further milliseconds after disconnection before the session ends.
+    pub ice_failed_ms: u64,
+}
+
+/// `[turn]`
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TurnTiming {
+    /// Silence that ends a VAD turn.
+    pub hangover_ms: u64,
+    /// Audio before speech onset added to a VAD turn.
+    pub preroll_ms: u64,
+    /// Longest turn input; longer input is split into follow-on turns.
+    pub max_turn_ms: u64,
+    /// Voiced audio needed before VAD calls speech onset.
+    pub speech_onset_ms: u64,
+}
+
+/// `[vad]`
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VadConfig {
+    /// Score (0–1) a frame needs to begin speech.
+    pub onset: f32,
+    /// Score (0–1) a frame needs to continue speech.
+    pub sustain: f32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            cors_origins: Vec::new(),
+            max_offer_bytes: 64 * 1024,
+            sessions: SessionsConfig::default(),
+            media: MediaConfig::default(),
+            turn: TurnTiming::default(),
+            vad: VadConfig::default(),
+        }
+    }
+}
+
+impl Default for SessionsConfig {
+    fn default() -> Self {
+        Self {
+            max: 200,
+            retain_ended: 1000,
+            retain_ended_s: 3600,
+        }
+    }
+}
+
+impl Default for MediaConfig {
+    fn default() -> Self {
+        let session = SessionConfig::default();
+        Self {
+            ips: vec![IpAddr::from([127, 0, 0, 1])],
+            port_min: 40_000,
+            port_max: 40_999,
+            ingress_queue: session.ingress_queue,
+            downstream_queue: session.downstream_queue,
+            outbox: session.outbox,
+            data_channel_send_buffer: 256 * 1024,
+            connect_timeout_ms: session.connect_timeout.as_millis() as u64,
+            ice_disconnected_ms: 5_000,
+            ice_failed_ms: 25_000,
+        }
+    }
+}
+
+impl Default for TurnTiming {
+    fn default() -> Self {
+        let t = TurnConfig::default();
+        Self {
+            hangover_ms: t.hangover.as_millis() as u64,
+            preroll_ms: t.preroll.as_millis() as u64,
+            max_turn_ms: t.max_turn.as_millis() as u64,
+            speech_onset_ms: t.speech_onset.as_millis() as u64,
+        }
+    }
+}
+
+impl Default for VadConfig {
+    fn default() -> Self {
+        let s = SessionConfig::default();
+        Self {
+            onset: s.vad_onset,
+            sustain: s.vad_sustain,
+        }
+    }
+}
+
+/// Settings given on the command line or in `TURNGATE_*` variables; they override the
+/// file.
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct Overrides {
+    /// TOML configuration file (every key optional; see README).
+    #[arg(long, env = "TURNGATE_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// HTTP listen address [default: 127.0.0.1:8080].
+    #[arg(long, env = "TURNGATE_LISTEN", value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// Media IP addresses, comma-separated: bound for UDP and advertised as ICE host
+    /// candidates [default: 127.0.0.1]. `0.0.0.0` binds every interface but loopback.
+    #[arg(
+        long,
+        env = "TURNGATE_MEDIA_IP",
+        value_name = "IP,...",
+        value_delimiter = ','
+    )]
+    pub media_ip: Option<Vec<IpAddr>>,
+    /// UDP port range for media, one port per session [default: 40000-40999].
+    #[arg(long, env = "TURNGATE_MEDIA_PORTS", value_name = "MIN-MAX", value_parser = parse_port_range)]
+    pub media_ports: Option<(u16, u16)>,
+    /// Silence in milliseconds that ends a VAD turn [default: 700].
+    #[arg(long, env = "TURNGATE_HANGOVER_MS", value_name = "MS")]
+    pub hangover_ms: Option<u64>,
+    /// Audio in milliseconds before speech onset that joins a VAD turn [default: 300].
+    #[arg(long, env = "TURNGATE_PREROLL_MS", value_name = "MS")]
+    pub preroll_ms: Option<u64>,
+    /// Longest turn input in milliseconds; longer input is split [default: 60000].
+    #[arg(long, env = "TURNGATE_MAX_TURN_MS", value_name = "MS")]
+    pub max_turn_ms: Option<u64>,
+    /// Live sessions at most; more get 503 [default: 200].
+    #[arg(long, env = "TURNGATE_MAX_SESSIONS", value_name = "N")]
+    pub max_sessions: Option<usize>,
+    /// Browser origins allowed by CORS, comma-separated, or `*` [default: none].
+    #[arg(
+        long,
+        env = "TURNGATE_CORS_ORIGINS",
+        value_name = "ORIGIN,...",
+        value_delimiter = ','
+    )]
+    pub cors_origins: Option<Vec<String>>,
+}
+
+fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
+    let (a, b) = s
+        .split_once('-')
+        .ok_or("expected MIN-MAX, e.g. 40000-40999")?;
+    let a = a.trim().parse::<u16>().map_err(|e| format!("{a:?}: {e}"))?;
+    let b = b.trim().parse::<u16>().map_err(|e| format!("{b:?}: {e}"))?;
+    Ok((a, b))
+}
+
+impl Config {
+    /// Defaults, then the file, then the overrides; validated.
+    pub fn load(overrides: &Overrides) -> anyhow::Result<Self> {
+        let mut config = match &overrides.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    anyhow::anyhow!(
+                        "invalid configuration: {}",
+                        format!("cannot read {}: {e}", path.display())
+                    )
+                })?;
+                toml::from_str::<Config>(&text).map_err(|e| {
+                    anyhow::anyhow!(
+                        "invalid configuration: {}",
+                        format!("{}: {e}", path.display())
+                    )
+                })?
+            }
+            None => Config::default(),
+        };
+        let o = overrides.clone();
+        if let Some(v) = o.listen {
+            config.listen = v;
+        }
+        if let Some(v) = o.media_ip {
+            config.media.ips = v;
+        }
+        if let Some((min, max)) = o.media_ports {
+            (config.media.port_min, config.media.port_max) = (min, max);
+        }
+        if let Some(v) = o.hangover_ms {
+            config.turn.hangover_ms = v;
+        }
+        if let Some(v) = o.preroll_ms {
+            config.turn.preroll_ms = v;
+        }
+        if let Some(v) = o.max_turn_ms {
+            config.turn.max_turn_ms = v;
+        }
+        if let Some(v) = o.max_sessions {
+            config.sessions.max = v;
+        }
+        if let Some(v) = o.cors_origins {
+            config.cors_origins = v
+                .into_iter()
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+                .collect();
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        let fail = |msg: String| Err(anyhow::anyhow!("invalid configuration: {msg}"));
+        let m = &self.media;
+        if m.ips.is_empty() {
+            return fail("media.ips (--media-ip) must name at least one address".into());
+        }
+        if m.port_min == 0 || m.port_min > m.port_max {
+            return fail(format!(
+                "media.port_min ({}) must be at least 1 and not above media.port_max ({})",
+                m.port_min, m.port_max
+            ));
+        }
+        for (key, value) in [
+            ("media.ingress_queue", m.ingress_queue),
+            ("media.downstream_queue", m.downstream_queue),
+            ("media.outbox", m.outbox),
+            ("media.data_channel_send_buffer", m.data_channel_send_buffer),
+            ("sessions.max", self.sessions.max),
+            ("max_offer_bytes", self.max_offer_bytes),
+        ] {
+            if value == 0 {
+                return fail(format!("{key} must be at least 1"));
+            }
+        }
+        let t = &self.turn;
+        for (key, value) in [
+            ("turn.hangover_ms", t.hangover_ms),
+            ("turn.max_turn_ms", t.max_turn_ms),
+            ("media.connect_timeout_ms", m.connect_timeout_ms),
+            ("media.ice_disconnected_ms", m.ice_disconnected_ms),
+            ("media.ice_failed_ms", m.ice_failed_ms),
+        ] {
+            if value == 0 {
+                return fail(format!("{key} must be at least 1"));
+            }
+        }
+        if t.max_turn_ms < 1000 {
+            return fail(format!(
+                "turn.max_turn_ms ({}) must be at least 1000",
+                t.max_turn_ms
+            ));
+        }
+        if t.preroll_ms >= t.max_turn_ms {
+            return fail(format!(
+                "turn.preroll_ms ({}) must be below turn.max_turn_ms",
+                t.preroll_ms
+            ));
+        }
+        let v = &self.vad;
+        if !(0.0..=1.0).contains(&v.onset)
+            || !(0.0..=1.0).contains(&v.sustain)
+            || v.sustain > v.onset
+        {
+            return fail(format!(
+                "vad.onset ({}) and vad.sustain ({}) must lie in 0..=1 with sustain <= onset",
+                v.onset, v.sustain
+            ));
+        }
+        for origin in &self.cors_origins {
+            if origin != "*" && !(origin.starts_with("http://") || origin.starts_with("https://")) {
+                return fail(format!(
+                    "cors_origins: {origin:?} is not an origin like https://app.example or *"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Settings of the WebRTC answerer.
+    pub fn peer(&self) -> PeerConfig {
+        PeerConfig {
+            ips: self.media.ips.clone(),
+            data_channel_send_buffer: self.media.data_channel_send_buffer,
+            ice_disconnected: Duration::from_millis(self.media.ice_disconnected_ms),
+            ice_failed: Duration::from_millis(self.media.ice_failed_ms),
+        }
+    }
+
+    /// Settings of each session's driver.
+    pub fn session(&self) -> SessionConfig {
+        let t = &self.turn;
+        SessionConfig {
+            turn: TurnConfig {
+                hangover: Duration::from_millis(t.hangover_ms),
+                preroll: Duration::from_millis(t.preroll_ms),
+                max_turn: Duration::from_millis(t.max_turn_ms),
+                speech_onset: Duration::from_millis(t.speech_onset_ms),
+            },
+            vad_onset: self.vad.onset,
+            vad_sustain: self.vad.sustain,
+            ingress_queue: self.media.ingress_queue,
+            downstream_queue: self.media.downstream_queue,
+            outbox: self.media.outbox,
+            connect_timeout: Duration::from_millis(self.media.connect_timeout_ms),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_toml(text: &str) -> anyhow::Result<Config> {
+        let dir = std::env::temp_dir().join(format!("turngate-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(format!("{}.toml", text.len()));
+        std::fs::write(&path, text).unwrap();
+        Config::load(&Overrides {
+            config: Some(path),
+            ..Overrides::default()
+        })
+    }
+
+    #[test]
+    fn defaults_are_valid_and_loopback() {
+        let c = Config::load(&Overrides::default()).unwrap();
+        assert!(c.listen.ip().is_loopback());
+        assert_eq!(c.media.ips, vec![IpAddr::from([127, 0, 0, 1])]);
+    }
+
+    #[test]
+    fn overrides_win_over_the_file() {
+        let dir = std::env::temp_dir().join(format!("turngate-config-o-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.toml");
+        std::fs::write(&path, "[turn]\nhangover_ms = 900\npreroll_ms = 100\n").unwrap();
+        let o = Overrides {
+            config: Some(path),
+            hangover_ms: Some(500),
+            ..Overrides::default()
+        };
+        let c = Config::load(&o).unwrap();
+        assert_eq!((c.turn.hangover_ms, c.turn.preroll_ms), (500, 100));
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let e = load_toml("[media]\nport_min = 5000\nport_max = 4000\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("media.port_min"), "{e}");
+        let e = load_toml("[turn]\nhangover = 5\n").unwrap_err().to_string();
+        assert!(e.contains("hangover"), "{e}");
+        let e = load_toml("[vad]\nonset = 0.3\nsustain = 0.6\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("vad.onset"), "{e}");
+        let e = load_toml("cors_origins = [\"example.com\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cors_origins"), "{e}");
+    }
+}

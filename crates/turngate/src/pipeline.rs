@@ -1,0 +1,96 @@
+//! Downstream of a session: collects each turn's tagged frames into a bounded per-turn
+//! buffer and hands the finished buffer to processing.
+//!
+//! Processing is, for now, measuring the turn's audio (kept for the session API) and
+//! reporting "processing finished" to the turn engine at once; the backends (ASR,
+//! vision, LLM) will take the buffer from here.
+
+use std::sync::Arc;
+
+use turngate_core::{AudioFrame, Tagged, TurnId, TurnInfo};
+use turngate_media::session::{Downstream, Session};
+
+use crate::api::App;
+use crate::registry::{Entry, TurnAudio};
+
+/// The frames of one turn, in order, as tagged by the engine.
+pub struct TurnBuffer {
+    /// The turn.
+    pub turn: TurnId,
+    /// Its frames: the Opus packets as received and their decoded PCM.
+    pub frames: Vec<Tagged<AudioFrame>>,
+    cap: usize,
+    /// Frames beyond the cap, not kept (the engine's maximum turn length makes this 0).
+    pub over_cap: u64,
+}
+
+impl TurnBuffer {
+    fn new(turn: TurnId, cap: usize) -> Self {
+        Self {
+            turn,
+            frames: Vec::new(),
+            cap,
+            over_cap: 0,
+        }
+    }
+
+    fn push(&mut self, frame: Tagged<AudioFrame>) {
+        if self.frames.len() < self.cap {
+            self.frames.push(frame);
+        } else {
+            self.over_cap += 1;
+        }
+    }
+}
+
+/// Runs the downstream consumer of a new session and retires the session when it ends.
+pub fn spawn(app: Arc<App>, resource: String, entry: Arc<Entry>, session: Session) {
+    let turn = &app.session.turn;
+    // Opus packets last at least 2.5 ms: a turn of `max_turn` (plus pre-roll) has at most
+    // this many frames.
+    let cap = ((turn.max_turn + turn.preroll).as_micros() / 2500) as usize + 1;
+    let Session {
+        shared,
+        mut downstream,
+        processing,
+    } = session;
+    tokio::spawn(async move {
+        let mut open: Option<TurnBuffer> = None;
+        while let Some(item) = downstream.recv().await {
+            match item {
+                Downstream::TurnStarted(turn) => open = Some(TurnBuffer::new(turn.id, cap)),
+                Downstream::Frame(frame) => {
+                    if let Some(buffer) = open.as_mut().filter(|b| Some(b.turn) == frame.turn_id) {
+                        buffer.push(frame);
+                    }
+                }
+                Downstream::TurnEnded(turn) => {
+                    if let Some(buffer) = open.take().filter(|b| b.turn == turn.id) {
+                        process(&entry, &turn, buffer);
+                    }
+                    let _ = processing.send(turn.id);
+                }
+            }
+        }
+        shared.wait_ended().await;
+        app.registry.ended(&resource);
+    });
+}
+
+/// What processing does with a finished turn today: measure its audio.
+fn process(entry: &Entry, turn: &TurnInfo, buffer: TurnBuffer) {
+    let audio = TurnAudio {
+        samples: buffer.frames.iter().map(|f| f.value.pcm.len() as u64).sum(),
+        concealed: buffer
+            .frames
+            .iter()
+            .map(|f| u64::from(f.value.concealed_samples))
+            .sum(),
+    };
+    if buffer.over_cap > 0 {
+        tracing::warn!(turn = %turn.id, frames = buffer.over_cap, "Turn buffer over its cap.");
+    }
+    if let Ok(mut map) = entry.audio.lock() {
+        map.insert(turn.id, audio);
+    }
+}

@@ -1,0 +1,71 @@
+//! Errors of the HTTP API as RFC 9457 problem+json responses: the one place where an
+//! [`ErrorCode`] becomes an HTTP status.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use turngate_core::ErrorCode;
+
+/// Seconds a client should wait before retrying when the gateway is full.
+const RETRY_AFTER_S: &str = "5";
+
+/// An API error: a code from the closed list and a message for the client.
+#[derive(Debug, thiserror::Error)]
+#[error("{code}: {detail}")]
+pub struct Problem {
+    /// The error code.
+    pub code: ErrorCode,
+    /// What went wrong, for the client.
+    pub detail: String,
+}
+
+impl Problem {
+    /// A problem with a code and a message.
+    pub fn new(code: ErrorCode, detail: impl Into<String>) -> Self {
+        Self {
+            code,
+            detail: detail.into(),
+        }
+    }
+}
+
+/// The HTTP status of an error code.
+pub fn status(code: ErrorCode) -> StatusCode {
+    use ErrorCode::*;
+    match code {
+        InvalidSdp => StatusCode::BAD_REQUEST,
+        NoAudio | UnsupportedCodec => StatusCode::UNPROCESSABLE_ENTITY,
+        UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        NotFound => StatusCode::NOT_FOUND,
+        TooManySessions | NoMediaPort | ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+        Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        // Data-channel codes; should one reach HTTP, it is the client's fault.
+        _ => StatusCode::BAD_REQUEST,
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let status = status(self.code);
+        let body = serde_json::json!({
+            "type": format!("urn:turngate:error:{}", self.code),
+            "title": status.canonical_reason().unwrap_or("Error"),
+            "status": status.as_u16(),
+            "detail": self.detail,
+            "code": self.code,
+        });
+        let mut response = (status, body.to_string()).into_response();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        if matches!(
+            self.code,
+            ErrorCode::TooManySessions | ErrorCode::NoMediaPort | ErrorCode::ShuttingDown
+        ) {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_S));
+        }
+        response
+    }
+}

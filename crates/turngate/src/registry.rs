@@ -1,0 +1,146 @@
+//! The sessions of this node: live ones by WHIP resource id and by session id, and
+//! recently ended ones (kept in memory, bounded by count and age).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use turngate_core::{SessionId, TurnId};
+use turngate_media::session::SessionShared;
+
+/// Audio of one turn as downstream received it.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TurnAudio {
+    /// 16 kHz samples of PCM, concealment included.
+    pub samples: u64,
+    /// Of which concealed.
+    pub concealed: u64,
+}
+
+/// A session as the API sees it.
+pub struct Entry {
+    /// The media side's shared state.
+    pub shared: Arc<SessionShared>,
+    /// Per-turn audio collected downstream.
+    pub audio: Mutex<HashMap<TurnId, TurnAudio>>,
+}
+
+#[derive(Default)]
+struct Maps {
+    by_resource: HashMap<String, SessionId>,
+    by_id: HashMap<SessionId, Arc<Entry>>,
+    ended: VecDeque<(Instant, SessionId)>,
+}
+
+/// All sessions of this node.
+pub struct Registry {
+    maps: Mutex<Maps>,
+    slots: AtomicUsize,
+    max: usize,
+    retain: usize,
+    retain_for: Duration,
+}
+
+/// A reserved place under `max_sessions`, released on drop unless it became a session.
+pub struct Slot<'a> {
+    registry: &'a Registry,
+    used: bool,
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        if !self.used {
+            self.registry.slots.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+impl Registry {
+    /// A registry allowing `max` live sessions and keeping `retain` ended ones for
+    /// `retain_for`.
+    pub fn new(max: usize, retain: usize, retain_for: Duration) -> Self {
+        Self {
+            maps: Mutex::default(),
+            slots: AtomicUsize::new(0),
+            max,
+            retain,
+            retain_for,
+        }
+    }
+
+    /// Reserves a place for a new session, if under the limit.
+    pub fn reserve(&self) -> Option<Slot<'_>> {
+        self.slots
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Slot {
+                registry: self,
+                used: false,
+            })
+    }
+
+    /// Registers a live session under its resource id.
+    pub fn insert(&self, mut slot: Slot<'_>, resource: String, entry: Arc<Entry>) {
+        slot.used = true;
+        let mut maps = self.lock();
+        maps.by_resource.insert(resource, entry.shared.id);
+        maps.by_id.insert(entry.shared.id, entry);
+    }
+
+    /// The live session behind a resource id.
+    pub fn by_resource(&self, resource: &str) -> Option<Arc<Entry>> {
+        let maps = self.lock();
+        maps.by_resource
+            .get(resource)
+            .and_then(|id| maps.by_id.get(id))
+            .cloned()
+    }
+
+    /// A live or retained session.
+    pub fn get(&self, id: SessionId) -> Option<Arc<Entry>> {
+        self.lock().by_id.get(&id).cloned()
+    }
+
+    /// Live and retained sessions, oldest first.
+    pub fn all(&self) -> Vec<Arc<Entry>> {
+        let mut all: Vec<_> = self.lock().by_id.values().cloned().collect();
+        all.sort_by_key(|e| e.shared.id);
+        all
+    }
+
+    /// Live sessions.
+    pub fn live(&self) -> Vec<Arc<Entry>> {
+        let maps = self.lock();
+        maps.by_resource
+            .values()
+            .filter_map(|id| maps.by_id.get(id))
+            .cloned()
+            .collect()
+    }
+
+    /// Moves an ended session from live to retained, and prunes the retained ones.
+    pub fn ended(&self, resource: &str) {
+        let mut maps = self.lock();
+        if let Some(id) = maps.by_resource.remove(resource) {
+            maps.ended.push_back((Instant::now(), id));
+            self.slots.fetch_sub(1, Ordering::AcqRel);
+        }
+        while let Some(&(at, id)) = maps.ended.front() {
+            if maps.ended.len() <= self.retain && at.elapsed() < self.retain_for {
+                break;
+            }
+            maps.ended.pop_front();
+            maps.by_id.remove(&id);
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Maps> {
+        // A panic while holding this lock would be a bug; keep serving with the data.
+        self.maps
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
