@@ -1,1 +1,605 @@
-//! e2e harness
+//! End-to-end test harness: runs the real `turngate` binary, built from the current
+//! source, and drives it with real WebRTC peers over loopback only.
+//!
+//! - [`Gateway`] builds (`cargo build -p turngate`, so no stale binary is ever tested)
+//!   and starts `turngate serve` on free loopback ports, and stops it on drop;
+//! - [`Client`] is a webrtc-rs peer bound to 127.0.0.1 that sends Opus RTP it encodes
+//!   from a WAV fixture, optionally with the `turngate` data channel;
+//! - [`wav`] reads the fixtures under `tests/data/`.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use rtc::ice::mdns::MulticastDnsMode;
+use rtc::peer_connection::configuration::media_engine::MIME_TYPE_OPUS;
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters,
+    RtpCodecKind,
+};
+use serde_json::Value;
+use tokio::process::{Child, Command};
+use tokio::sync::{Notify, oneshot};
+use webrtc::data_channel::{DataChannel, DataChannelEvent};
+use webrtc::media_stream::MediaStreamTrack;
+use webrtc::media_stream::track_local::TrackLocal;
+use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
+use webrtc::peer_connection::{
+    MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler,
+    RTCConfigurationBuilder, RTCIceGatheringState, RTCPeerConnectionState, RTCSessionDescription,
+    SettingEngineBuilder,
+};
+
+/// The workspace root.
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_owned()
+}
+
+/// A fixture under `tests/data/`.
+pub fn data(name: &str) -> PathBuf {
+    workspace().join("tests/data").join(name)
+}
+
+/// The gateway binary, built from the current source: if any file of the gateway's
+/// crates (or `Cargo.lock`) is newer than the binary, it is rebuilt first, once per test
+/// process. (`cargo nextest run --workspace` builds it anyway; this catches runs of this
+/// package alone.)
+fn binary() -> &'static Path {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY.get_or_init(|| {
+        let target = std::env::var("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| workspace().join("target"));
+        let binary = target.join("debug/turngate");
+        let built = std::fs::metadata(&binary).and_then(|m| m.modified()).ok();
+        let newest_source = [
+            workspace().join("crates"),
+            workspace().join("Cargo.lock"),
+            workspace().join("Cargo.toml"),
+        ]
+        .iter()
+        .filter_map(|p| newest_mtime(p))
+        .max();
+        if built.is_none() || newest_source > built {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let status = std::process::Command::new(cargo)
+                .args(["build", "--quiet", "-p", "turngate", "--bin", "turngate"])
+                .current_dir(workspace())
+                .status()
+                .expect("cargo runs");
+            assert!(status.success(), "building turngate failed");
+        }
+        binary
+    })
+}
+
+fn newest_mtime(path: &Path) -> Option<std::time::SystemTime> {
+    let meta = std::fs::metadata(path).ok()?;
+    if meta.is_file() {
+        return meta.modified().ok();
+    }
+    std::fs::read_dir(path)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| newest_mtime(&e.path()))
+        .max()
+}
+
+fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// A running `turngate serve`.
+pub struct Gateway {
+    child: Option<Child>,
+    /// `http://127.0.0.1:PORT`
+    pub base: String,
+    /// An HTTP client.
+    pub http: reqwest::Client,
+    log: Arc<Mutex<String>>,
+}
+
+impl Gateway {
+    /// Starts the gateway on loopback with extra arguments and environment.
+    pub async fn start(args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<Self> {
+        let port = free_tcp_port();
+        // A media range of its own per gateway; a taken port is skipped by the gateway.
+        let media = 20_000 + (port % 400) * 100;
+        let mut cmd = Command::new(binary());
+        cmd.arg("serve")
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--media-ip",
+                "127.0.0.1",
+            ])
+            .args(["--media-ports", &format!("{media}-{}", media + 99)])
+            .args(args)
+            .env(
+                "TURNGATE_LOG",
+                "info,turngate_media=debug,rtc=error,webrtc=warn",
+            )
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = cmd.spawn().context("spawning turngate")?;
+        let log = Arc::new(Mutex::new(String::new()));
+        if let Some(stderr) = child.stderr.take() {
+            let log = Arc::clone(&log);
+            tokio::spawn(async move {
+                use tokio::io::AsyncBufReadExt;
+                let mut lines = tokio::io::BufReader::new(stderr).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    log.lock().unwrap().push_str(&line);
+                    log.lock().unwrap().push('\n');
+                }
+            });
+        }
+        let gw = Self {
+            child: Some(child),
+            base: format!("http://127.0.0.1:{port}"),
+            http: reqwest::Client::new(),
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(r) = gw.http.get(format!("{}/healthz", gw.base)).send().await
+                && r.status().is_success()
+            {
+                return Ok(gw);
+            }
+            if Instant::now() > deadline {
+                bail!("turngate did not become healthy; log:\n{}", gw.log());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Everything the gateway wrote to stderr so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// `GET {path}` as JSON, with the status.
+    pub async fn get(&self, path: &str) -> anyhow::Result<(u16, Value)> {
+        let r = self.http.get(format!("{}{path}", self.base)).send().await?;
+        let status = r.status().as_u16();
+        Ok((status, r.json().await?))
+    }
+
+    /// `GET /v1/sessions/{id}`.
+    pub async fn session(&self, id: &str) -> anyhow::Result<Value> {
+        let (status, body) = self.get(&format!("/v1/sessions/{id}")).await?;
+        anyhow::ensure!(status == 200, "session {id}: {status} {body}");
+        Ok(body)
+    }
+
+    /// Polls a session until `done` holds, or fails after `timeout`.
+    pub async fn wait_session(
+        &self,
+        id: &str,
+        timeout: Duration,
+        done: impl Fn(&Value) -> bool,
+    ) -> anyhow::Result<Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let s = self.session(id).await?;
+            if done(&s) {
+                return Ok(s);
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "session {id} did not reach the expected state: {s:#}\nlog:\n{}",
+                    self.log()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub async fn terminate(&mut self) -> anyhow::Result<std::process::ExitStatus> {
+        let mut child = self.child.take().context("already stopped")?;
+        let pid = child.id().context("no pid")?;
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()?;
+        Ok(tokio::time::timeout(Duration::from_secs(20), child.wait()).await??)
+    }
+}
+
+/// Reads a 16-bit PCM WAV file: (sample rate, mono samples).
+pub mod wav {
+    use anyhow::{Context, bail};
+
+    /// The samples of a mono 16-bit WAV.
+    pub fn read(path: &std::path::Path) -> anyhow::Result<(u32, Vec<i16>)> {
+        let bytes = std::fs::read(path).with_context(|| path.display().to_string())?;
+        if bytes.len() < 12 || &bytes[..4] != b"RIFF" || &bytes[8..12] != b"WAVE" {
+            bail!("{}: not a WAV file", path.display());
+        }
+        let (mut rate, mut channels, mut bits, mut i) = (0u32, 0u16, 0u16, 12usize);
+        while i + 8 <= bytes.len() {
+            let id = &bytes[i..i + 4];
+            let len = u32::from_le_bytes(bytes[i + 4..i + 8].try_into()?) as usize;
+            let body = &bytes[i + 8..(i + 8 + len).min(bytes.len())];
+            match id {
+                b"fmt " => {
+                    channels = u16::from_le_bytes(body[2..4].try_into()?);
+                    rate = u32::from_le_bytes(body[4..8].try_into()?);
+                    bits = u16::from_le_bytes(body[14..16].try_into()?);
+                }
+                b"data" => {
+                    if channels != 1 || bits != 16 {
+                        bail!(
+                            "{}: want mono 16-bit, got {channels} ch {bits} bit",
+                            path.display()
+                        );
+                    }
+                    let pcm = body
+                        .chunks_exact(2)
+                        .map(|c| i16::from_le_bytes([c[0], c[1]]))
+                        .collect();
+                    return Ok((rate, pcm));
+                }
+                _ => {}
+            }
+            i += 8 + len + (len & 1);
+        }
+        bail!("{}: no data chunk", path.display())
+    }
+}
+
+/// Encodes mono PCM into 20 ms Opus packets.
+pub fn encode_opus(rate: u32, pcm: &[i16]) -> anyhow::Result<Vec<Vec<u8>>> {
+    let mut enc = opus::Encoder::new(rate, opus::Channels::Mono, opus::Application::Voip)?;
+    enc.set_inband_fec(true)?;
+    let frame = rate as usize / 50;
+    let mut packets = Vec::new();
+    for chunk in pcm.chunks(frame) {
+        let mut padded = chunk.to_vec();
+        padded.resize(frame, 0);
+        packets.push(enc.encode_vec(&padded, 1500)?);
+    }
+    Ok(packets)
+}
+
+/// Data-channel messages a client received.
+#[derive(Clone, Default)]
+pub struct Inbox {
+    events: Arc<Mutex<Vec<Value>>>,
+    notify: Arc<Notify>,
+}
+
+impl Inbox {
+    /// All events so far.
+    pub fn all(&self) -> Vec<Value> {
+        self.events.lock().unwrap().clone()
+    }
+
+    /// Events of one type.
+    pub fn of(&self, kind: &str) -> Vec<Value> {
+        self.all()
+            .into_iter()
+            .filter(|e| e["type"] == kind)
+            .collect()
+    }
+
+    /// Waits until `n` events of `kind` have arrived.
+    pub async fn wait(
+        &self,
+        kind: &str,
+        n: usize,
+        timeout: Duration,
+    ) -> anyhow::Result<Vec<Value>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let notified = self.notify.notified();
+            let got = self.of(kind);
+            if got.len() >= n {
+                return Ok(got);
+            }
+            if tokio::time::timeout_at(deadline.into(), notified)
+                .await
+                .is_err()
+            {
+                bail!("waited for {n} {kind:?} events; got {:#?}", self.all());
+            }
+        }
+    }
+
+    fn push(&self, event: Value) {
+        self.events.lock().unwrap().push(event);
+        self.notify.notify_waiters();
+    }
+}
+
+struct ClientHandler {
+    gathered: Mutex<Option<oneshot::Sender<()>>>,
+    state: tokio::sync::watch::Sender<RTCPeerConnectionState>,
+}
+
+#[async_trait::async_trait]
+impl PeerConnectionEventHandler for ClientHandler {
+    async fn on_ice_gathering_state_change(&self, state: RTCIceGatheringState) {
+        if state == RTCIceGatheringState::Complete
+            && let Some(tx) = self.gathered.lock().unwrap().take()
+        {
+            let _ = tx.send(());
+        }
+    }
+
+    async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
+        self.state.send_replace(state);
+    }
+}
+
+const SSRC: u32 = 0x7475_726e;
+const PT: u8 = 111;
+
+fn opus_codec() -> RTCRtpCodec {
+    RTCRtpCodec {
+        mime_type: MIME_TYPE_OPUS.to_owned(),
+        clock_rate: 48_000,
+        channels: 2,
+        sdp_fmtp_line: "minptime=10;useinbandfec=1".to_owned(),
+        rtcp_feedback: vec![],
+    }
+}
+
+/// A webrtc-rs client peer on loopback.
+pub struct Client {
+    pc: Arc<dyn PeerConnection>,
+    track: Arc<TrackLocalStaticRTP>,
+    channel: Option<Arc<dyn DataChannel>>,
+    state: tokio::sync::watch::Receiver<RTCPeerConnectionState>,
+    /// Events received on the data channel.
+    pub inbox: Inbox,
+    /// The WHIP resource URL path.
+    pub location: String,
+    /// RTP packets written to the track.
+    pub packets_sent: u64,
+    seq: u16,
+    timestamp: u32,
+}
+
+impl Client {
+    /// Connects to the gateway, with or without the `turngate` data channel.
+    pub async fn connect(gw: &Gateway, data_channel: bool) -> anyhow::Result<Self> {
+        let mut media = MediaEngine::default();
+        media.register_codec(
+            RTCRtpCodecParameters {
+                rtp_codec: opus_codec(),
+                payload_type: PT,
+            },
+            RtpCodecKind::Audio,
+        )?;
+        let settings = SettingEngineBuilder::new()
+            .with_multicast_dns_mode(MulticastDnsMode::Disabled)
+            .build();
+        let (gathered_tx, gathered) = oneshot::channel();
+        let (state_tx, state) = tokio::sync::watch::channel(RTCPeerConnectionState::New);
+        let handler = Arc::new(ClientHandler {
+            gathered: Mutex::new(Some(gathered_tx)),
+            state: state_tx,
+        });
+        let pc: Arc<dyn PeerConnection> = Arc::new(
+            PeerConnectionBuilder::new()
+                .with_configuration(RTCConfigurationBuilder::new().build())
+                .with_media_engine(media)
+                .with_setting_engine(settings)
+                .with_handler(handler)
+                .with_udp_addrs(vec!["127.0.0.1:0".to_owned()])
+                .build()
+                .await?,
+        );
+        let track = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
+            "turngate-test".to_owned(),
+            "mic".to_owned(),
+            "mic".to_owned(),
+            RtpCodecKind::Audio,
+            vec![RTCRtpEncodingParameters {
+                rtp_coding_parameters: RTCRtpCodingParameters {
+                    ssrc: Some(SSRC),
+                    ..Default::default()
+                },
+                codec: opus_codec(),
+                ..Default::default()
+            }],
+        )));
+        pc.add_track(Arc::clone(&track) as Arc<dyn TrackLocal>)
+            .await?;
+        let inbox = Inbox::default();
+        let channel = if data_channel {
+            let dc = pc.create_data_channel("turngate", None).await?;
+            let (dc2, inbox2) = (Arc::clone(&dc), inbox.clone());
+            tokio::spawn(async move {
+                while let Some(ev) = dc2.poll().await {
+                    if let DataChannelEvent::OnMessage(m) = ev
+                        && m.is_string
+                        && let Ok(v) = serde_json::from_slice::<Value>(&m.data)
+                    {
+                        inbox2.push(v);
+                    }
+                }
+            });
+            Some(dc)
+        } else {
+            None
+        };
+        let offer = pc.create_offer(None).await?;
+        pc.set_local_description(offer).await?;
+        tokio::time::timeout(Duration::from_secs(5), gathered).await??;
+        let offer = pc
+            .local_description()
+            .await
+            .context("no local description")?
+            .sdp;
+        let (status, location, answer) = post_offer(gw, "application/sdp", offer).await?;
+        anyhow::ensure!(status == 201, "WHIP POST gave {status}: {answer}");
+        pc.set_remote_description(RTCSessionDescription::answer(answer)?)
+            .await?;
+        let mut client = Self {
+            pc,
+            track,
+            channel,
+            state,
+            inbox,
+            location: location.context("no Location")?,
+            packets_sent: 0,
+            seq: 1000,
+            timestamp: 0,
+        };
+        client.wait_connected().await?;
+        Ok(client)
+    }
+
+    async fn wait_connected(&mut self) -> anyhow::Result<()> {
+        let connected = self
+            .state
+            .wait_for(|s| *s == RTCPeerConnectionState::Connected);
+        tokio::time::timeout(Duration::from_secs(10), connected).await??;
+        Ok(())
+    }
+
+    /// Sends a JSON event on the data channel.
+    pub async fn send_event(&self, event: Value) -> anyhow::Result<()> {
+        self.send_text(&event.to_string()).await
+    }
+
+    /// Sends raw text on the data channel.
+    pub async fn send_text(&self, text: &str) -> anyhow::Result<()> {
+        let dc = self.channel.as_ref().context("no data channel")?;
+        dc.send_text(text).await?;
+        Ok(())
+    }
+
+    /// Sends Opus packets in real time (20 ms apart), skipping the indices in `lose`.
+    pub async fn send_packets(
+        &mut self,
+        packets: &[Vec<u8>],
+        lose: &[usize],
+    ) -> anyhow::Result<()> {
+        let start = tokio::time::Instant::now();
+        for (i, payload) in packets.iter().enumerate() {
+            tokio::time::sleep_until(start + Duration::from_millis(20 * i as u64)).await;
+            let (seq, timestamp) = (self.seq, self.timestamp);
+            self.seq = self.seq.wrapping_add(1);
+            self.timestamp = self.timestamp.wrapping_add(960);
+            if lose.contains(&i) {
+                continue;
+            }
+            let packet = rtc::rtp::Packet {
+                header: rtc::rtp::Header {
+                    version: 2,
+                    payload_type: PT,
+                    sequence_number: seq,
+                    timestamp,
+                    ssrc: SSRC,
+                    marker: i == 0,
+                    ..Default::default()
+                },
+                payload: Bytes::from(payload.clone()),
+            };
+            self.track.write_rtp(packet).await?;
+            self.packets_sent += 1;
+        }
+        Ok(())
+    }
+
+    /// Encodes a WAV fixture and sends it in real time.
+    pub async fn send_wav(&mut self, name: &str) -> anyhow::Result<()> {
+        let (rate, pcm) = wav::read(&data(name))?;
+        let packets = encode_opus(rate, &pcm)?;
+        self.send_packets(&packets, &[]).await
+    }
+
+    /// The session id from `session.ready`.
+    pub async fn session_id(&self) -> anyhow::Result<String> {
+        let ready = self
+            .inbox
+            .wait("session.ready", 1, Duration::from_secs(10))
+            .await?;
+        Ok(ready[0]["session_id"]
+            .as_str()
+            .context("session_id")?
+            .to_owned())
+    }
+
+    /// `DELETE` on the WHIP resource; returns the status. The peer connection is closed.
+    pub async fn delete(&self, gw: &Gateway) -> anyhow::Result<u16> {
+        let r = gw
+            .http
+            .delete(format!("{}{}", gw.base, self.location))
+            .send()
+            .await?;
+        let _ = self.pc.close().await;
+        Ok(r.status().as_u16())
+    }
+
+    /// Closes the peer connection without telling the gateway.
+    pub async fn vanish(&self) {
+        let _ = self.pc.close().await;
+    }
+}
+
+/// `POST /v1/whip`: (status, Location, body).
+pub async fn post_offer(
+    gw: &Gateway,
+    content_type: &str,
+    body: impl Into<reqwest::Body>,
+) -> anyhow::Result<(u16, Option<String>, String)> {
+    let r = gw
+        .http
+        .post(format!("{}/v1/whip", gw.base))
+        .header("content-type", content_type)
+        .body(body)
+        .send()
+        .await?;
+    let status = r.status().as_u16();
+    let location = r
+        .headers()
+        .get("location")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    Ok((status, location, r.text().await?))
+}
+
+/// Finds the session id of the only session on the gateway (for clients without a
+/// data channel).
+pub async fn only_session_id(gw: &Gateway) -> anyhow::Result<String> {
+    let (_, list) = gw.get("/v1/sessions").await?;
+    let sessions = list["sessions"].as_array().context("sessions")?;
+    anyhow::ensure!(sessions.len() == 1, "expected one session: {list:#}");
+    Ok(sessions[0]["session_id"]
+        .as_str()
+        .context("session_id")?
+        .to_owned())
+}
+
+/// Asserts the accounting identity on a session's counters and returns `received`.
+pub fn assert_balanced(session: &Value) -> u64 {
+    let c = &session["counters"];
+    let n = |k: &str| {
+        c[k].as_u64()
+            .unwrap_or_else(|| panic!("counter {k} in {c}"))
+    };
+    let received = n("frames_received");
+    assert_eq!(
+        received,
+        n("frames_in_turns") + n("frames_idle") + n("frames_dropped") + n("frames_undecodable"),
+        "accounting identity broken: {c:#}"
+    );
+    assert_eq!(n("frames_pending"), 0, "{c:#}");
+    received
+}
