@@ -52,3 +52,120 @@ async fn two_utterances_make_two_vad_turns_and_frames_balance() -> anyhow::Resul
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn tone_and_noise_open_no_turn_but_quiet_speech_does() -> anyhow::Result<()> {
+    let gw = Gateway::start(&[], &[]).await?;
+    let mut client = Client::connect(&gw, true).await?;
+    let session_id = client.session_id().await?;
+    client.send_wav("tone.wav").await?;
+    client.send_wav("noise.wav").await?;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(
+        client.inbox.of("turn.started").is_empty(),
+        "a tone or noise opened a turn: {:#?}",
+        client.inbox.all()
+    );
+    client.send_wav("quiet-speech.wav").await?;
+    let started = client
+        .inbox
+        .wait("turn.started", 1, Duration::from_secs(3))
+        .await?;
+    assert_eq!(started[0]["cause"], "vad");
+    client
+        .inbox
+        .wait("turn.ended", 1, Duration::from_secs(3))
+        .await?;
+    let sent = client.packets_sent;
+    gw.wait_session(&session_id, Duration::from_secs(5), |s| {
+        s["counters"]["frames_received"] == sent
+    })
+    .await?;
+    assert_eq!(client.delete(&gw).await?, 204);
+    let session = gw
+        .wait_session(&session_id, Duration::from_secs(5), |s| {
+            s["state"] == "ended"
+        })
+        .await?;
+    assert_eq!(assert_balanced(&session), sent);
+    assert_eq!(session["turns"].as_array().unwrap().len(), 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_audio_only_offer_without_data_channel_gets_vad_turns() -> anyhow::Result<()> {
+    let gw = Gateway::start(&[], &[]).await?;
+    let mut client = Client::connect(&gw, false).await?;
+    let session_id = only_session_id(&gw).await?;
+    client.send_wav("two-utterances.wav").await?;
+    let sent = client.packets_sent;
+    let session = gw
+        .wait_session(&session_id, Duration::from_secs(5), |s| {
+            s["counters"]["frames_received"] == sent
+                && s["turns"].as_array().is_some_and(|t| t.len() == 2)
+        })
+        .await?;
+    assert_eq!(session["data_channel"], false);
+    // Events for a client without a data channel wait in a bounded outbox; none was lost
+    // yet (4 events fit), so nothing is counted as dropped.
+    assert_eq!(session["counters"]["events_dropped"], 0);
+    assert_eq!(client.delete(&gw).await?, 204);
+    let session = gw
+        .wait_session(&session_id, Duration::from_secs(5), |s| {
+            s["state"] == "ended"
+        })
+        .await?;
+    assert_eq!(assert_balanced(&session), sent);
+    assert!(
+        session["turns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|t| t["cause"] == "vad" && t["reason"] == "end_of_speech")
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn lost_packets_are_concealed_and_keep_the_turn_timing() -> anyhow::Result<()> {
+    let gw = Gateway::start(&[], &[]).await?;
+    let mut client = Client::connect(&gw, true).await?;
+    let session_id = client.session_id().await?;
+    let (rate, pcm) = wav::read(&data("speech.wav"))?;
+    let packets = encode_opus(rate, &pcm)?;
+    // Lose single packets and one burst of three, all inside the speech.
+    let lose = [40, 55, 70, 71, 72, 90];
+    client.send_packets(&packets, &lose).await?;
+    client
+        .inbox
+        .wait("turn.ended", 1, Duration::from_secs(3))
+        .await?;
+    let sent = client.packets_sent;
+    assert_eq!(sent as usize, packets.len() - lose.len());
+    gw.wait_session(&session_id, Duration::from_secs(5), |s| {
+        s["counters"]["frames_received"] == sent
+    })
+    .await?;
+    assert_eq!(client.delete(&gw).await?, 204);
+    let session = gw
+        .wait_session(&session_id, Duration::from_secs(5), |s| {
+            s["state"] == "ended"
+        })
+        .await?;
+    assert_eq!(assert_balanced(&session), sent);
+    assert_eq!(session["counters"]["packets_lost"], lose.len() as u64);
+    assert_eq!(session["counters"]["concealed_ms"], 20 * lose.len() as u64);
+    let turn = &session["turns"][0];
+    // The turn's PCM covers its frames plus the concealed gaps: 20 ms per packet.
+    let frames = turn["frames"].as_u64().unwrap();
+    assert_eq!(
+        turn["audio_ms"].as_u64().unwrap(),
+        20 * (frames + lose.len() as u64),
+        "{turn:#}"
+    );
+    assert_eq!(
+        turn["concealed_ms"].as_u64().unwrap(),
+        20 * lose.len() as u64
+    );
+    Ok(())
+}
