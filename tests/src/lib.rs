@@ -50,7 +50,7 @@ pub fn data(name: &str) -> PathBuf {
 /// crates (or `Cargo.lock`) is newer than the binary, it is rebuilt first, once per test
 /// process. (`cargo nextest run --workspace` builds it anyway; this catches runs of this
 /// package alone.)
-fn binary() -> &'static Path {
+pub fn binary() -> &'static Path {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
     BINARY.get_or_init(|| {
         let target = std::env::var("CARGO_TARGET_DIR")
@@ -376,6 +376,47 @@ pub struct Client {
 impl Client {
     /// Connects to the gateway, with or without the `turngate` data channel.
     pub async fn connect(gw: &Gateway, data_channel: bool) -> anyhow::Result<Self> {
+        let (pc, track, channel, inbox, state, offer) = Self::prepare(data_channel).await?;
+        let (status, location, answer) = post_offer(gw, "application/sdp", offer).await?;
+        anyhow::ensure!(status == 201, "WHIP POST gave {status}: {answer}");
+        pc.set_remote_description(RTCSessionDescription::answer(answer)?)
+            .await?;
+        let mut client = Self {
+            pc,
+            track,
+            channel,
+            state,
+            inbox,
+            location: location.context("no Location")?,
+            packets_sent: 0,
+            seq: 1000,
+            timestamp: 0,
+        };
+        client.wait_connected().await?;
+        Ok(client)
+    }
+
+    /// Posts a real offer, then closes the peer before it can connect. Returns the
+    /// WHIP resource path.
+    pub async fn offer_only(gw: &Gateway) -> anyhow::Result<String> {
+        let (pc, .., offer) = Self::prepare(true).await?;
+        let (status, location, answer) = post_offer(gw, "application/sdp", offer).await?;
+        let _ = pc.close().await;
+        anyhow::ensure!(status == 201, "WHIP POST gave {status}: {answer}");
+        location.context("no Location")
+    }
+
+    #[allow(clippy::type_complexity)]
+    async fn prepare(
+        data_channel: bool,
+    ) -> anyhow::Result<(
+        Arc<dyn PeerConnection>,
+        Arc<TrackLocalStaticRTP>,
+        Option<Arc<dyn DataChannel>>,
+        Inbox,
+        tokio::sync::watch::Receiver<RTCPeerConnectionState>,
+        String,
+    )> {
         let mut media = MediaEngine::default();
         media.register_codec(
             RTCRtpCodecParameters {
@@ -445,23 +486,7 @@ impl Client {
             .await
             .context("no local description")?
             .sdp;
-        let (status, location, answer) = post_offer(gw, "application/sdp", offer).await?;
-        anyhow::ensure!(status == 201, "WHIP POST gave {status}: {answer}");
-        pc.set_remote_description(RTCSessionDescription::answer(answer)?)
-            .await?;
-        let mut client = Self {
-            pc,
-            track,
-            channel,
-            state,
-            inbox,
-            location: location.context("no Location")?,
-            packets_sent: 0,
-            seq: 1000,
-            timestamp: 0,
-        };
-        client.wait_connected().await?;
-        Ok(client)
+        Ok((pc, track, channel, inbox, state, offer))
     }
 
     async fn wait_connected(&mut self) -> anyhow::Result<()> {

@@ -598,14 +598,19 @@ impl Driver {
         port: PortLease,
         mut rtp_rx: mpsc::Receiver<Rtp>,
     ) {
-        // Stop the media first, then account for what was already received.
+        // Close the turns first, so the client still hears `turn.ended` on a channel
+        // that is open; frames that arrive from now on leave as idle.
+        let at = self.now();
+        self.engine.handle_close(at);
+        self.drain().await;
+        if let Some(channel) = self.channel.clone() {
+            flush(channel).await;
+        }
         let _ = connection.close().await;
         rtp_rx.close();
         while let Some(rtp) = rtp_rx.recv().await {
             self.on_rtp(rtp);
         }
-        let at = self.now();
-        self.engine.handle_close(at);
         self.drain().await;
         drop(port);
         if self.undelivered > 0 {
@@ -625,6 +630,20 @@ impl Driver {
             .ended
             .send_replace(Some((SystemTime::now(), why)));
         tracing::info!(session = %self.shared.id, reason = ?why, received, "Session ended.");
+    }
+}
+
+/// How long a closing session waits for its last events to leave the data channel.
+const FLUSH_GRACE: Duration = Duration::from_millis(250);
+
+/// Waits (briefly) until a data channel has sent what is queued.
+async fn flush(channel: Arc<dyn DataChannel>) {
+    let deadline = Instant::now() + FLUSH_GRACE;
+    while Instant::now() < deadline {
+        match channel.outstanding_bytes().await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+        }
     }
 }
 

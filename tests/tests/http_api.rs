@@ -1,0 +1,283 @@
+//! The HTTP API refuses bad input with problem+json and the documented codes, without
+//! harming other sessions.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use turngate_e2e::*;
+
+const PCMU_ONLY: &str = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n\
+    a=fingerprint:sha-256 AB:CD\r\nm=audio 9 UDP/TLS/RTP/SAVPF 0\r\nc=IN IP4 0.0.0.0\r\n\
+    a=ice-ufrag:abcd\r\na=ice-pwd:abcdefghijklmnopqrstuvwx\r\na=sendrecv\r\na=rtpmap:0 PCMU/8000\r\n";
+
+fn no_audio() -> String {
+    "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n\
+     m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\nc=IN IP4 0.0.0.0\r\na=sctp-port:5000\r\n"
+        .to_owned()
+}
+
+/// Asserts a problem+json response with a status and code.
+async fn expect_problem(response: reqwest::Response, status: u16, code: &str) -> Value {
+    assert_eq!(response.status().as_u16(), status);
+    let ct = response
+        .headers()
+        .get("content-type")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(ct, "application/problem+json");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["code"], code, "{body:#}");
+    assert_eq!(body["status"], status);
+    assert_eq!(body["type"], format!("urn:turngate:error:{code}"));
+    assert!(body["detail"].as_str().is_some_and(|d| !d.is_empty()));
+    body
+}
+
+async fn post(
+    gw: &Gateway,
+    content_type: &str,
+    body: impl Into<reqwest::Body>,
+) -> reqwest::Response {
+    gw.http
+        .post(format!("{}/v1/whip", gw.base))
+        .header("content-type", content_type)
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Sends a chunked POST (no Content-Length) of `total` bytes over a raw socket and
+/// returns the status line.
+async fn chunked_post(gw: &Gateway, total: usize) -> anyhow::Result<String> {
+    let addr = gw.base.trim_start_matches("http://");
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    s.write_all(
+        format!("POST /v1/whip HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/sdp\r\nTransfer-Encoding: chunked\r\n\r\n")
+            .as_bytes(),
+    )
+    .await?;
+    let chunk = vec![b'a'; 8192];
+    let mut sent = 0;
+    while sent < total {
+        let piece = format!("{:x}\r\n", chunk.len());
+        if s.write_all(piece.as_bytes()).await.is_err()
+            || s.write_all(&chunk).await.is_err()
+            || s.write_all(b"\r\n").await.is_err()
+        {
+            break; // the server answered and closed: it did not buffer it all
+        }
+        sent += chunk.len();
+    }
+    let _ = s.write_all(b"0\r\n\r\n").await;
+    let mut response = vec![0u8; 1024];
+    let n = s.read(&mut response).await?;
+    Ok(String::from_utf8_lossy(&response[..n])
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_owned())
+}
+
+#[tokio::test]
+async fn bad_offers_get_documented_problems_and_live_sessions_go_on() -> anyhow::Result<()> {
+    let gw = Gateway::start(&[], &[]).await?;
+    // A live session speaking while the bad requests arrive.
+    let mut client = Client::connect(&gw, true).await?;
+    let session_id = client.session_id().await?;
+    let speaking = tokio::spawn(async move { client.send_wav("speech.wav").await.map(|_| client) });
+
+    expect_problem(
+        post(&gw, "application/sdp", "hello, not SDP").await,
+        400,
+        "invalid_sdp",
+    )
+    .await;
+    expect_problem(
+        post(&gw, "application/sdp", vec![0xffu8, 0xfe, 0x00]).await,
+        400,
+        "invalid_sdp",
+    )
+    .await;
+    expect_problem(post(&gw, "application/sdp", "").await, 400, "invalid_sdp").await;
+    expect_problem(
+        post(&gw, "text/plain", PCMU_ONLY).await,
+        415,
+        "unsupported_media_type",
+    )
+    .await;
+    expect_problem(
+        gw.http
+            .post(format!("{}/v1/whip", gw.base))
+            .body(PCMU_ONLY)
+            .send()
+            .await?,
+        415,
+        "unsupported_media_type",
+    )
+    .await;
+    expect_problem(
+        post(&gw, "application/sdp", no_audio()).await,
+        422,
+        "no_audio",
+    )
+    .await;
+    expect_problem(
+        post(&gw, "application/sdp", PCMU_ONLY).await,
+        422,
+        "unsupported_codec",
+    )
+    .await;
+    expect_problem(
+        post(
+            &gw,
+            "application/sdp",
+            PCMU_ONLY
+                .replace("a=sendrecv", "a=recvonly")
+                .replace("PCMU/8000", "opus/48000/2"),
+        )
+        .await,
+        422,
+        "no_audio",
+    )
+    .await;
+    expect_problem(
+        post(&gw, "application/sdp", "v=0\r\n".repeat(20_000)).await,
+        413,
+        "payload_too_large",
+    )
+    .await;
+    // Without a Content-Length the cap still holds, and not everything is read first.
+    let status = chunked_post(&gw, 50 * 1024 * 1024).await?;
+    assert!(status.contains("413"), "{status}");
+    expect_problem(
+        gw.http
+            .delete(format!(
+                "{}/v1/whip/0123456789abcdef0123456789abcdef",
+                gw.base
+            ))
+            .send()
+            .await?,
+        404,
+        "not_found",
+    )
+    .await;
+    expect_problem(
+        gw.http
+            .get(format!("{}/v1/sessions/nope", gw.base))
+            .send()
+            .await?,
+        404,
+        "not_found",
+    )
+    .await;
+    expect_problem(
+        gw.http
+            .get(format!("{}/v2/whatever", gw.base))
+            .send()
+            .await?,
+        404,
+        "not_found",
+    )
+    .await;
+
+    let client = speaking.await??;
+    client
+        .inbox
+        .wait("turn.ended", 1, Duration::from_secs(3))
+        .await?;
+    let sent = client.packets_sent;
+    gw.wait_session(&session_id, Duration::from_secs(5), |s| {
+        s["counters"]["frames_received"] == sent
+    })
+    .await?;
+    assert_eq!(client.delete(&gw).await?, 204);
+    assert_eq!(
+        client.delete(&gw).await?,
+        404,
+        "a second DELETE finds nothing"
+    );
+    let session = gw
+        .wait_session(&session_id, Duration::from_secs(5), |s| {
+            s["state"] == "ended"
+        })
+        .await?;
+    assert_eq!(assert_balanced(&session), sent);
+    Ok(())
+}
+
+#[tokio::test]
+async fn sessions_beyond_the_maximum_get_503_with_retry_after() -> anyhow::Result<()> {
+    let gw = Gateway::start(&["--max-sessions", "1"], &[]).await?;
+    let client = Client::connect(&gw, true).await?;
+    client.session_id().await?;
+    let err = match Client::connect(&gw, true).await {
+        Ok(_) => panic!("a second session was accepted"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains("503") && err.contains("too_many_sessions"),
+        "{err}"
+    );
+    let r = post(
+        &gw,
+        "application/sdp",
+        PCMU_ONLY.replace("PCMU/8000", "opus/48000/2"),
+    )
+    .await;
+    assert!(r.headers().get("retry-after").is_some());
+    expect_problem(r, 503, "too_many_sessions").await;
+    // Freeing the session frees its place.
+    assert_eq!(client.delete(&gw).await?, 204);
+    let again = Client::connect(&gw, true).await?;
+    again.session_id().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn cors_preflight_is_answered_and_location_exposed() -> anyhow::Result<()> {
+    let gw = Gateway::start(&[], &[("TURNGATE_CORS_ORIGINS", "http://app.example")]).await?;
+    let r = gw
+        .http
+        .request(reqwest::Method::OPTIONS, format!("{}/v1/whip", gw.base))
+        .header("origin", "http://app.example")
+        .header("access-control-request-method", "POST")
+        .header("access-control-request-headers", "content-type")
+        .send()
+        .await?;
+    assert!(r.status().is_success());
+    assert_eq!(
+        r.headers()["access-control-allow-origin"],
+        "http://app.example"
+    );
+    let r = gw
+        .http
+        .post(format!("{}/v1/whip", gw.base))
+        .header("origin", "http://app.example")
+        .header("content-type", "application/sdp")
+        .body("garbage")
+        .send()
+        .await?;
+    assert_eq!(
+        r.headers()["access-control-allow-origin"],
+        "http://app.example"
+    );
+    assert!(
+        r.headers()["access-control-expose-headers"]
+            .to_str()?
+            .to_ascii_lowercase()
+            .contains("location")
+    );
+    let r = gw
+        .http
+        .request(reqwest::Method::OPTIONS, format!("{}/v1/whip", gw.base))
+        .header("origin", "http://evil.example")
+        .header("access-control-request-method", "POST")
+        .send()
+        .await?;
+    assert!(r.headers().get("access-control-allow-origin").is_none());
+    Ok(())
+}
