@@ -376,22 +376,25 @@ pub struct Client {
 impl Client {
     /// Connects to the gateway, with or without the `turngate` data channel.
     pub async fn connect(gw: &Gateway, data_channel: bool) -> anyhow::Result<Self> {
+        Self::connect_with(data_channel, |offer| async move {
+            let (status, location, answer) = post_offer(gw, "application/sdp", offer).await?;
+            anyhow::ensure!(status == 201, "WHIP POST gave {status}: {answer}");
+            Ok((answer, location.context("no Location")?))
+        })
+        .await
+    }
+
+    /// Connects through `signal`, which takes the offer and returns the answer and the
+    /// resource location.
+    pub async fn connect_with<F, Fut>(data_channel: bool, signal: F) -> anyhow::Result<Self>
+    where
+        F: FnOnce(String) -> Fut,
+        Fut: std::future::Future<Output = anyhow::Result<(String, String)>>,
+    {
         let (pc, track, channel, inbox, state, offer) = Self::prepare(data_channel).await?;
-        let (status, location, answer) = post_offer(gw, "application/sdp", offer).await?;
-        anyhow::ensure!(status == 201, "WHIP POST gave {status}: {answer}");
-        pc.set_remote_description(RTCSessionDescription::answer(answer)?)
-            .await?;
-        let mut client = Self {
-            pc,
-            track,
-            channel,
-            state,
-            inbox,
-            location: location.context("no Location")?,
-            packets_sent: 0,
-            seq: 1000,
-            timestamp: 0,
-        };
+        let (answer, location) = signal(offer).await?;
+        pc.set_remote_description(RTCSessionDescription::answer(answer)?).await?;
+        let mut client = Self { pc, track, channel, state, inbox, location, packets_sent: 0, seq: 1000, timestamp: 0 };
         client.wait_connected().await?;
         Ok(client)
     }

@@ -276,6 +276,10 @@ impl<R: Rng> TurnEngine<R> {
             self.emit_frame(Some((i, turn_id)), seq, at, frame);
             return;
         }
+        if self.closed {
+            self.emit_frame(None, seq, at, frame);
+            return;
+        }
         self.preroll.push_back((seq, at, frame));
         self.counters.frames_held += 1;
         self.expire_preroll(at);

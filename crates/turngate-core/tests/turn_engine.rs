@@ -269,6 +269,11 @@ fn close_ends_the_open_turn_and_flushes_held_frames() {
     h.drain();
     assert_eq!(h.engine.counters().frames_held, 0);
     assert_eq!(h.engine.counters().frames_idle, h.sent);
+    // Frames that still arrive after close leave at once, as idle, even voiced ones.
+    h.audio(t, ms(500), true);
+    assert_eq!(h.engine.counters().frames_held, 0);
+    assert_eq!(h.engine.counters().frames_idle, h.sent);
+    assert_eq!(h.started().len(), 0);
 }
 
 /// One step of a random session.
@@ -345,6 +350,11 @@ proptest! {
             drain(&mut engine, &mut outputs);
         }
         engine.handle_close(at + ms(1));
+        // Frames still arriving after close leave too.
+        for i in 0..3 {
+            engine.handle_frame(at + ms(2 + i), frame(sent), true);
+            sent += 1;
+        }
         drain(&mut engine, &mut outputs);
 
         // Every frame leaves exactly once, in order, and nothing is held at the end.
