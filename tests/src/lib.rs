@@ -393,8 +393,19 @@ impl Client {
     {
         let (pc, track, channel, inbox, state, offer) = Self::prepare(data_channel).await?;
         let (answer, location) = signal(offer).await?;
-        pc.set_remote_description(RTCSessionDescription::answer(answer)?).await?;
-        let mut client = Self { pc, track, channel, state, inbox, location, packets_sent: 0, seq: 1000, timestamp: 0 };
+        pc.set_remote_description(RTCSessionDescription::answer(answer)?)
+            .await?;
+        let mut client = Self {
+            pc,
+            track,
+            channel,
+            state,
+            inbox,
+            location,
+            packets_sent: 0,
+            seq: 1000,
+            timestamp: 0,
+        };
         client.wait_connected().await?;
         Ok(client)
     }

@@ -18,7 +18,11 @@ async fn a_stalled_consumer_forces_counted_drops_and_the_identity_holds() -> any
         ice_disconnected: Duration::from_secs(5),
         ice_failed: Duration::from_secs(25),
     };
-    let session_config = SessionConfig { ingress_queue: 8, downstream_queue: 4, ..SessionConfig::default() };
+    let session_config = SessionConfig {
+        ingress_queue: 8,
+        downstream_queue: 4,
+        ..SessionConfig::default()
+    };
     let mut started = None;
     let mut client = Client::connect_with(true, |offer| {
         let (ports, config, started) = (&ports, &config, &mut started);
@@ -37,7 +41,9 @@ async fn a_stalled_consumer_forces_counted_drops_and_the_identity_holds() -> any
     let shared = &session.shared;
     let sent = client.packets_sent;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while shared.counters.frames_received.load(Relaxed) < sent && tokio::time::Instant::now() < deadline {
+    while shared.counters.frames_received.load(Relaxed) < sent
+        && tokio::time::Instant::now() < deadline
+    {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     shared.close(SessionEnd::Deleted);
@@ -54,7 +60,10 @@ async fn a_stalled_consumer_forces_counted_drops_and_the_identity_holds() -> any
     );
     assert_eq!(received, sent);
     assert!(dropped > 20, "expected back-pressure drops, got {dropped}");
-    assert!(in_turns > 0, "the turn opened before the consumer stalled everything");
+    assert!(
+        in_turns > 0,
+        "the turn opened before the consumer stalled everything"
+    );
     assert_eq!(received, in_turns + idle + dropped + undecodable);
     drop(session.downstream);
     Ok(())

@@ -26,6 +26,13 @@ async fn turn_start_and_end_make_a_client_turn_with_the_clients_id() -> anyhow::
     // The pause between the utterances is longer than the hangover, but VAD does not
     // close or open turns while a client turn is open.
     assert!(client.inbox.of("turn.ended").is_empty());
+    // Let the last packets land before ending the turn, as a push-to-talk client whose
+    // button is released after its audio would.
+    let sent = client.packets_sent;
+    gw.wait_session(&session_id, Duration::from_secs(5), |s| {
+        s["counters"]["frames_received"] == sent && s["counters"]["frames_pending"] == 0
+    })
+    .await?;
     client.send_event(json!({"type": "turn.end"})).await?;
     let ended = client
         .inbox

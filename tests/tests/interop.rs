@@ -15,7 +15,11 @@ const TURN_ID: &str = "1be2f0a0c0ffee00112233445566778a";
 
 async fn aiortc(gw: &Gateway, args: &[&str]) -> anyhow::Result<Value> {
     let python = workspace().join(".venv/bin/python");
-    anyhow::ensure!(python.exists(), "{} is missing: run scripts/test, which creates it", python.display());
+    anyhow::ensure!(
+        python.exists(),
+        "{} is missing: run scripts/test, which creates it",
+        python.display()
+    );
     let wav = data("speech-48k.wav");
     let out = tokio::process::Command::new(python)
         .arg(workspace().join("tests/clients/aiortc_client.py"))
@@ -34,7 +38,12 @@ async fn aiortc(gw: &Gateway, args: &[&str]) -> anyhow::Result<Value> {
 }
 
 fn of<'a>(result: &'a Value, kind: &str) -> Vec<&'a Value> {
-    result["events"].as_array().unwrap().iter().filter(|e| e["type"] == kind).collect()
+    result["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == kind)
+        .collect()
 }
 
 #[tokio::test]
@@ -45,8 +54,16 @@ async fn aiortc_speech_gets_vad_turns_and_every_packet_is_counted() -> anyhow::R
     assert_eq!(of(&result, "session.ready").len(), 1);
     let ended = of(&result, "turn.ended");
     assert_eq!(ended.len(), 2, "{result:#}");
-    let session = gw.wait_session(session_id, Duration::from_secs(5), |s| s["state"] == "ended").await?;
-    assert_eq!(assert_balanced(&session), result["packets_sent"].as_u64().unwrap(), "{session:#}");
+    let session = gw
+        .wait_session(session_id, Duration::from_secs(5), |s| {
+            s["state"] == "ended"
+        })
+        .await?;
+    assert_eq!(
+        assert_balanced(&session),
+        result["packets_sent"].as_u64().unwrap(),
+        "{session:#}"
+    );
     Ok(())
 }
 
@@ -70,11 +87,19 @@ async fn aiortc_audio_only_offer_gets_vad_turns() -> anyhow::Result<()> {
     let result = aiortc(&gw, &["--no-datachannel"]).await?;
     assert!(result["events"].as_array().unwrap().is_empty());
     let (_, list) = gw.get("/v1/sessions").await?;
-    let id = list["sessions"][0]["session_id"].as_str().unwrap().to_owned();
-    let session = gw.wait_session(&id, Duration::from_secs(5), |s| s["state"] == "ended").await?;
+    let id = list["sessions"][0]["session_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let session = gw
+        .wait_session(&id, Duration::from_secs(5), |s| s["state"] == "ended")
+        .await?;
     assert_eq!(session["data_channel"], false);
     assert_eq!(session["turns"].as_array().unwrap().len(), 2, "{session:#}");
-    assert_eq!(assert_balanced(&session), result["packets_sent"].as_u64().unwrap());
+    assert_eq!(
+        assert_balanced(&session),
+        result["packets_sent"].as_u64().unwrap()
+    );
     Ok(())
 }
 
@@ -82,7 +107,12 @@ async fn aiortc_audio_only_offer_gets_vad_turns() -> anyhow::Result<()> {
 fn only_loopback() -> bool {
     // /proc/net/dev lists the interfaces of the reader's network namespace.
     std::fs::read_to_string("/proc/net/dev")
-        .map(|t| t.lines().skip(2).filter_map(|l| l.split(':').next()).all(|name| name.trim() == "lo"))
+        .map(|t| {
+            t.lines()
+                .skip(2)
+                .filter_map(|l| l.split(':').next())
+                .all(|name| name.trim() == "lo")
+        })
         .unwrap_or(false)
 }
 
@@ -99,7 +129,14 @@ async fn chromium_with_a_fake_microphone_gets_a_vad_turn() -> anyhow::Result<()>
     let origin = format!("http://127.0.0.1:{page_port}");
     let gw = Gateway::start(&[], &[("TURNGATE_CORS_ORIGINS", &origin)]).await?;
     let _server = tokio::process::Command::new("python3")
-        .args(["-m", "http.server", "--bind", "127.0.0.1", &page_port.to_string(), "--directory"])
+        .args([
+            "-m",
+            "http.server",
+            "--bind",
+            "127.0.0.1",
+            &page_port.to_string(),
+            "--directory",
+        ])
         .arg(workspace().join("tests/browser"))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -136,7 +173,10 @@ async fn chromium_with_a_fake_microphone_gets_a_vad_turn() -> anyhow::Result<()>
             let (_, list) = gw.get("/v1/sessions").await?;
             if let Some(id) = list["sessions"][0]["session_id"].as_str() {
                 let s = gw.session(id).await?;
-                if s["turns"].as_array().is_some_and(|t| t.iter().any(|t| t["state"] != "open")) {
+                if s["turns"]
+                    .as_array()
+                    .is_some_and(|t| t.iter().any(|t| t["state"] != "open"))
+                {
                     return anyhow::Ok(s);
                 }
             }
@@ -146,7 +186,8 @@ async fn chromium_with_a_fake_microphone_gets_a_vad_turn() -> anyhow::Result<()>
     let session = tokio::time::timeout(Duration::from_secs(30), found).await;
     let _ = chromium.kill().await;
     let _ = std::fs::remove_dir_all(&profile);
-    let session = session.map_err(|_| anyhow::anyhow!("no turn from Chromium; gateway log:\n{}", gw.log()))??;
+    let session = session
+        .map_err(|_| anyhow::anyhow!("no turn from Chromium; gateway log:\n{}", gw.log()))??;
     let turn = &session["turns"][0];
     assert_eq!(turn["cause"], "vad", "{session:#}");
     assert_eq!(turn["reason"], "end_of_speech");

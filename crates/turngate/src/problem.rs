@@ -69,3 +69,28 @@ impl IntoResponse for Problem {
         response
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// docs/errors.md lists every code with the status this module gives it.
+    #[test]
+    fn the_documented_table_matches_the_codes() {
+        let doc = include_str!("../../../docs/errors.md");
+        for code in ErrorCode::ALL {
+            let row = doc
+                .lines()
+                .find(|l| l.starts_with(&format!("| `{code}` |")))
+                .unwrap_or_else(|| panic!("docs/errors.md has no row for {code}"));
+            let documented: u16 = row.split('|').nth(2).unwrap().trim().parse().unwrap();
+            assert_eq!(documented, status(*code).as_u16(), "status of {code}");
+        }
+        let rows = doc.lines().filter(|l| l.starts_with("| `")).count();
+        assert_eq!(
+            rows,
+            ErrorCode::ALL.len(),
+            "docs/errors.md lists codes that do not exist"
+        );
+    }
+}
