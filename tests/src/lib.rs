@@ -15,14 +15,13 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use bytes::Bytes;
 use rtc::ice::mdns::MulticastDnsMode;
-use rtc::peer_connection::configuration::media_engine::MIME_TYPE_OPUS;
 use rtc::rtp_transceiver::rtp_sender::{
-    RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters,
-    RtpCodecKind,
+    RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
 };
 use serde_json::Value;
 use tokio::process::{Child, Command};
 use tokio::sync::{Notify, oneshot};
+use turngate_media::peer;
 use webrtc::data_channel::{DataChannel, DataChannelEvent};
 use webrtc::media_stream::MediaStreamTrack;
 use webrtc::media_stream::track_local::TrackLocal;
@@ -162,6 +161,16 @@ impl Gateway {
                 bail!("turngate did not become healthy; log:\n{}", gw.log());
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// A gateway started elsewhere, at `base` (e.g. for load runs).
+    pub fn external(base: &str) -> Self {
+        Self {
+            child: None,
+            base: base.trim_end_matches('/').to_owned(),
+            http: reqwest::Client::new(),
+            log: Arc::default(),
         }
     }
 
@@ -347,16 +356,6 @@ impl PeerConnectionEventHandler for ClientHandler {
 const SSRC: u32 = 0x7475_726e;
 const PT: u8 = 111;
 
-fn opus_codec() -> RTCRtpCodec {
-    RTCRtpCodec {
-        mime_type: MIME_TYPE_OPUS.to_owned(),
-        clock_rate: 48_000,
-        channels: 2,
-        sdp_fmtp_line: "minptime=10;useinbandfec=1".to_owned(),
-        rtcp_feedback: vec![],
-    }
-}
-
 /// A webrtc-rs client peer on loopback.
 pub struct Client {
     pc: Arc<dyn PeerConnection>,
@@ -434,7 +433,7 @@ impl Client {
         let mut media = MediaEngine::default();
         media.register_codec(
             RTCRtpCodecParameters {
-                rtp_codec: opus_codec(),
+                rtp_codec: peer::opus_codec(),
                 payload_type: PT,
             },
             RtpCodecKind::Audio,
@@ -468,7 +467,7 @@ impl Client {
                     ssrc: Some(SSRC),
                     ..Default::default()
                 },
-                codec: opus_codec(),
+                codec: peer::opus_codec(),
                 ..Default::default()
             }],
         )));
@@ -584,6 +583,25 @@ impl Client {
             .await?;
         let _ = self.pc.close().await;
         Ok(r.status().as_u16())
+    }
+
+    /// Waits until the gateway has received every packet sent, DELETEs the session
+    /// (expecting 204), waits for it to end and checks that its counters balance with
+    /// `frames_received` equal to the packets sent. Returns the ended session.
+    pub async fn finish(&self, gw: &Gateway, session_id: &str) -> anyhow::Result<Value> {
+        let sent = self.packets_sent;
+        gw.wait_session(session_id, Duration::from_secs(5), |s| {
+            s["counters"]["frames_received"] == sent
+        })
+        .await?;
+        anyhow::ensure!(self.delete(gw).await? == 204, "DELETE did not give 204");
+        let session = gw
+            .wait_session(session_id, Duration::from_secs(5), |s| {
+                s["state"] == "ended"
+            })
+            .await?;
+        assert_eq!(assert_balanced(&session), sent, "{session:#}");
+        Ok(session)
     }
 
     /// Closes the peer connection without telling the gateway.

@@ -153,59 +153,37 @@ async fn bad_offers_get_documented_problems_and_live_sessions_go_on() -> anyhow:
     // Without a Content-Length the cap still holds, and not everything is read first.
     let status = chunked_post(&gw, 50 * 1024 * 1024).await?;
     assert!(status.contains("413"), "{status}");
-    expect_problem(
-        gw.http
-            .delete(format!(
-                "{}/v1/whip/0123456789abcdef0123456789abcdef",
-                gw.base
-            ))
+    for (method, path) in [
+        (
+            reqwest::Method::DELETE,
+            "/v1/whip/0123456789abcdef0123456789abcdef",
+        ),
+        (reqwest::Method::GET, "/v1/sessions/nope"),
+        (
+            reqwest::Method::GET,
+            "/v1/sessions/0123456789abcdef0123456789abcdef",
+        ),
+        (reqwest::Method::GET, "/v2/whatever"),
+    ] {
+        let r = gw
+            .http
+            .request(method, format!("{}{path}", gw.base))
             .send()
-            .await?,
-        404,
-        "not_found",
-    )
-    .await;
-    expect_problem(
-        gw.http
-            .get(format!("{}/v1/sessions/nope", gw.base))
-            .send()
-            .await?,
-        404,
-        "not_found",
-    )
-    .await;
-    expect_problem(
-        gw.http
-            .get(format!("{}/v2/whatever", gw.base))
-            .send()
-            .await?,
-        404,
-        "not_found",
-    )
-    .await;
+            .await?;
+        expect_problem(r, 404, "not_found").await;
+    }
 
     let client = speaking.await??;
     client
         .inbox
         .wait("turn.ended", 1, Duration::from_secs(3))
         .await?;
-    let sent = client.packets_sent;
-    gw.wait_session(&session_id, Duration::from_secs(5), |s| {
-        s["counters"]["frames_received"] == sent
-    })
-    .await?;
-    assert_eq!(client.delete(&gw).await?, 204);
+    client.finish(&gw, &session_id).await?;
     assert_eq!(
         client.delete(&gw).await?,
         404,
         "a second DELETE finds nothing"
     );
-    let session = gw
-        .wait_session(&session_id, Duration::from_secs(5), |s| {
-            s["state"] == "ended"
-        })
-        .await?;
-    assert_eq!(assert_balanced(&session), sent);
     Ok(())
 }
 
@@ -279,5 +257,40 @@ async fn cors_preflight_is_answered_and_location_exposed() -> anyhow::Result<()>
         .send()
         .await?;
     assert!(r.headers().get("access-control-allow-origin").is_none());
+    Ok(())
+}
+
+#[tokio::test]
+async fn ended_sessions_are_retained_up_to_the_configured_count() -> anyhow::Result<()> {
+    let dir = std::env::temp_dir().join(format!("turngate-retain-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let file = dir.join("retain.toml");
+    std::fs::write(&file, "[sessions]\nretain_ended = 1\n")?;
+    let gw = Gateway::start(&["--config", file.to_str().unwrap()], &[]).await?;
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let client = Client::connect(&gw, true).await?;
+        ids.push(client.session_id().await?);
+        assert_eq!(client.delete(&gw).await?, 204);
+    }
+    let live = Client::connect(&gw, true).await?;
+    ids.push(live.session_id().await?);
+    // Wait until the second session has been retired, then list.
+    gw.wait_session(&ids[1], Duration::from_secs(5), |s| s["state"] == "ended")
+        .await?;
+    let (_, list) = gw.get("/v1/sessions").await?;
+    let listed: Vec<&str> = list["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["session_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        listed,
+        vec![ids[1].as_str(), ids[2].as_str()],
+        "oldest first: the newest ended one and the live one"
+    );
+    let (status, _) = gw.get(&format!("/v1/sessions/{}", ids[0])).await?;
+    assert_eq!(status, 404);
     Ok(())
 }

@@ -28,19 +28,8 @@ async fn two_utterances_make_two_vad_turns_and_frames_balance() -> anyhow::Resul
         );
         assert_eq!(e["reason"], "end_of_speech");
     }
-    // Every packet sent is counted at receipt (the last ones may still be in flight).
-    let sent = client.packets_sent;
-    gw.wait_session(&session_id, Duration::from_secs(5), |s| {
-        s["counters"]["frames_received"] == sent
-    })
-    .await?;
-    assert_eq!(client.delete(&gw).await?, 204);
-    let session = gw
-        .wait_session(&session_id, Duration::from_secs(5), |s| {
-            s["state"] == "ended"
-        })
-        .await?;
-    assert_eq!(assert_balanced(&session), sent);
+    // Every packet sent is counted at receipt.
+    let session = client.finish(&gw, &session_id).await?;
     let turns = session["turns"].as_array().unwrap();
     assert_eq!(turns.len(), 2);
     for (t, e) in turns.iter().zip(&ended) {
@@ -76,18 +65,7 @@ async fn tone_and_noise_open_no_turn_but_quiet_speech_does() -> anyhow::Result<(
         .inbox
         .wait("turn.ended", 1, Duration::from_secs(3))
         .await?;
-    let sent = client.packets_sent;
-    gw.wait_session(&session_id, Duration::from_secs(5), |s| {
-        s["counters"]["frames_received"] == sent
-    })
-    .await?;
-    assert_eq!(client.delete(&gw).await?, 204);
-    let session = gw
-        .wait_session(&session_id, Duration::from_secs(5), |s| {
-            s["state"] == "ended"
-        })
-        .await?;
-    assert_eq!(assert_balanced(&session), sent);
+    let session = client.finish(&gw, &session_id).await?;
     assert_eq!(session["turns"].as_array().unwrap().len(), 1);
     Ok(())
 }
@@ -109,13 +87,7 @@ async fn an_audio_only_offer_without_data_channel_gets_vad_turns() -> anyhow::Re
     // Events for a client without a data channel wait in a bounded outbox; none was lost
     // yet (4 events fit), so nothing is counted as dropped.
     assert_eq!(session["counters"]["events_dropped"], 0);
-    assert_eq!(client.delete(&gw).await?, 204);
-    let session = gw
-        .wait_session(&session_id, Duration::from_secs(5), |s| {
-            s["state"] == "ended"
-        })
-        .await?;
-    assert_eq!(assert_balanced(&session), sent);
+    let session = client.finish(&gw, &session_id).await?;
     assert!(
         session["turns"]
             .as_array()
@@ -140,19 +112,8 @@ async fn lost_packets_are_concealed_and_keep_the_turn_timing() -> anyhow::Result
         .inbox
         .wait("turn.ended", 1, Duration::from_secs(3))
         .await?;
-    let sent = client.packets_sent;
-    assert_eq!(sent as usize, packets.len() - lose.len());
-    gw.wait_session(&session_id, Duration::from_secs(5), |s| {
-        s["counters"]["frames_received"] == sent
-    })
-    .await?;
-    assert_eq!(client.delete(&gw).await?, 204);
-    let session = gw
-        .wait_session(&session_id, Duration::from_secs(5), |s| {
-            s["state"] == "ended"
-        })
-        .await?;
-    assert_eq!(assert_balanced(&session), sent);
+    assert_eq!(client.packets_sent as usize, packets.len() - lose.len());
+    let session = client.finish(&gw, &session_id).await?;
     assert_eq!(session["counters"]["packets_lost"], lose.len() as u64);
     assert_eq!(session["counters"]["concealed_ms"], 20 * lose.len() as u64);
     let turn = &session["turns"][0];
@@ -167,5 +128,28 @@ async fn lost_packets_are_concealed_and_keep_the_turn_timing() -> anyhow::Result
         turn["concealed_ms"].as_u64().unwrap(),
         20 * lose.len() as u64
     );
+    Ok(())
+}
+
+#[tokio::test]
+async fn events_for_a_client_without_data_channel_overflow_a_bounded_counted_outbox()
+-> anyhow::Result<()> {
+    let dir = std::env::temp_dir().join(format!("turngate-outbox-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let file = dir.join("outbox.toml");
+    std::fs::write(&file, "[media]\noutbox = 1\n")?;
+    let gw = Gateway::start(&["--config", file.to_str().unwrap()], &[]).await?;
+    let mut client = Client::connect(&gw, false).await?;
+    let session_id = only_session_id(&gw).await?;
+    client.send_wav("two-utterances.wav").await?;
+    // Two turns give four events (started, ended, twice); one fits the outbox.
+    let session = gw
+        .wait_session(&session_id, Duration::from_secs(5), |s| {
+            s["turns"]
+                .as_array()
+                .is_some_and(|t| t.len() == 2 && t[1]["state"] != "open")
+        })
+        .await?;
+    assert_eq!(session["counters"]["events_dropped"], 3, "{session:#}");
     Ok(())
 }

@@ -244,3 +244,38 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod no_panic {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Whatever a client sends, parsing returns (and never panics).
+        #[test]
+        fn any_text_parses_or_is_refused(text in ".{0,200}") {
+            let _ = ClientEvent::parse(&text);
+            let _ = text.parse::<TraceParent>();
+            let _ = text.parse::<TurnId>();
+        }
+
+        #[test]
+        fn json_shaped_messages_parse_or_are_refused(
+            kind in prop_oneof![Just("turn.start".to_owned()), Just("turn.end".to_owned()), ".{0,12}"],
+            key in prop_oneof![Just("turn_id".to_owned()), Just("traceparent".to_owned()), "[a-z_]{1,10}"],
+            value in prop_oneof![
+                "[0-9a-f]{32}".prop_map(|s| format!("{s:?}")),
+                "00-[0-9a-f]{32}-[0-9a-f]{16}-0[01]".prop_map(|s| format!("{s:?}")),
+                ".{0,60}".prop_map(|s| format!("{s:?}")),
+                Just("null".to_owned()), Just("7".to_owned()), Just("[]".to_owned()), Just("{}".to_owned()),
+            ],
+        ) {
+            let text = format!(r#"{{"type":{kind:?},{key:?}:{value}}}"#);
+            if let Ok(event) = ClientEvent::parse(&text) {
+                // What parses serializes back to something that parses the same.
+                let again = serde_json::to_string(&event).unwrap();
+                prop_assert_eq!(ClientEvent::parse(&again).unwrap(), event);
+            }
+        }
+    }
+}

@@ -226,6 +226,25 @@ mod tests {
         assert_eq!(len, 320 + MAX_CONCEALMENT_SAMPLES as usize);
     }
 
+    proptest::proptest! {
+        /// Any payload, sequence number and timestamp decode or are refused, never panic.
+        #[test]
+        fn any_packet_stream_decodes_without_panicking(
+            packets in proptest::collection::vec(
+                (proptest::num::u16::ANY, proptest::num::u32::ANY, proptest::collection::vec(proptest::num::u8::ANY, 0..300)),
+                1..30,
+            ),
+        ) {
+            let mut dec = OpusTrackDecoder::new().unwrap();
+            for (seq, ts, payload) in packets {
+                if let Decoded::Audio { pcm, concealed, .. } = dec.decode(seq, ts, &payload) {
+                    proptest::prop_assert!(concealed as usize <= pcm.len());
+                    proptest::prop_assert!(pcm.len() <= MAX_CONCEALMENT_SAMPLES as usize + MAX_PACKET_SAMPLES);
+                }
+            }
+        }
+    }
+
     #[test]
     fn refuses_garbage_without_panicking() {
         let mut dec = OpusTrackDecoder::new().unwrap();

@@ -200,7 +200,8 @@ pub struct AnsweredPeer {
     pub port: PortLease,
 }
 
-fn opus_codec() -> RTCRtpCodec {
+/// Opus as the gateway registers it: 48 kHz stereo, in-band FEC.
+pub fn opus_codec() -> RTCRtpCodec {
     RTCRtpCodec {
         mime_type: MIME_TYPE_OPUS.to_owned(),
         clock_rate: 48_000,
@@ -351,6 +352,26 @@ mod tests {
             code(&OFFER.replace("opus/48000/2", "G722/8000")),
             UnsupportedCodec
         );
+    }
+
+    proptest::proptest! {
+        /// Whatever a client posts, the offer check returns (and never panics).
+        #[test]
+        fn any_offer_is_checked_without_panicking(
+            lines in proptest::collection::vec(
+                proptest::prop_oneof![
+                    proptest::strategy::Just("v=0".to_owned()),
+                    proptest::strategy::Just("m=audio 9 UDP/TLS/RTP/SAVPF 111".to_owned()),
+                    proptest::strategy::Just("a=rtpmap:111 opus/48000/2".to_owned()),
+                    "[a-z]=.{0,40}",
+                    ".{0,40}",
+                ],
+                0..20,
+            ),
+        ) {
+            let _ = check_offer(&lines.join("\r\n"));
+            let _ = check_offer(&(OFFER.to_owned() + &lines.join("\r\n")));
+        }
     }
 
     #[test]

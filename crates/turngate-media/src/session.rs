@@ -211,6 +211,14 @@ pub fn start(
     });
     let (downstream_tx, downstream) = mpsc::channel(config.downstream_queue.max(1));
     let (processing, processing_rx) = mpsc::unbounded_channel();
+    let decoder = match OpusTrackDecoder::new() {
+        Ok(decoder) => decoder,
+        Err(e) => {
+            let connection = Arc::clone(&peer.connection);
+            tokio::spawn(async move { connection.close().await });
+            return Err(e);
+        }
+    };
     let engine = TurnEngine::new(
         config.turn.clone(),
         id,
@@ -218,7 +226,7 @@ pub fn start(
         StdRng::from_rng(rng),
     );
     let driver = Driver {
-        decoder: OpusTrackDecoder::new()?,
+        decoder,
         vad: VoiceDetector::new(config.vad_onset, config.vad_sustain),
         outbox: Outbox::new(config.outbox),
         engine,

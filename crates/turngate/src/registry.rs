@@ -101,12 +101,16 @@ impl Registry {
 
     /// A live or retained session.
     pub fn get(&self, id: SessionId) -> Option<Arc<Entry>> {
-        self.lock().by_id.get(&id).cloned()
+        let mut maps = self.lock();
+        self.prune(&mut maps);
+        maps.by_id.get(&id).cloned()
     }
 
     /// Live and retained sessions, oldest first.
     pub fn all(&self) -> Vec<Arc<Entry>> {
-        let mut all: Vec<_> = self.lock().by_id.values().cloned().collect();
+        let mut maps = self.lock();
+        self.prune(&mut maps);
+        let mut all: Vec<_> = maps.by_id.values().cloned().collect();
         all.sort_by_key(|e| e.shared.id);
         all
     }
@@ -128,6 +132,11 @@ impl Registry {
             maps.ended.push_back((Instant::now(), id));
             self.slots.fetch_sub(1, Ordering::AcqRel);
         }
+        self.prune(&mut maps);
+    }
+
+    /// Forgets retained sessions beyond the count or older than the age limit.
+    fn prune(&self, maps: &mut Maps) {
         while let Some(&(at, id)) = maps.ended.front() {
             if maps.ended.len() <= self.retain && at.elapsed() < self.retain_for {
                 break;

@@ -1,0 +1,83 @@
+//! The per-frame work of a session, step by step, on real speech: Opus decode to 16 kHz
+//! (the baseline: the largest single cost), then VAD, then the turn engine.
+//!
+//! cargo bench -p turngate-e2e --bench frame_path
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use bytes::Bytes;
+use criterion::{Criterion, criterion_group, criterion_main};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use turngate_core::{AudioFrame, SessionId, TurnConfig, TurnEngine};
+use turngate_e2e::{data, encode_opus, wav};
+use turngate_media::decode::{Decoded, OpusTrackDecoder};
+use turngate_media::vad::VoiceDetector;
+
+fn packets() -> Vec<Vec<u8>> {
+    let (rate, pcm) = wav::read(&data("two-utterances.wav")).expect("fixture");
+    encode_opus(rate, &pcm).expect("encodes")
+}
+
+fn pcm(d: Decoded) -> Vec<i16> {
+    match d {
+        Decoded::Audio { pcm, .. } => pcm,
+        other => panic!("{other:?}"),
+    }
+}
+
+fn frame_path(c: &mut Criterion) {
+    let packets = packets();
+    let n = packets.len();
+    let mut group = c.benchmark_group("per_frame");
+    group.throughput(criterion::Throughput::Elements(n as u64));
+
+    group.bench_function("decode", |b| {
+        b.iter(|| {
+            let mut dec = OpusTrackDecoder::new().unwrap();
+            for (i, p) in packets.iter().enumerate() {
+                black_box(dec.decode(i as u16, i as u32 * 960, p));
+            }
+        })
+    });
+
+    group.bench_function("decode_vad", |b| {
+        b.iter(|| {
+            let mut dec = OpusTrackDecoder::new().unwrap();
+            let mut vad = VoiceDetector::new(0.9, 0.5);
+            for (i, p) in packets.iter().enumerate() {
+                black_box(vad.push(&pcm(dec.decode(i as u16, i as u32 * 960, p))));
+            }
+        })
+    });
+
+    group.bench_function("decode_vad_engine", |b| {
+        b.iter(|| {
+            let mut dec = OpusTrackDecoder::new().unwrap();
+            let mut vad = VoiceDetector::new(0.9, 0.5);
+            let session = SessionId::mint(1, &mut StdRng::seed_from_u64(1));
+            let mut engine =
+                TurnEngine::new(TurnConfig::default(), session, 1, StdRng::seed_from_u64(2));
+            for (i, p) in packets.iter().enumerate() {
+                let pcm = pcm(dec.decode(i as u16, i as u32 * 960, p));
+                let voiced = vad.push(&pcm);
+                let frame = AudioFrame {
+                    rtp_seq: i as u16,
+                    rtp_timestamp: i as u32 * 960,
+                    payload: Bytes::from(p.clone()),
+                    pcm,
+                    concealed_samples: 0,
+                };
+                engine.handle_frame(Duration::from_millis(20 * i as u64), frame, voiced);
+                while let Some(out) = engine.poll_output() {
+                    black_box(out);
+                }
+            }
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, frame_path);
+criterion_main!(benches);
