@@ -55,7 +55,13 @@ async fn serve(config: config::Config) -> anyhow::Result<()> {
     let filter = EnvFilter::try_from_env("TURNGATE_LOG").unwrap_or_else(|_| {
         EnvFilter::new("info,rtc=error,rtc_dtls=error,rtc_ice=error,rtc_sctp=error,webrtc=warn")
     });
-    tracing_subscriber::fmt().with_env_filter(filter).init();
+    // Logs go to stderr; colours only on a terminal.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi)
+        .init();
 
     let app = api::App::new(&config);
     let router = api::router(Arc::clone(&app), &config.cors_origins);
