@@ -217,16 +217,10 @@ impl Config {
         let mut config = match &overrides.config {
             Some(path) => {
                 let text = std::fs::read_to_string(path).map_err(|e| {
-                    anyhow::anyhow!(
-                        "invalid configuration: {}",
-                        format!("cannot read {}: {e}", path.display())
-                    )
+                    anyhow::anyhow!("invalid configuration: cannot read {}: {e}", path.display())
                 })?;
                 toml::from_str::<Config>(&text).map_err(|e| {
-                    anyhow::anyhow!(
-                        "invalid configuration: {}",
-                        format!("{}: {e}", path.display())
-                    )
+                    anyhow::anyhow!("invalid configuration: {}: {e}", path.display())
                 })?
             }
             None => Config::default(),
