@@ -50,6 +50,13 @@ async fn a_vanished_peer_ends_its_session_within_35_seconds() -> anyhow::Result<
     );
     assert_eq!(session["turns"][0]["reason"], "session_closed");
     assert_balanced(&session);
+    // Processing of a turn whose session closed still finishes.
+    let session = gw
+        .wait_session(&session_id, Duration::from_secs(5), |s| {
+            s["turns"][0]["state"] == "completed"
+        })
+        .await?;
+    assert!(session["turns"][0]["completed_at"].is_string());
     Ok(())
 }
 

@@ -23,6 +23,8 @@ pub enum ErrorCode {
     PayloadTooLarge,
     /// No such WHIP resource or session (or it has expired).
     NotFound,
+    /// The endpoint exists but not with this HTTP method.
+    MethodNotAllowed,
     /// The gateway holds `max_sessions` sessions already.
     TooManySessions,
     /// No UDP port of the configured media range is free.
@@ -59,6 +61,7 @@ impl ErrorCode {
         Self::UnsupportedMediaType,
         Self::PayloadTooLarge,
         Self::NotFound,
+        Self::MethodNotAllowed,
         Self::TooManySessions,
         Self::NoMediaPort,
         Self::ShuttingDown,
@@ -82,6 +85,7 @@ impl ErrorCode {
             Self::UnsupportedMediaType => "unsupported_media_type",
             Self::PayloadTooLarge => "payload_too_large",
             Self::NotFound => "not_found",
+            Self::MethodNotAllowed => "method_not_allowed",
             Self::TooManySessions => "too_many_sessions",
             Self::NoMediaPort => "no_media_port",
             Self::ShuttingDown => "shutting_down",

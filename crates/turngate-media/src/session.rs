@@ -183,7 +183,8 @@ pub struct Session {
     pub shared: Arc<SessionShared>,
     /// Frames and turn events, in order.
     pub downstream: mpsc::Receiver<Downstream>,
-    /// Tells the engine a turn's processing finished.
+    /// Tells the engine a turn's processing finished. Unbounded, but carries at most
+    /// one message per ended turn.
     pub processing: mpsc::UnboundedSender<TurnId>,
 }
 
@@ -367,6 +368,7 @@ impl Driver {
             }
         };
         self.finish(why, connection, port, rtp_rx).await;
+        self.complete_remaining(processing).await;
     }
 
     fn now(&self) -> Duration {
@@ -600,7 +602,7 @@ impl Driver {
     }
 
     async fn finish(
-        mut self,
+        &mut self,
         why: SessionEnd,
         connection: Arc<dyn PeerConnection>,
         port: PortLease,
@@ -638,6 +640,21 @@ impl Driver {
             .ended
             .send_replace(Some((SystemTime::now(), why)));
         tracing::info!(session = %self.shared.id, reason = ?why, received, "Session ended.");
+    }
+
+    /// After the session has ended, its ended turns may still be processing: close the
+    /// downstream queue (so the consumer sees the end) and record their completions
+    /// until the consumer lets go of the processing channel.
+    async fn complete_remaining(mut self, mut processing: mpsc::UnboundedReceiver<TurnId>) {
+        let (closed, _) = mpsc::channel(1);
+        drop(std::mem::replace(&mut self.downstream, closed));
+        while let Some(turn) = processing.recv().await {
+            let at = self.now();
+            if let Err(e) = self.engine.handle_processing_finished(at, turn) {
+                tracing::warn!(session = %self.shared.id, turn = %turn, error = %e, "Processing finished for a turn not ended.");
+            }
+            self.drain().await;
+        }
     }
 }
 

@@ -59,6 +59,12 @@ pub fn router(app: Arc<App>, cors_origins: &[String]) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
         .fallback(|| async { Problem::new(ErrorCode::NotFound, "no such endpoint") })
+        .method_not_allowed_fallback(|method: Method| async move {
+            Problem::new(
+                ErrorCode::MethodNotAllowed,
+                format!("{method} is not allowed here"),
+            )
+        })
         .with_state(app);
     if cors_origins.is_empty() {
         return router;
