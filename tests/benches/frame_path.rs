@@ -37,7 +37,12 @@ fn frame_path(c: &mut Criterion) {
         b.iter(|| {
             let mut dec = OpusTrackDecoder::new().unwrap();
             for (i, p) in packets.iter().enumerate() {
-                black_box(dec.decode(i as u16, i as u32 * 960, p));
+                black_box(dec.decode(
+                    i as u16,
+                    i as u32 * 960,
+                    p,
+                    Duration::from_millis(20 * i as u64),
+                ));
             }
         })
     });
@@ -47,7 +52,12 @@ fn frame_path(c: &mut Criterion) {
             let mut dec = OpusTrackDecoder::new().unwrap();
             let mut vad = VoiceDetector::new(0.9, 0.5);
             for (i, p) in packets.iter().enumerate() {
-                black_box(vad.push(&pcm(dec.decode(i as u16, i as u32 * 960, p))));
+                black_box(vad.push(&pcm(dec.decode(
+                    i as u16,
+                    i as u32 * 960,
+                    p,
+                    Duration::from_millis(20 * i as u64),
+                ))));
             }
         })
     });
@@ -60,7 +70,12 @@ fn frame_path(c: &mut Criterion) {
             let mut engine =
                 TurnEngine::new(TurnConfig::default(), session, 1, StdRng::seed_from_u64(2));
             for (i, p) in packets.iter().enumerate() {
-                let pcm = pcm(dec.decode(i as u16, i as u32 * 960, p));
+                let pcm = pcm(dec.decode(
+                    i as u16,
+                    i as u32 * 960,
+                    p,
+                    Duration::from_millis(20 * i as u64),
+                ));
                 let voiced = vad.push(&pcm);
                 let frame = AudioFrame {
                     rtp_seq: i as u16,

@@ -54,8 +54,8 @@ async fn a_stalled_consumer_forces_counted_drops_and_the_identity_holds() -> any
     let (received, in_turns, idle, dropped, undecodable) = (
         c.frames_received.load(Relaxed),
         c.frames_in_turns.load(Relaxed),
-        c.frames_idle.load(Relaxed),
-        c.frames_dropped.load(Relaxed),
+        c.idle_frames_discarded.load(Relaxed),
+        c.frames_dropped_backpressure.load(Relaxed),
         c.frames_undecodable.load(Relaxed),
     );
     assert_eq!(received, sent);

@@ -195,3 +195,56 @@ async fn chromium_with_a_fake_microphone_gets_a_vad_turn() -> anyhow::Result<()>
     assert!(turn["frames"].as_u64().unwrap() > 50);
     Ok(())
 }
+
+#[tokio::test]
+async fn a_peer_that_goes_silent_ends_its_session_within_35_seconds() -> anyhow::Result<()> {
+    // An aiortc client that is frozen (SIGSTOP) mid-session: no close, no DTLS alert,
+    // just silence, as when a phone loses its network. ICE consent then fails.
+    let gw = Gateway::start(&[], &[]).await?;
+    let python = workspace().join(".venv/bin/python");
+    anyhow::ensure!(
+        python.exists(),
+        "{} is missing: run scripts/test",
+        python.display()
+    );
+    let mut child = tokio::process::Command::new(python)
+        .arg(workspace().join("tests/clients/aiortc_client.py"))
+        .args(["--base", &gw.base, "--wav"])
+        .arg(data("speech-48k.wav"))
+        .args(["--client-turn", "--linger", "120"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    let pid = child.id().expect("running").to_string();
+    let session_id = loop {
+        let (_, list) = gw.get("/v1/sessions").await?;
+        if let Some(id) = list["sessions"][0]["session_id"].as_str() {
+            let s = gw.session(id).await?;
+            if s["turns"].as_array().is_some_and(|t| !t.is_empty()) {
+                break id.to_owned();
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    std::process::Command::new("kill")
+        .args(["-STOP", &pid])
+        .status()?;
+    let frozen = std::time::Instant::now();
+    let session = gw
+        .wait_session(&session_id, Duration::from_secs(40), |s| {
+            s["state"] == "ended"
+        })
+        .await;
+    let elapsed = frozen.elapsed();
+    let _ = child.kill().await;
+    let session = session?;
+    assert!(
+        elapsed <= Duration::from_secs(35),
+        "ended after {elapsed:?}"
+    );
+    assert_eq!(session["end_reason"], "peer_failed", "{session:#}");
+    assert_eq!(session["turns"][0]["reason"], "session_closed");
+    assert_balanced(&session);
+    Ok(())
+}

@@ -42,12 +42,15 @@ pub enum ErrorCode {
     DuplicateTurnId,
     /// A `traceparent` does not follow W3C Trace Context.
     InvalidTraceparent,
-    /// Both `turn_id` and `traceparent` were given and their ids differ.
+    /// Both `turn_id` and `traceparent` were given and their ids differ, or `turn.end`
+    /// names a turn that is not the open one.
     TurnIdMismatch,
     /// `turn.start` while a client turn is open.
     TurnAlreadyOpen,
     /// `turn.end` while no client turn is open.
     NoOpenTurn,
+    /// The session has had its maximum number of turns.
+    TooManyTurns,
     /// An unexpected failure inside the gateway; the message says more.
     Internal,
 }
@@ -73,6 +76,7 @@ impl ErrorCode {
         Self::TurnIdMismatch,
         Self::TurnAlreadyOpen,
         Self::NoOpenTurn,
+        Self::TooManyTurns,
         Self::Internal,
     ];
 
@@ -97,6 +101,7 @@ impl ErrorCode {
             Self::TurnIdMismatch => "turn_id_mismatch",
             Self::TurnAlreadyOpen => "turn_already_open",
             Self::NoOpenTurn => "no_open_turn",
+            Self::TooManyTurns => "too_many_turns",
             Self::Internal => "internal",
         }
     }

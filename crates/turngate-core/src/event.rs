@@ -26,7 +26,11 @@ pub enum ClientEvent {
     },
     /// The user's turn input ends.
     #[serde(rename = "turn.end")]
-    TurnEnd {},
+    TurnEnd {
+        /// The turn it ends; if given, it must be the open turn.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        turn_id: Option<TurnId>,
+    },
 }
 
 impl ClientEvent {
@@ -70,7 +74,15 @@ impl ClientEvent {
                     traceparent,
                 }
             }
-            "turn.end" => ClientEvent::TurnEnd {},
+            "turn.end" => {
+                let turn_id = take_str("turn_id")?
+                    .map(|s| s.parse::<TurnId>())
+                    .transpose()
+                    .map_err(|e| {
+                        Error::refused(ErrorCode::InvalidTurnId, format!("invalid turn_id: {e}"))
+                    })?;
+                ClientEvent::TurnEnd { turn_id }
+            }
             other => {
                 let shown: String = other.chars().take(64).collect();
                 return Err(Error::refused(
@@ -196,7 +208,7 @@ mod tests {
         );
         assert_eq!(
             ClientEvent::parse(r#"{"type":"turn.end"}"#).unwrap(),
-            ClientEvent::TurnEnd {}
+            ClientEvent::TurnEnd { turn_id: None }
         );
     }
 

@@ -46,6 +46,9 @@ pub struct TurnConfig {
     /// How long voiced frames must run before VAD calls speech onset; filters clicks.
     /// Default 60 ms.
     pub speech_onset: Duration,
+    /// Turns a session may have; bounds what a session keeps about its turns. Beyond it,
+    /// `turn.start` is refused and speech stays idle. Default 10 000.
+    pub max_turns: usize,
 }
 
 impl Default for TurnConfig {
@@ -55,6 +58,7 @@ impl Default for TurnConfig {
             preroll: Duration::from_millis(300),
             max_turn: Duration::from_secs(60),
             speech_onset: Duration::from_millis(60),
+            max_turns: 10_000,
         }
     }
 }
@@ -161,7 +165,7 @@ pub struct EngineCounters {
     /// Frames tagged with a turn.
     pub frames_in_turns: u64,
     /// Frames that left while no turn was open.
-    pub frames_idle: u64,
+    pub idle_frames_discarded: u64,
     /// Frames waiting in the pre-roll ring for their tag.
     pub frames_held: u64,
 }
@@ -286,7 +290,7 @@ impl<R: Rng> TurnEngine<R> {
         let onset = self
             .voiced_since
             .is_some_and(|since| at - since >= self.config.speech_onset);
-        if onset && !self.closed {
+        if onset && !self.closed && self.turns.len() < self.config.max_turns {
             let started_at = self.preroll.front().map_or(at, |(_, first, _)| *first);
             self.open_turn_at(started_at, Cause::Vad, None, None, true);
         }
@@ -334,18 +338,43 @@ impl<R: Rng> TurnEngine<R> {
                 format!("client turn {} is still open; send turn.end first", open.id),
             ));
         }
+        if self.turns.len() >= self.config.max_turns {
+            return Err(Error::refused(
+                ErrorCode::TooManyTurns,
+                format!(
+                    "this session has had its maximum of {} turns",
+                    self.config.max_turns
+                ),
+            ));
+        }
+        // The user acts: earlier turns still processing are interrupted; a VAD turn open
+        // now is not interrupted but superseded.
+        self.mark_interrupted();
         if self.open.is_some() {
             self.close_open_turn(at, EndReason::Superseded);
         }
         self.flush_preroll_idle();
         self.voiced_since = None;
-        Ok(self.open_turn_at(at, Cause::Client, requested, traceparent, true))
+        Ok(self.open_turn_at(at, Cause::Client, requested, traceparent, false))
     }
 
-    /// The client sent `turn.end`. Returns the id of the turn it ended.
-    pub fn handle_turn_end(&mut self, at: Duration) -> Result<TurnId, Error> {
+    /// The client sent `turn.end`, optionally naming the turn it ends. Returns the id of
+    /// the turn it ended.
+    pub fn handle_turn_end(
+        &mut self,
+        at: Duration,
+        turn_id: Option<TurnId>,
+    ) -> Result<TurnId, Error> {
         let at = self.advance(at);
         match self.open_turn() {
+            Some(open) if turn_id.is_some_and(|id| id != open.id) => Err(Error::refused(
+                ErrorCode::TurnIdMismatch,
+                format!(
+                    "turn.end names {}, but the open turn is {}",
+                    turn_id.unwrap_or(open.id),
+                    open.id
+                ),
+            )),
             Some(open) if open.cause == Cause::Client => {
                 let id = open.id;
                 self.close_open_turn(at, EndReason::ClientEnd);
@@ -415,7 +444,9 @@ impl<R: Rng> TurnEngine<R> {
             let speech_goes_on = self
                 .last_voiced
                 .is_some_and(|lv| lv + self.config.hangover > deadline);
-            if reason == EndReason::MaxLength && (cause == Cause::Client || speech_goes_on) {
+            let room = self.turns.len() < self.config.max_turns;
+            if reason == EndReason::MaxLength && room && (cause == Cause::Client || speech_goes_on)
+            {
                 self.open_turn_at(deadline, cause, None, None, false);
             }
         }
@@ -447,14 +478,7 @@ impl<R: Rng> TurnEngine<R> {
         user_action: bool,
     ) -> TurnId {
         if user_action {
-            for turn in self
-                .turns
-                .iter_mut()
-                .filter(|t| t.state == TurnState::Ended && !t.interrupted)
-            {
-                turn.interrupted = true;
-                self.outputs.push_back(Output::TurnInterrupted(turn.id));
-            }
+            self.mark_interrupted();
         }
         let id = id.unwrap_or_else(|| {
             loop {
@@ -489,6 +513,18 @@ impl<R: Rng> TurnEngine<R> {
             self.emit_frame(Some((index, id)), seq, frame_at, frame);
         }
         id
+    }
+
+    /// Barge-in: every ended turn not yet completed is interrupted.
+    fn mark_interrupted(&mut self) {
+        for turn in self
+            .turns
+            .iter_mut()
+            .filter(|t| t.state == TurnState::Ended && !t.interrupted)
+        {
+            turn.interrupted = true;
+            self.outputs.push_back(Output::TurnInterrupted(turn.id));
+        }
     }
 
     fn close_open_turn(&mut self, at: Duration, reason: EndReason) {
@@ -536,7 +572,7 @@ impl<R: Rng> TurnEngine<R> {
                 let t = &mut self.turns[index];
                 t.frames = t.frames.saturating_add(1);
             }
-            None => self.counters.frames_idle += 1,
+            None => self.counters.idle_frames_discarded += 1,
         }
         self.outputs.push_back(Output::Frame(Tagged {
             session_id: self.session_id,

@@ -109,7 +109,10 @@ fn client_events() -> Vec<ClientEvent> {
             turn_id: Some(turn_id),
             traceparent: Some(traceparent),
         },
-        ClientEvent::TurnEnd {},
+        ClientEvent::TurnEnd { turn_id: None },
+        ClientEvent::TurnEnd {
+            turn_id: Some(turn_id),
+        },
     ]
 }
 

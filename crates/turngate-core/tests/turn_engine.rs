@@ -132,7 +132,10 @@ fn two_utterances_make_two_vad_turns_with_preroll() {
         (1000 - 780) / 20 + 800 / 20 + (2480 - 1800) / 20
     );
     let c = h.engine.counters();
-    assert_eq!(c.frames_in_turns + c.frames_idle + c.frames_held, h.sent);
+    assert_eq!(
+        c.frames_in_turns + c.idle_frames_discarded + c.frames_held,
+        h.sent
+    );
 }
 
 #[test]
@@ -157,7 +160,7 @@ fn client_turn_uses_client_id_and_ignores_vad() {
     let t = h.audio(ms(0), ms(400), true);
     let t = h.audio(t, ms(2000), false); // longer than the hangover: VAD does not close it
     assert!(h.ended().is_empty());
-    assert_eq!(h.engine.handle_turn_end(t).unwrap(), id);
+    assert_eq!(h.engine.handle_turn_end(t, None).unwrap(), id);
     h.drain();
     let ended = h.ended();
     assert_eq!(ended.len(), 1);
@@ -173,7 +176,7 @@ fn client_turn_uses_client_id_and_ignores_vad() {
         ErrorCode::DuplicateTurnId
     );
     assert_eq!(
-        h.engine.handle_turn_end(t).unwrap_err().code(),
+        h.engine.handle_turn_end(t, None).unwrap_err().code(),
         ErrorCode::NoOpenTurn
     );
 }
@@ -268,11 +271,11 @@ fn close_ends_the_open_turn_and_flushes_held_frames() {
     h.engine.handle_close(t);
     h.drain();
     assert_eq!(h.engine.counters().frames_held, 0);
-    assert_eq!(h.engine.counters().frames_idle, h.sent);
+    assert_eq!(h.engine.counters().idle_frames_discarded, h.sent);
     // Frames that still arrive after close leave at once, as idle, even voiced ones.
     h.audio(t, ms(500), true);
     assert_eq!(h.engine.counters().frames_held, 0);
-    assert_eq!(h.engine.counters().frames_idle, h.sent);
+    assert_eq!(h.engine.counters().idle_frames_discarded, h.sent);
     assert_eq!(h.started().len(), 0);
 }
 
@@ -331,7 +334,7 @@ proptest! {
                         at += FRAME;
                         drain(&mut engine, &mut outputs);
                         let c = engine.counters();
-                        prop_assert_eq!(c.frames_in_turns + c.frames_idle + c.frames_held, sent);
+                        prop_assert_eq!(c.frames_in_turns + c.idle_frames_discarded + c.frames_held, sent);
                     }
                 }
                 Step::Tick { gap_ms } => { at += ms(gap_ms); engine.handle_tick(at); }
@@ -339,7 +342,7 @@ proptest! {
                     let id = with_id.then(|| TurnId::mint(at.as_millis() as u64 + 1, &mut StdRng::seed_from_u64(sent)));
                     let _ = engine.handle_turn_start(at, id, None);
                 }
-                Step::End => { let _ = engine.handle_turn_end(at); }
+                Step::End => { let _ = engine.handle_turn_end(at, None); }
                 Step::Finish => {
                     if let Some(t) = engine.turns().iter().find(|t| t.state == TurnState::Ended) {
                         let id = t.id;
@@ -368,7 +371,7 @@ proptest! {
         }
         let c = engine.counters();
         prop_assert_eq!(c.frames_held, 0);
-        prop_assert_eq!(c.frames_in_turns + c.frames_idle, sent);
+        prop_assert_eq!(c.frames_in_turns + c.idle_frames_discarded, sent);
 
         // Each turn starts before its frames arrive, frames fall inside its input window,
         // and a frame is tagged only between its turn's start and end outputs.
@@ -415,4 +418,49 @@ proptest! {
             }
         }
     }
+}
+
+#[test]
+fn a_superseded_turn_is_not_a_barge_in_but_earlier_unfinished_ones_are() {
+    let mut h = Harness::new();
+    let t = h.audio(ms(0), ms(500), true);
+    let t = h.audio(t, ms(1000), false); // turn 1 ended, not completed
+    let t = h.audio(t, ms(300), true); // turn 2 (VAD) open; turn 1 interrupted
+    h.engine.handle_turn_start(t, None, None).unwrap();
+    h.drain();
+    let turns = h.engine.turns();
+    assert!(turns[0].interrupted);
+    assert_eq!(turns[1].reason, Some(EndReason::Superseded));
+    assert!(!turns[1].interrupted, "superseding is not interrupting");
+}
+
+#[test]
+fn turn_end_naming_another_turn_is_refused() {
+    let mut h = Harness::new();
+    let id = h.engine.handle_turn_start(ms(0), None, None).unwrap();
+    let other: TurnId = "1af7651916cd43dd8448eb211c80319c".parse().unwrap();
+    let err = h.engine.handle_turn_end(ms(10), Some(other)).unwrap_err();
+    assert_eq!(err.code(), ErrorCode::TurnIdMismatch);
+    assert_eq!(h.engine.handle_turn_end(ms(20), Some(id)).unwrap(), id);
+}
+
+#[test]
+fn a_session_has_at_most_max_turns() {
+    let session = SessionId::mint(1, &mut StdRng::seed_from_u64(1));
+    let config = TurnConfig {
+        max_turns: 2,
+        ..TurnConfig::default()
+    };
+    let mut engine = TurnEngine::new(config, session, 1, StdRng::seed_from_u64(2));
+    for i in 0..2 {
+        engine.handle_turn_start(ms(i * 100), None, None).unwrap();
+        engine.handle_turn_end(ms(i * 100 + 50), None).unwrap();
+    }
+    let err = engine.handle_turn_start(ms(300), None, None).unwrap_err();
+    assert_eq!(err.code(), ErrorCode::TooManyTurns);
+    // Speech stays idle.
+    for i in 0..50 {
+        engine.handle_frame(ms(400 + 20 * i), frame(i), true);
+    }
+    assert_eq!(engine.turns().len(), 2);
 }

@@ -6,6 +6,8 @@
 //! lost packet with the in-band FEC the current packet may carry. Concatenating the PCM
 //! of consecutive packets therefore gives audio with the sender's timing.
 
+use std::time::Duration;
+
 use opus::{Channels, Decoder};
 
 use crate::error::MediaError;
@@ -18,6 +20,14 @@ const RTP_PER_PCM: u32 = RTP_RATE / PCM_RATE;
 /// The longest gap filled with concealment; a longer jump (a muted sender, a sender
 /// restart) is treated as a discontinuity and filled only this far.
 pub const MAX_CONCEALMENT_SAMPLES: u32 = PCM_RATE;
+/// Concealment may exceed the time that passed between arrivals by this much (jitter);
+/// a sender cannot make the gateway synthesize audio faster than real time.
+const ARRIVAL_SLACK: Duration = Duration::from_millis(200);
+/// A sequence number this far behind the last is a new stream (a sender restart), not a
+/// late packet...
+const RESYNC_BEHIND: i16 = -1000;
+/// ...and so is one this far ahead (a minute of 20 ms packets), not a loss.
+const RESYNC_AHEAD: i16 = 3000;
 /// libopus conceals in multiples of 2.5 ms.
 const PLC_GRANULE: u32 = PCM_RATE / 400;
 /// The longest Opus packet is 120 ms.
@@ -48,6 +58,8 @@ pub struct OpusTrackDecoder {
     last_seq: Option<u16>,
     /// RTP timestamp just past the audio decoded so far.
     next_timestamp: Option<u32>,
+    /// Arrival time of the last decoded packet.
+    last_arrival: Option<Duration>,
 }
 
 impl OpusTrackDecoder {
@@ -59,27 +71,47 @@ impl OpusTrackDecoder {
             decoder,
             last_seq: None,
             next_timestamp: None,
+            last_arrival: None,
         })
     }
 
-    /// Decodes one received packet.
-    pub fn decode(&mut self, seq: u16, timestamp: u32, payload: &[u8]) -> Decoded {
+    /// Decodes one packet that arrived at `arrival` (any monotonic clock).
+    pub fn decode(
+        &mut self,
+        seq: u16,
+        timestamp: u32,
+        payload: &[u8],
+        arrival: Duration,
+    ) -> Decoded {
         let lost = match self.last_seq {
             None => 0,
             Some(last) => {
                 let delta = seq.wrapping_sub(last) as i16;
-                if delta <= 0 {
+                                if !(RESYNC_BEHIND..RESYNC_AHEAD).contains(&delta) {
+                    // A new stream: no gap to fill.
+                    self.next_timestamp = None;
+                    0
+                } else if delta <= 0 {
                     return Decoded::Late;
+                } else {
+                    delta as u32 - 1
                 }
-                delta as u32 - 1
             }
         };
         self.last_seq = Some(seq);
+        let elapsed = self
+            .last_arrival
+            .map_or(Duration::ZERO, |last| arrival.saturating_sub(last));
+        self.last_arrival = Some(arrival);
+        let max_gap =
+            ((elapsed + ARRIVAL_SLACK).as_micros() as u64 * u64::from(PCM_RATE) / 1_000_000) as u32;
 
         let gap = self.next_timestamp.map_or(0, |next| {
             let d = timestamp.wrapping_sub(next) as i32;
             if d > 0 {
-                (d as u32 / RTP_PER_PCM).min(MAX_CONCEALMENT_SAMPLES)
+                (d as u32 / RTP_PER_PCM)
+                    .min(MAX_CONCEALMENT_SAMPLES)
+                    .min(max_gap)
             } else {
                 0
             }
@@ -162,6 +194,10 @@ mod tests {
     use super::*;
     use opus::{Application, Encoder};
 
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
     /// 20 ms Opus packets of a 300 Hz tone at 16 kHz input.
     fn packets(n: usize) -> Vec<Vec<u8>> {
         let mut enc = Encoder::new(16_000, Channels::Mono, Application::Voip).unwrap();
@@ -195,7 +231,10 @@ mod tests {
     fn decodes_in_order_packets_to_320_samples() {
         let mut dec = OpusTrackDecoder::new().unwrap();
         for (i, p) in packets(5).iter().enumerate() {
-            assert_eq!(audio(dec.decode(i as u16, i as u32 * 960, p)), (320, 0, 0));
+            assert_eq!(
+                audio(dec.decode(i as u16, i as u32 * 960, p, ms(20 * i as u64))),
+                (320, 0, 0)
+            );
         }
     }
 
@@ -203,25 +242,28 @@ mod tests {
     fn conceals_lost_packets_keeping_timing() {
         let mut dec = OpusTrackDecoder::new().unwrap();
         let p = packets(6);
-        audio(dec.decode(65_534, 0, &p[0]));
+        audio(dec.decode(65_534, 0, &p[0], ms(0)));
         // Sequence wraps; packets 65535 and 0 are lost.
-        assert_eq!(audio(dec.decode(1, 3 * 960, &p[3])), (3 * 320, 640, 2));
-        assert_eq!(audio(dec.decode(2, 4 * 960, &p[4])), (320, 0, 0));
-        assert_eq!(dec.decode(1, 3 * 960, &p[3]), Decoded::Late);
+        assert_eq!(
+            audio(dec.decode(1, 3 * 960, &p[3], ms(60))),
+            (3 * 320, 640, 2)
+        );
+        assert_eq!(audio(dec.decode(2, 4 * 960, &p[4], ms(80))), (320, 0, 0));
+        assert_eq!(dec.decode(1, 3 * 960, &p[3], ms(90)), Decoded::Late);
     }
 
     #[test]
     fn fills_dtx_timestamp_jumps_and_caps_long_ones() {
         let mut dec = OpusTrackDecoder::new().unwrap();
         let p = packets(3);
-        audio(dec.decode(10, 0, &p[0]));
+        audio(dec.decode(10, 0, &p[0], ms(0)));
         // Contiguous sequence numbers, 400 ms timestamp jump (DTX).
         assert_eq!(
-            audio(dec.decode(11, 960 + 19_200, &p[1])),
+            audio(dec.decode(11, 960 + 19_200, &p[1], ms(420))),
             (320 + 6400, 6400, 0)
         );
         // A ten-second jump is filled only up to the cap.
-        let (len, concealed, _) = audio(dec.decode(12, 500_000, &p[2]));
+        let (len, concealed, _) = audio(dec.decode(12, 500_000, &p[2], ms(10_840)));
         assert_eq!(concealed, MAX_CONCEALMENT_SAMPLES);
         assert_eq!(len, 320 + MAX_CONCEALMENT_SAMPLES as usize);
     }
@@ -237,7 +279,7 @@ mod tests {
         ) {
             let mut dec = OpusTrackDecoder::new().unwrap();
             for (seq, ts, payload) in packets {
-                if let Decoded::Audio { pcm, concealed, .. } = dec.decode(seq, ts, &payload) {
+                if let Decoded::Audio { pcm, concealed, .. } = dec.decode(seq, ts, &payload, ms(u64::from(seq))) {
                     proptest::prop_assert!(concealed as usize <= pcm.len());
                     proptest::prop_assert!(pcm.len() <= MAX_CONCEALMENT_SAMPLES as usize + MAX_PACKET_SAMPLES);
                 }
@@ -246,14 +288,40 @@ mod tests {
     }
 
     #[test]
+    fn concealment_never_outruns_arrival_time() {
+        let mut dec = OpusTrackDecoder::new().unwrap();
+        let p = packets(2);
+        audio(dec.decode(10, 0, &p[0], ms(0)));
+        // A one-second timestamp jump only 20 ms later: filled at most 20 + 200 ms.
+        let (_, concealed, _) = audio(dec.decode(11, 48_000, &p[1], ms(20)));
+        assert!(concealed <= 220 * 16, "{concealed}");
+    }
+
+    #[test]
+        fn a_sequence_number_far_away_is_a_new_stream() {
+        let mut dec = OpusTrackDecoder::new().unwrap();
+        let p = packets(3);
+                audio(dec.decode(40_000, 0, &p[0], ms(0)));
+        // 25 636 ahead (or 39 900 behind): either way, a new stream.
+        assert_eq!(audio(dec.decode(100, 777_777, &p[1], ms(20))), (320, 0, 0));
+        assert_eq!(
+            audio(dec.decode(101, 777_777 + 960, &p[2], ms(40))),
+            (320, 0, 0)
+        );
+    }
+
+    #[test]
     fn refuses_garbage_without_panicking() {
         let mut dec = OpusTrackDecoder::new().unwrap();
-        assert_eq!(dec.decode(0, 0, &[]), Decoded::Undecodable);
+        assert_eq!(dec.decode(0, 0, &[], ms(0)), Decoded::Undecodable);
         assert_eq!(
-            dec.decode(1, 960, &[0xff, 0xff, 0xff]),
+            dec.decode(1, 960, &[0xff, 0xff, 0xff], ms(20)),
             Decoded::Undecodable
         );
         let p = packets(1);
-        assert!(matches!(dec.decode(2, 1920, &p[0]), Decoded::Audio { .. }));
+        assert!(matches!(
+            dec.decode(2, 1920, &p[0], ms(40)),
+            Decoded::Audio { .. }
+        ));
     }
 }

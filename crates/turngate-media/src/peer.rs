@@ -50,6 +50,12 @@ pub fn check_offer(sdp: &str) -> Result<(), MediaError> {
             "the offer's audio is recvonly or inactive: it sends nothing to receive",
         ));
     }
+    if sending.len() > 1 {
+        return Err(MediaError::InvalidSdp(format!(
+            "the offer sends {} audio tracks; the gateway receives one",
+            sending.len()
+        )));
+    }
     let offers_opus = sending.iter().flat_map(|m| m.attributes.iter()).any(|a| {
         a.key == "rtpmap"
             && a.value
@@ -352,6 +358,9 @@ mod tests {
             code(&OFFER.replace("opus/48000/2", "G722/8000")),
             UnsupportedCodec
         );
+        let two_tracks = OFFER.to_owned()
+            + "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=sendonly\r\na=rtpmap:111 opus/48000/2\r\n";
+        assert_eq!(code(&two_tracks), InvalidSdp);
     }
 
     proptest::proptest! {

@@ -97,9 +97,9 @@ pub struct SessionCounters {
     /// Frames tagged with a turn.
     pub frames_in_turns: AtomicU64,
     /// Frames that left while no turn was open.
-    pub frames_idle: AtomicU64,
+    pub idle_frames_discarded: AtomicU64,
     /// Frames dropped because the ingress queue was full.
-    pub frames_dropped: AtomicU64,
+    pub frames_dropped_backpressure: AtomicU64,
     /// Frames libopus could not decode.
     pub frames_undecodable: AtomicU64,
     /// Packets missing by sequence number (concealed).
@@ -274,7 +274,7 @@ impl Outbox {
 }
 
 enum Control {
-    Open,
+    Open(Arc<dyn DataChannel>),
     Text(String),
     Binary(usize),
     Closed,
@@ -381,18 +381,19 @@ impl Driver {
         control: &mpsc::Sender<Control>,
     ) {
         let label = channel.label().await.unwrap_or_default();
-        if label != CONTROL_LABEL || self.channel.is_some() {
+        if label != CONTROL_LABEL || self.shared.has_data_channel() {
             tracing::debug!(session = %self.shared.id, label, "Ignoring a data channel.");
             return;
         }
+        // The channel is used once its reader reports it open, with `session.ready` first.
         self.shared.data_channel.store(true, Ordering::Relaxed);
-        self.channel = Some(Arc::clone(&channel));
         tokio::spawn(read_channel(channel, control.clone()));
     }
 
     async fn on_control(&mut self, control: Control) {
         match control {
-            Control::Open => {
+            Control::Open(channel) => {
+                self.channel = Some(channel);
                 let ready = ServerEvent::SessionReady {
                     session_id: self.shared.id,
                 }
@@ -420,10 +421,21 @@ impl Driver {
                         .engine
                         .handle_turn_start(at, turn_id, traceparent)
                         .map(|_| ()),
-                    ClientEvent::TurnEnd {} => self.engine.handle_turn_end(at).map(|_| ()),
+                    ClientEvent::TurnEnd { turn_id } => {
+                        self.engine.handle_turn_end(at, turn_id).map(|_| ())
+                    }
                 });
                 if let Err(error) = result {
-                    let turn = self.engine.open_turn().map(|t| t.id);
+                    // Name the open turn only in errors about it.
+                    let about_open_turn = matches!(
+                        error.code(),
+                        ErrorCode::TurnAlreadyOpen | ErrorCode::TurnIdMismatch
+                    );
+                    let turn = self
+                        .engine
+                        .open_turn()
+                        .map(|t| t.id)
+                        .filter(|_| about_open_turn);
                     self.refuse(&error, turn).await;
                 }
                 self.drain().await;
@@ -442,26 +454,30 @@ impl Driver {
 
     fn on_rtp(&mut self, rtp: Rtp) {
         let counters = &self.shared.counters;
-        let (pcm, concealed) = match self.decoder.decode(rtp.seq, rtp.timestamp, &rtp.payload) {
-            Decoded::Audio {
-                pcm,
-                concealed,
-                lost,
-            } => {
-                counters
-                    .packets_lost
-                    .fetch_add(u64::from(lost), Ordering::Relaxed);
-                counters
-                    .samples_concealed
-                    .fetch_add(u64::from(concealed), Ordering::Relaxed);
-                (pcm, concealed)
-            }
-            Decoded::Late => (Vec::new(), 0),
-            Decoded::Undecodable => {
-                counters.frames_undecodable.fetch_add(1, Ordering::Relaxed);
-                return;
-            }
-        };
+        let (pcm, concealed) =
+            match self
+                .decoder
+                .decode(rtp.seq, rtp.timestamp, &rtp.payload, rtp.at)
+            {
+                Decoded::Audio {
+                    pcm,
+                    concealed,
+                    lost,
+                } => {
+                    counters
+                        .packets_lost
+                        .fetch_add(u64::from(lost), Ordering::Relaxed);
+                    counters
+                        .samples_concealed
+                        .fetch_add(u64::from(concealed), Ordering::Relaxed);
+                    (pcm, concealed)
+                }
+                Decoded::Late => (Vec::new(), 0),
+                Decoded::Undecodable => {
+                    counters.frames_undecodable.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+            };
         let voiced = self.vad.push(&pcm);
         let frame = AudioFrame {
             rtp_seq: rtp.seq,
@@ -483,7 +499,7 @@ impl Driver {
                     let counter = if frame.turn_id.is_some() {
                         &counters.frames_in_turns
                     } else {
-                        &counters.frames_idle
+                        &counters.idle_frames_discarded
                     };
                     counter.fetch_add(1, Ordering::Relaxed);
                     if frame.turn_id.is_some() {
@@ -628,8 +644,8 @@ impl Driver {
         }
         let c = &self.shared.counters;
         let accounted = c.frames_in_turns.load(Ordering::Relaxed)
-            + c.frames_idle.load(Ordering::Relaxed)
-            + c.frames_dropped.load(Ordering::Relaxed)
+            + c.idle_frames_discarded.load(Ordering::Relaxed)
+            + c.frames_dropped_backpressure.load(Ordering::Relaxed)
             + c.frames_undecodable.load(Ordering::Relaxed);
         let received = c.frames_received.load(Ordering::Relaxed);
         if accounted != received {
@@ -708,14 +724,15 @@ async fn read_track(
             Err(mpsc::error::TrySendError::Full(_)) => {
                 shared
                     .counters
-                    .frames_dropped
+                    .frames_dropped_backpressure
                     .fetch_add(1, Ordering::Relaxed);
             }
             Err(mpsc::error::TrySendError::Closed(_)) => {
-                // The session is finishing and no longer takes frames: still a fate.
+                // The session has closed its turns: like any frame after close, this
+                // one leaves as idle.
                 shared
                     .counters
-                    .frames_dropped
+                    .idle_frames_discarded
                     .fetch_add(1, Ordering::Relaxed);
                 break;
             }
@@ -726,7 +743,7 @@ async fn read_track(
 /// Forwards the control channel's messages to the session task.
 async fn read_channel(channel: Arc<dyn DataChannel>, tx: mpsc::Sender<Control>) {
     // `on_data_channel` fires when the channel is already open.
-    if tx.send(Control::Open).await.is_err() {
+    if tx.send(Control::Open(Arc::clone(&channel))).await.is_err() {
         return;
     }
     while let Some(event) = channel.poll().await {

@@ -137,6 +137,26 @@ async fn create_session(
         .map_err(|_| Problem::new(ErrorCode::InvalidSdp, "the offer is not UTF-8 text"))?;
     peer::check_offer(&offer).map_err(|e| Problem::new(e.code(), e.to_string()))?;
 
+    // Set up in a task of its own: a client that hangs up mid-way must not leave a
+    // half-built peer connection (and its socket) behind.
+    let setup = tokio::spawn(establish(Arc::clone(&app), offer));
+    let (answer, resource) = setup
+        .await
+        .map_err(|_| Problem::new(ErrorCode::Internal, "session setup failed"))??;
+    let location = format!("/v1/whip/{resource}");
+    Ok((
+        StatusCode::CREATED,
+        [
+            (header::CONTENT_TYPE, "application/sdp".to_owned()),
+            (header::LOCATION, location),
+        ],
+        answer,
+    )
+        .into_response())
+}
+
+/// Answers the offer, starts and registers the session: (answer, resource id).
+async fn establish(app: Arc<App>, offer: String) -> Result<(String, String), Problem> {
     let slot = app.registry.reserve().ok_or_else(|| {
         Problem::new(
             ErrorCode::TooManySessions,
@@ -151,6 +171,13 @@ async fn create_session(
             }
             Problem::new(e.code(), e.to_string())
         })?;
+    if app.shutting_down.load(Ordering::Relaxed) {
+        let _ = answered.connection.close().await;
+        return Err(Problem::new(
+            ErrorCode::ShuttingDown,
+            "the gateway is shutting down",
+        ));
+    }
     let answer = answered.answer.clone();
     let mut rng = rand::rng();
     let started = session::start(app.session.clone(), answered, &mut rng)
@@ -165,17 +192,7 @@ async fn create_session(
     tracing::info!(session = %entry.shared.id, "Session created.");
     tracing::debug!(session = %entry.shared.id, resource = %resource, "WHIP resource.");
     pipeline::spawn(Arc::clone(&app), resource.clone(), entry, started);
-
-    let location = format!("/v1/whip/{resource}");
-    Ok((
-        StatusCode::CREATED,
-        [
-            (header::CONTENT_TYPE, "application/sdp".to_owned()),
-            (header::LOCATION, location),
-        ],
-        answer,
-    )
-        .into_response())
+    Ok((answer, resource))
 }
 
 /// 128 random bits, hex: the unguessable WHIP resource id.
@@ -234,11 +251,13 @@ fn session_json(entry: &Entry, detail: bool) -> Value {
     use std::sync::atomic::Ordering::Relaxed;
     let s = &entry.shared;
     let c = &s.counters;
-    let received = c.frames_received.load(Relaxed);
+    // Fates first, then receipt: a frame is counted received before it gets its fate, so
+    // read in this order `received` is never below the sum of the fates.
     let in_turns = c.frames_in_turns.load(Relaxed);
-    let idle = c.frames_idle.load(Relaxed);
-    let dropped = c.frames_dropped.load(Relaxed);
+    let idle = c.idle_frames_discarded.load(Relaxed);
+    let dropped = c.frames_dropped_backpressure.load(Relaxed);
     let undecodable = c.frames_undecodable.load(Relaxed);
+    let received = c.frames_received.load(Relaxed);
     let ended = s.ended();
     let mut v = json!({
         "session_id": s.id,
@@ -250,8 +269,8 @@ fn session_json(entry: &Entry, detail: bool) -> Value {
         "counters": {
             "frames_received": received,
             "frames_in_turns": in_turns,
-            "frames_idle": idle,
-            "frames_dropped": dropped,
+                        "idle_frames_discarded": idle,
+            "frames_dropped_backpressure": dropped,
             "frames_undecodable": undecodable,
             // Received but not yet given a fate (queued, or in the pre-roll ring).
             "frames_pending": received.saturating_sub(in_turns + idle + dropped + undecodable),

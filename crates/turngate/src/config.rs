@@ -82,6 +82,8 @@ pub struct TurnTiming {
     pub max_turn_ms: u64,
     /// Voiced audio needed before VAD calls speech onset.
     pub speech_onset_ms: u64,
+    /// Turns a session may have.
+    pub max_turns: usize,
 }
 
 /// `[vad]`
@@ -144,6 +146,7 @@ impl Default for TurnTiming {
             preroll_ms: t.preroll.as_millis() as u64,
             max_turn_ms: t.max_turn.as_millis() as u64,
             speech_onset_ms: t.speech_onset.as_millis() as u64,
+            max_turns: t.max_turns,
         }
     }
 }
@@ -157,6 +160,38 @@ impl Default for VadConfig {
         }
     }
 }
+
+/// Every key of the configuration file, for `turngate serve --help`.
+pub const KEYS_HELP: &str = "\
+Configuration file keys (TOML; every key optional; defaults shown):
+  listen = \"127.0.0.1:8080\"        HTTP address (--listen, TURNGATE_LISTEN)
+  cors_origins = []                 browser origins or [\"*\"] (--cors-origins, TURNGATE_CORS_ORIGINS)
+  max_offer_bytes = 65536           largest SDP offer; larger gets 413
+  [sessions]
+  max = 200                         live sessions; more get 503 (--max-sessions, TURNGATE_MAX_SESSIONS)
+  retain_ended = 1000               ended sessions kept queryable...
+  retain_ended_s = 3600             ...and for how long
+  [media]
+  ips = [\"127.0.0.1\"]               media addresses (--media-ip, TURNGATE_MEDIA_IP)
+  port_min = 40000                  UDP port range, one port per session
+  port_max = 40999                  (--media-ports MIN-MAX, TURNGATE_MEDIA_PORTS)
+  ingress_queue = 50                RTP packets queued before the turn engine; overflow dropped, counted
+  downstream_queue = 500            tagged frames queued for processing
+  outbox = 64                       events held for a client without an open data channel
+  data_channel_send_buffer = 262144 bytes a data channel may queue
+  connect_timeout_ms = 30000        a peer must connect within this
+  ice_disconnected_ms = 5000        silence before a peer counts as disconnected
+  ice_failed_ms = 25000             further silence before its session ends
+  [turn]
+  hangover_ms = 700                 silence ending a VAD turn (--hangover-ms, TURNGATE_HANGOVER_MS)
+  preroll_ms = 300                  audio before onset joining a VAD turn (--preroll-ms, TURNGATE_PREROLL_MS)
+  max_turn_ms = 60000               longest turn input (--max-turn-ms, TURNGATE_MAX_TURN_MS)
+  speech_onset_ms = 60              voiced audio needed for speech onset
+  max_turns = 10000                 turns a session may have
+  [vad]
+  onset = 0.9                       VAD score that begins speech
+  sustain = 0.5                     VAD score that continues speech
+Precedence: defaults < file < TURNGATE_* < flags. TURNGATE_LOG sets the log filter.";
 
 /// Settings given on the command line or in `TURNGATE_*` variables; they override the
 /// file.
@@ -212,6 +247,18 @@ fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
 }
 
 impl Config {
+    /// Checks that every media IP can be bound, before the gateway starts serving.
+    pub fn check_media_ips(&self) -> anyhow::Result<()> {
+        for ip in &self.media.ips {
+            std::net::UdpSocket::bind((*ip, 0)).map_err(|e| {
+                anyhow::anyhow!(
+                    "invalid configuration: media.ips (--media-ip): cannot bind {ip}: {e}"
+                )
+            })?;
+        }
+        Ok(())
+    }
+
     /// Defaults, then the file, then the overrides; validated.
     pub fn load(overrides: &Overrides) -> anyhow::Result<Self> {
         let mut config = match &overrides.config {
@@ -277,6 +324,7 @@ impl Config {
             ("media.data_channel_send_buffer", m.data_channel_send_buffer),
             ("sessions.max", self.sessions.max),
             ("max_offer_bytes", self.max_offer_bytes),
+            ("turn.max_turns", self.turn.max_turns),
         ] {
             if value == 0 {
                 return fail(format!("{key} must be at least 1"));
@@ -345,6 +393,7 @@ impl Config {
                 preroll: Duration::from_millis(t.preroll_ms),
                 max_turn: Duration::from_millis(t.max_turn_ms),
                 speech_onset: Duration::from_millis(t.speech_onset_ms),
+                max_turns: t.max_turns,
             },
             vad_onset: self.vad.onset,
             vad_sustain: self.vad.sustain,

@@ -35,14 +35,25 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the gateway. Settings: defaults < TOML file (--config) < TURNGATE_* < flags.
+    #[command(after_long_help = config::KEYS_HELP)]
     Serve(config::Overrides),
 }
 
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+fn main() -> std::process::ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("turngate: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(overrides) => {
             let config = config::Config::load(&overrides)?;
+            config.check_media_ips()?;
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?
