@@ -60,11 +60,8 @@ impl ClientEvent {
         let event = match kind.as_str() {
             "turn.start" => {
                 let turn_id = take_str("turn_id")?
-                    .map(|s| s.parse::<TurnId>())
-                    .transpose()
-                    .map_err(|e| {
-                        Error::refused(ErrorCode::InvalidTurnId, format!("invalid turn_id: {e}"))
-                    })?;
+                    .map(|s| parse_turn_id(&s))
+                    .transpose()?;
                 let traceparent = take_str("traceparent")?
                     .map(|s| s.parse::<TraceParent>())
                     .transpose()
@@ -76,11 +73,8 @@ impl ClientEvent {
             }
             "turn.end" => {
                 let turn_id = take_str("turn_id")?
-                    .map(|s| s.parse::<TurnId>())
-                    .transpose()
-                    .map_err(|e| {
-                        Error::refused(ErrorCode::InvalidTurnId, format!("invalid turn_id: {e}"))
-                    })?;
+                    .map(|s| parse_turn_id(&s))
+                    .transpose()?;
                 ClientEvent::TurnEnd { turn_id }
             }
             other => {
@@ -164,6 +158,11 @@ impl ServerEvent {
         // failing `Serialize` impls.
         serde_json::to_string(self).expect("server events always serialize")
     }
+}
+
+fn parse_turn_id(s: &str) -> Result<TurnId, Error> {
+    s.parse::<TurnId>()
+        .map_err(|e| Error::refused(ErrorCode::InvalidTurnId, format!("invalid turn_id: {e}")))
 }
 
 impl Serialize for TraceParent {

@@ -87,7 +87,7 @@ impl OpusTrackDecoder {
             None => 0,
             Some(last) => {
                 let delta = seq.wrapping_sub(last) as i16;
-                                if !(RESYNC_BEHIND..RESYNC_AHEAD).contains(&delta) {
+                if !(RESYNC_BEHIND..RESYNC_AHEAD).contains(&delta) {
                     // A new stream: no gap to fill.
                     self.next_timestamp = None;
                     0
@@ -298,10 +298,10 @@ mod tests {
     }
 
     #[test]
-        fn a_sequence_number_far_away_is_a_new_stream() {
+    fn a_sequence_number_far_away_is_a_new_stream() {
         let mut dec = OpusTrackDecoder::new().unwrap();
         let p = packets(3);
-                audio(dec.decode(40_000, 0, &p[0], ms(0)));
+        audio(dec.decode(40_000, 0, &p[0], ms(0)));
         // 25 636 ahead (or 39 900 behind): either way, a new stream.
         assert_eq!(audio(dec.decode(100, 777_777, &p[1], ms(20))), (320, 0, 0));
         assert_eq!(
