@@ -51,6 +51,40 @@ pub enum ErrorCode {
     NoOpenTurn,
     /// The session has had its maximum number of turns.
     TooManyTurns,
+    /// `image.begin` lacks a positive `size`.
+    SizeRequired,
+    /// The declared or received image exceeds the per-image byte limit.
+    ImageTooLarge,
+    /// An `upload_id` that is already open in this session.
+    DuplicateUploadId,
+    /// A chunk or `image.end` for an upload that is not open.
+    UnknownUpload,
+    /// More bytes arrived than the upload declared.
+    SizeExceeded,
+    /// `image.end` arrived before all declared bytes.
+    SizeMismatch,
+    /// The bytes do not hash to the declared `sha256`.
+    Sha256Mismatch,
+    /// The session has its maximum number of uploads open.
+    TooManyUploads,
+    /// The session's open uploads would exceed the bytes allowed in flight.
+    UploadBudgetExceeded,
+    /// The upload did not complete within the per-upload time.
+    UploadTimeout,
+    /// The session closed while the upload was open.
+    UploadAbandoned,
+    /// The bytes are not an image format the gateway recognises.
+    NotAnImage,
+    /// A recognised image format the gateway does not accept (accepted: PNG, JPEG, WebP, GIF).
+    UnsupportedImageFormat,
+    /// The image is truncated or corrupt: it does not decode.
+    CorruptImage,
+    /// Width × height exceeds the pixel limit (decompression bombs included).
+    TooManyPixels,
+    /// The named turn's processing has started (or finished): it takes no more input.
+    TurnClosed,
+    /// The named turn does not exist in this session.
+    UnknownTurn,
     /// An unexpected failure inside the gateway; the message says more.
     Internal,
 }
@@ -77,6 +111,23 @@ impl ErrorCode {
         Self::TurnAlreadyOpen,
         Self::NoOpenTurn,
         Self::TooManyTurns,
+        Self::SizeRequired,
+        Self::ImageTooLarge,
+        Self::DuplicateUploadId,
+        Self::UnknownUpload,
+        Self::SizeExceeded,
+        Self::SizeMismatch,
+        Self::Sha256Mismatch,
+        Self::TooManyUploads,
+        Self::UploadBudgetExceeded,
+        Self::UploadTimeout,
+        Self::UploadAbandoned,
+        Self::NotAnImage,
+        Self::UnsupportedImageFormat,
+        Self::CorruptImage,
+        Self::TooManyPixels,
+        Self::TurnClosed,
+        Self::UnknownTurn,
         Self::Internal,
     ];
 
@@ -102,6 +153,23 @@ impl ErrorCode {
             Self::TurnAlreadyOpen => "turn_already_open",
             Self::NoOpenTurn => "no_open_turn",
             Self::TooManyTurns => "too_many_turns",
+            Self::SizeRequired => "size_required",
+            Self::ImageTooLarge => "image_too_large",
+            Self::DuplicateUploadId => "duplicate_upload_id",
+            Self::UnknownUpload => "unknown_upload",
+            Self::SizeExceeded => "size_exceeded",
+            Self::SizeMismatch => "size_mismatch",
+            Self::Sha256Mismatch => "sha256_mismatch",
+            Self::TooManyUploads => "too_many_uploads",
+            Self::UploadBudgetExceeded => "upload_budget_exceeded",
+            Self::UploadTimeout => "upload_timeout",
+            Self::UploadAbandoned => "upload_abandoned",
+            Self::NotAnImage => "not_an_image",
+            Self::UnsupportedImageFormat => "unsupported_image_format",
+            Self::CorruptImage => "corrupt_image",
+            Self::TooManyPixels => "too_many_pixels",
+            Self::TurnClosed => "turn_closed",
+            Self::UnknownTurn => "unknown_turn",
             Self::Internal => "internal",
         }
     }

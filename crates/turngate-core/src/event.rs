@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, ErrorCode};
 use crate::id::{SessionId, TraceParent, TurnId};
+use crate::tag::BlobId;
 use crate::turn::{Cause, EndReason};
 
 /// An event sent by the client.
@@ -31,9 +32,49 @@ pub enum ClientEvent {
         #[serde(skip_serializing_if = "Option::is_none")]
         turn_id: Option<TurnId>,
     },
+    /// An image upload begins; binary chunk messages and `image.end` follow.
+    #[serde(rename = "image.begin")]
+    ImageBegin {
+        /// Client-chosen id, 1–64 bytes, unique among the session's open uploads.
+        upload_id: String,
+        /// The declared content type.
+        mime: String,
+        /// The declared size in bytes.
+        size: u64,
+        /// The declared SHA-256 (64 lowercase hex).
+        #[serde(skip_serializing_if = "Option::is_none", serialize_with = "sha256_hex")]
+        sha256: Option<[u8; 32]>,
+        /// The turn the image belongs to (open, or ended but not yet processing).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        turn_id: Option<TurnId>,
+    },
+    /// All chunks of an upload have been sent.
+    #[serde(rename = "image.end")]
+    ImageEnd {
+        /// The upload id.
+        upload_id: String,
+    },
+}
+
+fn sha256_hex<S: serde::Serializer>(v: &Option<[u8; 32]>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(bytes) => s.serialize_str(&crate::upload::hex(bytes)),
+        None => s.serialize_none(),
+    }
 }
 
 impl ClientEvent {
+    /// The `upload_id` of an `image.*` message, even one that does not parse, so that a
+    /// refusal can name the upload it refuses.
+    pub fn upload_id_of(text: &str) -> Option<String> {
+        let value: serde_json::Value = serde_json::from_str(text).ok()?;
+        let kind = value.get("type")?.as_str()?;
+        if !kind.starts_with("image.") {
+            return None;
+        }
+        Some(value.get("upload_id")?.as_str()?.to_owned())
+    }
+
     /// Parses one data-channel text message.
     ///
     /// Unknown fields are refused (`malformed_message`) so that a misspelt field is
@@ -76,6 +117,42 @@ impl ClientEvent {
                     .map(|s| parse_turn_id(&s))
                     .transpose()?;
                 ClientEvent::TurnEnd { turn_id }
+            }
+            "image.begin" => {
+                let required = |v: Option<String>, name: &str| {
+                    v.ok_or_else(|| malformed(format!("image.begin needs a string `{name}`")))
+                };
+                let upload_id = required(take_str("upload_id")?, "upload_id")?;
+                let mime = required(take_str("mime")?, "mime")?;
+                let sha256 = take_str("sha256")?
+                    .map(|s| crate::upload::parse_sha256(&s))
+                    .transpose()?;
+                let turn_id = take_str("turn_id")?
+                    .map(|s| parse_turn_id(&s))
+                    .transpose()?;
+                let size = match fields.remove("size") {
+                    Some(serde_json::Value::Number(n)) if n.as_u64().is_some_and(|n| n > 0) => {
+                        n.as_u64().unwrap_or(0)
+                    }
+                    _ => {
+                        return Err(Error::refused(
+                            ErrorCode::SizeRequired,
+                            "image.begin needs `size`, the image's size in bytes (a positive integer)",
+                        ));
+                    }
+                };
+                ClientEvent::ImageBegin {
+                    upload_id,
+                    mime,
+                    size,
+                    sha256,
+                    turn_id,
+                }
+            }
+            "image.end" => {
+                let upload_id = take_str("upload_id")?
+                    .ok_or_else(|| malformed("image.end needs a string `upload_id`".into()))?;
+                ClientEvent::ImageEnd { upload_id }
             }
             other => {
                 let shown: String = other.chars().take(64).collect();
@@ -125,6 +202,36 @@ pub enum ServerEvent {
         /// Audio frames (RTP packets) tagged with the turn.
         frames: u32,
     },
+    /// An image upload was accepted and tagged with a turn.
+    #[serde(rename = "image.accepted")]
+    ImageAccepted {
+        /// The client's upload id.
+        upload_id: String,
+        /// The SHA-256 of the bytes, 64 lowercase hex.
+        blob_id: BlobId,
+        /// The turn the image belongs to.
+        turn_id: TurnId,
+        /// The format the bytes are (sniffed), e.g. `image/png`.
+        mime: String,
+        /// The content type the client declared.
+        declared_mime: String,
+        /// Width in pixels.
+        width: u32,
+        /// Height in pixels.
+        height: u32,
+        /// Size in bytes.
+        bytes: u32,
+    },
+    /// An image upload was refused; its bytes are freed.
+    #[serde(rename = "image.rejected")]
+    ImageRejected {
+        /// The client's upload id.
+        upload_id: String,
+        /// A code from the documented closed list.
+        code: ErrorCode,
+        /// A human-readable explanation.
+        message: String,
+    },
     /// A refused message or a failure; the session goes on.
     #[serde(rename = "error")]
     Error {
@@ -139,15 +246,20 @@ pub enum ServerEvent {
 }
 
 impl ServerEvent {
+    /// An `image.rejected` event.
+    pub fn rejected(upload_id: &str, error: &Error) -> Self {
+        ServerEvent::ImageRejected {
+            upload_id: upload_id.to_owned(),
+            code: error.code(),
+            message: message_of(error),
+        }
+    }
+
     /// An `error` event for a refused input.
     pub fn error(error: &Error, turn_id: Option<TurnId>) -> Self {
-        let message = match error {
-            Error::Refused { message, .. } => message.clone(),
-            other => other.to_string(),
-        };
         ServerEvent::Error {
             code: error.code(),
-            message,
+            message: message_of(error),
             turn_id,
         }
     }
@@ -163,6 +275,13 @@ impl ServerEvent {
 fn parse_turn_id(s: &str) -> Result<TurnId, Error> {
     s.parse::<TurnId>()
         .map_err(|e| Error::refused(ErrorCode::InvalidTurnId, format!("invalid turn_id: {e}")))
+}
+
+fn message_of(error: &Error) -> String {
+    match error {
+        Error::Refused { message, .. } => message.clone(),
+        other => other.to_string(),
+    }
 }
 
 impl Serialize for TraceParent {

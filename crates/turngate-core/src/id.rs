@@ -31,7 +31,7 @@ fn write_hex(f: &mut fmt::Formatter<'_>, bytes: &[u8]) -> fmt::Result {
 }
 
 /// Parses exactly `N` bytes from `2 * N` lowercase hex characters.
-fn parse_hex<const N: usize>(s: &str) -> Result<[u8; N], Error> {
+pub(crate) fn parse_hex<const N: usize>(s: &str) -> Result<[u8; N], Error> {
     let raw = s.as_bytes();
     if raw.len() != 2 * N {
         return Err(Error::IdLength {

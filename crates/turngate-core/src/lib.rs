@@ -5,7 +5,8 @@
 //! - [`event`]: the data-channel wire events;
 //! - [`error`]: the crate's error and the closed list of client-visible error codes;
 //! - [`tag`]: [`Tagged`] values and [`AudioFrame`];
-//! - [`turn`]: the turn state machine.
+//! - [`turn`]: the turn state machine;
+//! - [`upload`]: reassembly of image uploads from data-channel chunks.
 //!
 //! This crate does no I/O: no sockets, no async runtime, no clock, no randomness it is
 //! not handed. Time is an input (a [`Duration`](std::time::Duration) since the session
@@ -16,11 +17,12 @@ pub mod event;
 pub mod id;
 pub mod tag;
 pub mod turn;
+pub mod upload;
 
 pub use error::{Error, ErrorCode};
 pub use event::{ClientEvent, ServerEvent};
 pub use id::{SessionId, SpanId, TraceParent, TurnId};
-pub use tag::{AudioFrame, Tagged};
+pub use tag::{AudioFrame, Blob, BlobId, Tagged};
 pub use turn::{
     Cause, EndReason, EngineCounters, Output, TurnConfig, TurnEngine, TurnInfo, TurnState,
 };

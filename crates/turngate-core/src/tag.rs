@@ -38,3 +38,53 @@ pub struct AudioFrame {
     /// Samples at the start of `pcm` that were concealed rather than decoded.
     pub concealed_samples: u32,
 }
+
+/// A blob id: the SHA-256 of the blob's bytes, written as 64 lowercase hex characters.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BlobId(pub [u8; 32]);
+
+impl std::fmt::Display for BlobId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&crate::upload::hex(&self.0))
+    }
+}
+
+impl std::fmt::Debug for BlobId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "BlobId({self})")
+    }
+}
+
+impl serde::Serialize for BlobId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for BlobId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        crate::upload::parse_sha256(&s)
+            .map(BlobId)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// An accepted image upload.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Blob {
+    /// The SHA-256 of the bytes.
+    pub blob_id: BlobId,
+    /// The client's upload id.
+    pub upload_id: String,
+    /// The format the bytes actually are (sniffed; authoritative), e.g. `image/png`.
+    pub mime: String,
+    /// The content type the client declared.
+    pub declared_mime: String,
+    /// Width in pixels.
+    pub width: u32,
+    /// Height in pixels.
+    pub height: u32,
+    /// The bytes as uploaded.
+    pub bytes: Bytes,
+}

@@ -72,6 +72,8 @@ pub enum Cause {
     Client,
     /// The gateway's voice activity detector heard speech onset.
     Vad,
+    /// An image upload began while no turn was open.
+    Image,
 }
 
 /// Why a turn's input ended.
@@ -83,6 +85,8 @@ pub enum EndReason {
     ClientEnd,
     /// VAD heard no speech for the hangover.
     EndOfSpeech,
+    /// An image turn saw no further upload and no speech for the hangover.
+    Idle,
     /// The turn reached the maximum length.
     MaxLength,
     /// A client `turn.start` replaced this VAD turn.
@@ -126,6 +130,11 @@ pub struct TurnInfo {
     pub started_at: Duration,
     /// Session time its input ended.
     pub ended_at: Option<Duration>,
+    /// Session time its processing started: input ended and no upload of it is open.
+    /// From then on it takes no more input.
+    pub processing_started_at: Option<Duration>,
+    /// Uploads tagged with it that are still open (or being validated).
+    pub uploads_pending: u32,
     /// Session time its processing finished.
     pub completed_at: Option<Duration>,
     /// Frames tagged with it.
@@ -152,6 +161,8 @@ pub enum Output {
     TurnStarted(TurnInfo),
     /// A turn's input ended.
     TurnEnded(TurnInfo),
+    /// A turn's processing may start: its input ended and none of its uploads is open.
+    ProcessingStarted(TurnInfo),
     /// A not yet completed turn was spoken over.
     TurnInterrupted(TurnId),
     /// A turn's processing finished.
@@ -184,6 +195,7 @@ pub struct TurnEngine<R> {
     open: Option<usize>,
     voiced_since: Option<Duration>,
     last_voiced: Option<Duration>,
+    last_upload_activity: Option<Duration>,
     counters: EngineCounters,
     outputs: VecDeque<Output>,
     closed: bool,
@@ -213,6 +225,7 @@ impl<R: Rng> TurnEngine<R> {
             open: None,
             voiced_since: None,
             last_voiced: None,
+            last_upload_activity: None,
             counters: EngineCounters::default(),
             outputs: VecDeque::new(),
             closed: false,
@@ -375,7 +388,7 @@ impl<R: Rng> TurnEngine<R> {
                     open.id
                 ),
             )),
-            Some(open) if open.cause == Cause::Client => {
+            Some(open) if matches!(open.cause, Cause::Client | Cause::Image) => {
                 let id = open.id;
                 self.close_open_turn(at, EndReason::ClientEnd);
                 self.voiced_since = None;
@@ -383,7 +396,7 @@ impl<R: Rng> TurnEngine<R> {
             }
             _ => Err(Error::refused(
                 ErrorCode::NoOpenTurn,
-                "no client turn is open",
+                "no client or image turn is open",
             )),
         }
     }
@@ -405,15 +418,79 @@ impl<R: Rng> TurnEngine<R> {
                     format!("no turn {turn_id} in this session"),
                 )
             })?;
-        if turn.state != TurnState::Ended {
+        if turn.state != TurnState::Ended || turn.processing_started_at.is_none() {
             return Err(Error::refused(
                 ErrorCode::Internal,
-                format!("turn {turn_id} is {:?}, not ended", turn.state),
+                format!("turn {turn_id} is {:?} and not yet processing", turn.state),
             ));
         }
         turn.state = TurnState::Completed;
         turn.completed_at = Some(at);
         self.outputs.push_back(Output::TurnCompleted(turn.clone()));
+        Ok(())
+    }
+
+    /// An image upload began. It belongs to the turn open now; with none open it opens
+    /// a turn with cause `image`. A client may name a turn (`requested`) that is open, or
+    /// ended but not yet processing. Returns the turn the upload is tagged with.
+    pub fn handle_upload_started(
+        &mut self,
+        at: Duration,
+        requested: Option<TurnId>,
+    ) -> Result<TurnId, Error> {
+        let at = self.advance(at);
+        let index = match requested {
+            Some(id) => {
+                let index = self.turns.iter().position(|t| t.id == id).ok_or_else(|| {
+                    Error::refused(
+                        ErrorCode::UnknownTurn,
+                        format!("no turn {id} in this session"),
+                    )
+                })?;
+                if self.turns[index].processing_started_at.is_some() {
+                    return Err(Error::refused(
+                        ErrorCode::TurnClosed,
+                        format!("turn {id} is already being processed; it takes no more input"),
+                    ));
+                }
+                index
+            }
+            None => match self.open {
+                Some(index) => index,
+                None if self.closed => {
+                    return Err(Error::refused(
+                        ErrorCode::UploadAbandoned,
+                        "the session has closed",
+                    ));
+                }
+                None => {
+                    self.flush_preroll_idle();
+                    self.open_turn_at(at, Cause::Image, None, None, false);
+                    self.turns.len() - 1
+                }
+            },
+        };
+        self.last_upload_activity = Some(at);
+        self.turns[index].uploads_pending += 1;
+        Ok(self.turns[index].id)
+    }
+
+    /// An upload tagged with `turn_id` finished (accepted or refused).
+    pub fn handle_upload_finished(&mut self, at: Duration, turn_id: TurnId) -> Result<(), Error> {
+        let at = self.advance(at);
+        let index = self
+            .turns
+            .iter()
+            .position(|t| t.id == turn_id && t.uploads_pending > 0)
+            .ok_or_else(|| {
+                Error::refused(
+                    ErrorCode::Internal,
+                    format!("no upload pending for turn {turn_id}"),
+                )
+            })?;
+        self.turns[index].uploads_pending -= 1;
+        self.last_upload_activity = Some(at);
+        self.maybe_start_processing(index, at);
         Ok(())
     }
 
@@ -461,7 +538,11 @@ impl<R: Rng> TurnEngine<R> {
             Cause::Vad => self
                 .last_voiced
                 .map(|lv| (lv + self.config.hangover, EndReason::EndOfSpeech)),
-            Cause::Client => None,
+            Cause::Image if turn.uploads_pending == 0 => self
+                .last_upload_activity
+                .max(self.last_voiced)
+                .map(|last| (last + self.config.hangover, EndReason::Idle)),
+            Cause::Image | Cause::Client => None,
         };
         Some(match speech_end {
             Some(end) if end.0 < max.0 => end,
@@ -501,6 +582,8 @@ impl<R: Rng> TurnEngine<R> {
             interrupted: false,
             started_at: at,
             ended_at: None,
+            processing_started_at: None,
+            uploads_pending: 0,
             completed_at: None,
             frames: 0,
         };
@@ -534,6 +617,20 @@ impl<R: Rng> TurnEngine<R> {
         turn.reason = Some(reason);
         turn.ended_at = Some(at);
         self.outputs.push_back(Output::TurnEnded(turn.clone()));
+        self.maybe_start_processing(i, at);
+    }
+
+    /// Starts processing of an ended turn once none of its uploads is open.
+    fn maybe_start_processing(&mut self, index: usize, at: Duration) {
+        let turn = &mut self.turns[index];
+        if turn.state == TurnState::Ended
+            && turn.uploads_pending == 0
+            && turn.processing_started_at.is_none()
+        {
+            turn.processing_started_at = Some(at);
+            self.outputs
+                .push_back(Output::ProcessingStarted(turn.clone()));
+        }
     }
 
     /// Lets frames older than the pre-roll window leave as idle.

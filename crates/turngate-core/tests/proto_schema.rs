@@ -71,6 +71,12 @@ fn server_events() -> Vec<ServerEvent> {
         },
         ServerEvent::TurnStarted {
             turn_id,
+            turn_number: 2,
+            traceparent,
+            cause: Cause::Image,
+        },
+        ServerEvent::TurnStarted {
+            turn_id,
             turn_number: 1,
             traceparent,
             cause: Cause::Client,
@@ -84,6 +90,21 @@ fn server_events() -> Vec<ServerEvent> {
             turn_id,
             reason: EndReason::SessionClosed,
             frames: 4000,
+        },
+        ServerEvent::ImageAccepted {
+            upload_id: "screenshot-1".into(),
+            blob_id: BlobId([0xab; 32]),
+            turn_id,
+            mime: "image/png".into(),
+            declared_mime: "image/jpeg".into(),
+            width: 1280,
+            height: 720,
+            bytes: 204_800,
+        },
+        ServerEvent::ImageRejected {
+            upload_id: "u".into(),
+            code: ErrorCode::CorruptImage,
+            message: "m".into(),
         },
         ServerEvent::Error {
             code: ErrorCode::TurnAlreadyOpen,
@@ -110,6 +131,21 @@ fn client_events() -> Vec<ClientEvent> {
             traceparent: Some(traceparent),
         },
         ClientEvent::TurnEnd { turn_id: None },
+        ClientEvent::ImageBegin {
+            upload_id: "screenshot-1".into(),
+            mime: "image/png".into(),
+            size: 204_800,
+            sha256: Some([0xcd; 32]),
+            turn_id: Some(turn_id),
+        },
+        ClientEvent::ImageBegin {
+            upload_id: "u".into(),
+            mime: "image/webp".into(),
+            size: 1,
+            sha256: None,
+            turn_id: None,
+        },
+        ClientEvent::ImageEnd { upload_id: "u".into() },
         ClientEvent::TurnEnd {
             turn_id: Some(turn_id),
         },

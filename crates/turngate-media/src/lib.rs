@@ -11,6 +11,7 @@
 
 pub mod decode;
 pub mod error;
+pub mod image;
 pub mod peer;
 pub mod session;
 pub mod vad;

@@ -34,8 +34,14 @@ pub fn status(code: ErrorCode) -> StatusCode {
     match code {
         InvalidSdp => StatusCode::BAD_REQUEST,
         NoAudio | UnsupportedCodec => StatusCode::UNPROCESSABLE_ENTITY,
-        UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-        PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        UnsupportedMediaType | UnsupportedImageFormat => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        PayloadTooLarge | ImageTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        NotAnImage | CorruptImage | TooManyPixels | Sha256Mismatch => {
+            StatusCode::UNPROCESSABLE_ENTITY
+        }
+        TurnClosed => StatusCode::CONFLICT,
+        UnknownTurn => StatusCode::NOT_FOUND,
+        TooManyUploads | UploadBudgetExceeded => StatusCode::TOO_MANY_REQUESTS,
         NotFound => StatusCode::NOT_FOUND,
         MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         TooManySessions | NoMediaPort | ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,

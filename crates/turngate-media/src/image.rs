@@ -1,0 +1,151 @@
+//! Image validation: what the bytes really are, how big, and whether they decode.
+//!
+//! The sniffed format is authoritative (the declared content type is only kept). A
+//! recognised format outside PNG, JPEG, WebP and GIF is refused as such. Dimensions are
+//! read from the header and checked against the pixel limit *before* decoding — the
+//! `image` crate's own `Limits` cap width, height and allocation but not the pixel count,
+//! so a 10000×10000 image (well under its 512 MiB default) would otherwise be decoded.
+//! Then the image is fully decoded under `Limits` sized from the header, so truncated or
+//! corrupt data is caught. This is CPU work: callers run it off the async runtime.
+
+use std::io::Cursor;
+
+use image::{ImageFormat, ImageReader, Limits};
+use turngate_core::{Error, ErrorCode};
+
+/// What validation checks against.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImageLimits {
+    /// Largest width × height. Default 40 megapixels.
+    pub max_pixels: u64,
+}
+
+impl Default for ImageLimits {
+    fn default() -> Self {
+        Self {
+            max_pixels: 40_000_000,
+        }
+    }
+}
+
+/// A valid image.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ImageInfo {
+    /// The sniffed format's content type.
+    pub mime: &'static str,
+    /// Width in pixels.
+    pub width: u32,
+    /// Height in pixels.
+    pub height: u32,
+}
+
+/// Bytes of decoded pixel data the decoder may allocate per pixel (RGBA, 16 bits per
+/// channel), plus fixed slack for decoder state.
+const ALLOC_PER_PIXEL: u64 = 8;
+const ALLOC_SLACK: u64 = 16 * 1024 * 1024;
+
+/// Checks that `bytes` are an accepted, decodable image within the limits.
+pub fn validate(bytes: &[u8], limits: &ImageLimits) -> Result<ImageInfo, Error> {
+    let format = image::guess_format(bytes).map_err(|_| {
+        Error::refused(
+            ErrorCode::NotAnImage,
+            "the bytes are not a recognised image format",
+        )
+    })?;
+    let mime = match format {
+        ImageFormat::Png => "image/png",
+        ImageFormat::Jpeg => "image/jpeg",
+        ImageFormat::WebP => "image/webp",
+        ImageFormat::Gif => "image/gif",
+        other => {
+            return Err(Error::refused(
+                ErrorCode::UnsupportedImageFormat,
+                format!("{other:?} images are not accepted; send PNG, JPEG, WebP or GIF"),
+            ));
+        }
+    };
+    let corrupt = |e: image::ImageError| {
+        Error::refused(
+            ErrorCode::CorruptImage,
+            format!("the {mime} does not decode: {e}"),
+        )
+    };
+    let (width, height) = ImageReader::with_format(Cursor::new(bytes), format)
+        .into_dimensions()
+        .map_err(corrupt)?;
+    let pixels = u64::from(width) * u64::from(height);
+    if pixels > limits.max_pixels {
+        return Err(Error::refused(
+            ErrorCode::TooManyPixels,
+            format!(
+                "{width}×{height} is {pixels} pixels, over the limit of {}",
+                limits.max_pixels
+            ),
+        ));
+    }
+    if pixels == 0 {
+        return Err(Error::refused(
+            ErrorCode::CorruptImage,
+            format!("the {mime} is {width}×{height}"),
+        ));
+    }
+    let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
+    let mut decode_limits = Limits::default();
+    decode_limits.max_image_width = Some(width);
+    decode_limits.max_image_height = Some(height);
+    decode_limits.max_alloc = Some(pixels * ALLOC_PER_PIXEL + ALLOC_SLACK);
+    reader.limits(decode_limits);
+    reader.decode().map_err(corrupt)?;
+    Ok(ImageInfo {
+        mime,
+        width,
+        height,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn png(width: u32, height: u32) -> Vec<u8> {
+        let img = image::RgbImage::from_fn(width, height, |x, y| image::Rgb([x as u8, y as u8, 7]));
+        let mut out = Cursor::new(Vec::new());
+        img.write_to(&mut out, ImageFormat::Png).unwrap();
+        out.into_inner()
+    }
+
+    fn code(bytes: &[u8]) -> ErrorCode {
+        validate(bytes, &ImageLimits::default()).unwrap_err().code()
+    }
+
+    #[test]
+    fn accepts_a_png_and_reads_its_size() {
+        let info = validate(&png(64, 48), &ImageLimits::default()).unwrap();
+        assert_eq!(
+            info,
+            ImageInfo {
+                mime: "image/png",
+                width: 64,
+                height: 48
+            }
+        );
+    }
+
+    #[test]
+    fn refuses_each_kind_of_bad_image_with_its_code() {
+        assert_eq!(code(b"hello, not an image at all"), ErrorCode::NotAnImage);
+        // A TIFF header: recognised, not accepted.
+        assert_eq!(
+            code(b"II*\x00\x08\x00\x00\x00rest"),
+            ErrorCode::UnsupportedImageFormat
+        );
+        let mut truncated = png(64, 48);
+        truncated.truncate(truncated.len() / 2);
+        assert_eq!(code(&truncated), ErrorCode::CorruptImage);
+        let limits = ImageLimits { max_pixels: 1000 };
+        assert_eq!(
+            validate(&png(40, 30), &limits).unwrap_err().code(),
+            ErrorCode::TooManyPixels
+        );
+    }
+}
