@@ -145,7 +145,9 @@ fn client_events() -> Vec<ClientEvent> {
             sha256: None,
             turn_id: None,
         },
-        ClientEvent::ImageEnd { upload_id: "u".into() },
+        ClientEvent::ImageEnd {
+            upload_id: "u".into(),
+        },
         ClientEvent::TurnEnd {
             turn_id: Some(turn_id),
         },

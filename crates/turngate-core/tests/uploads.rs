@@ -19,7 +19,13 @@ fn turn() -> TurnId {
 }
 
 fn begin(id: &str, size: u64) -> UploadBegin {
-    UploadBegin { upload_id: id.into(), mime: "image/png".into(), size, sha256: None, turn_id: None }
+    UploadBegin {
+        upload_id: id.into(),
+        mime: "image/png".into(),
+        size,
+        sha256: None,
+        turn_id: None,
+    }
 }
 
 fn received(outcome: EndOutcome) -> Received {
@@ -41,7 +47,15 @@ fn a_declared_upload_reassembles_and_hashes() {
     let mut r = Reassembler::new(UploadLimits::default());
     let bytes = b"0123456789".to_vec();
     let sha: [u8; 32] = Sha256::digest(&bytes).into();
-    r.begin(ms(0), UploadBegin { sha256: Some(sha), ..begin("a", 10) }, turn()).unwrap();
+    r.begin(
+        ms(0),
+        UploadBegin {
+            sha256: Some(sha),
+            ..begin("a", 10)
+        },
+        turn(),
+    )
+    .unwrap();
     r.chunk(&frame_chunk("a", &bytes[..4])).unwrap();
     r.chunk(&frame_chunk("a", &bytes[4..])).unwrap();
     let got = received(r.end("a").unwrap());
@@ -53,33 +67,81 @@ fn a_declared_upload_reassembles_and_hashes() {
 
 #[test]
 fn each_bad_upload_gets_its_code() {
-    let limits = UploadLimits { max_concurrent: 2, max_in_flight_bytes: 100, ..UploadLimits::default() };
+    let limits = UploadLimits {
+        max_concurrent: 2,
+        max_in_flight_bytes: 100,
+        ..UploadLimits::default()
+    };
     let mut r = Reassembler::new(limits);
-    assert_eq!(r.check(&begin("", 5)).unwrap_err().code(), ErrorCode::MalformedMessage);
-    assert_eq!(r.check(&begin(&"x".repeat(65), 5)).unwrap_err().code(), ErrorCode::MalformedMessage);
-    assert_eq!(r.check(&begin("a", 0)).unwrap_err().code(), ErrorCode::SizeRequired);
-    assert_eq!(r.check(&begin("a", 21 * 1024 * 1024)).unwrap_err().code(), ErrorCode::ImageTooLarge);
+    assert_eq!(
+        r.check(&begin("", 5)).unwrap_err().code(),
+        ErrorCode::MalformedMessage
+    );
+    assert_eq!(
+        r.check(&begin(&"x".repeat(65), 5)).unwrap_err().code(),
+        ErrorCode::MalformedMessage
+    );
+    assert_eq!(
+        r.check(&begin("a", 0)).unwrap_err().code(),
+        ErrorCode::SizeRequired
+    );
+    assert_eq!(
+        r.check(&begin("a", 21 * 1024 * 1024)).unwrap_err().code(),
+        ErrorCode::ImageTooLarge
+    );
     r.begin(ms(0), begin("a", 60), turn()).unwrap();
-    assert_eq!(r.check(&begin("a", 5)).unwrap_err().code(), ErrorCode::DuplicateUploadId);
-    assert_eq!(r.check(&begin("b", 50)).unwrap_err().code(), ErrorCode::UploadBudgetExceeded);
+    assert_eq!(
+        r.check(&begin("a", 5)).unwrap_err().code(),
+        ErrorCode::DuplicateUploadId
+    );
+    assert_eq!(
+        r.check(&begin("b", 50)).unwrap_err().code(),
+        ErrorCode::UploadBudgetExceeded
+    );
     r.begin(ms(0), begin("b", 5), turn()).unwrap();
-    assert_eq!(r.check(&begin("c", 5)).unwrap_err().code(), ErrorCode::TooManyUploads);
+    assert_eq!(
+        r.check(&begin("c", 5)).unwrap_err().code(),
+        ErrorCode::TooManyUploads
+    );
     // More bytes than declared aborts; later chunks of it are dropped quietly.
     match r.chunk(&frame_chunk("b", b"123456")).unwrap() {
         ChunkOutcome::Aborted(a) => assert_eq!(a.error.code(), ErrorCode::SizeExceeded),
         other => panic!("{other:?}"),
     }
-    assert_eq!(r.chunk(&frame_chunk("b", b"1")).unwrap(), ChunkOutcome::Dropped);
-    assert_eq!(r.chunk(&frame_chunk("zz", b"1")).unwrap_err().code(), ErrorCode::UnknownUpload);
+    assert_eq!(
+        r.chunk(&frame_chunk("b", b"1")).unwrap(),
+        ChunkOutcome::Dropped
+    );
+    assert_eq!(
+        r.chunk(&frame_chunk("zz", b"1")).unwrap_err().code(),
+        ErrorCode::UnknownUpload
+    );
     assert_eq!(r.end("zz").unwrap_err().code(), ErrorCode::UnknownUpload);
-    assert_eq!(r.chunk(&[]).unwrap_err().code(), ErrorCode::MalformedMessage);
-    assert_eq!(r.chunk(&[0, 1, 2]).unwrap_err().code(), ErrorCode::MalformedMessage);
-    assert_eq!(r.chunk(&[9, b'a']).unwrap_err().code(), ErrorCode::MalformedMessage);
+    assert_eq!(
+        r.chunk(&[]).unwrap_err().code(),
+        ErrorCode::MalformedMessage
+    );
+    assert_eq!(
+        r.chunk(&[0, 1, 2]).unwrap_err().code(),
+        ErrorCode::MalformedMessage
+    );
+    assert_eq!(
+        r.chunk(&[9, b'a']).unwrap_err().code(),
+        ErrorCode::MalformedMessage
+    );
     // Fewer bytes than declared.
     r.chunk(&frame_chunk("a", b"abc")).unwrap();
     assert_eq!(aborted_code(r.end("a").unwrap()), ErrorCode::SizeMismatch);
     // A wrong hash.
-    r.begin(ms(0), UploadBegin { sha256: Some([7; 32]), ..begin("d", 3) }, turn()).unwrap();
+    r.begin(
+        ms(0),
+        UploadBegin {
+            sha256: Some([7; 32]),
+            ..begin("d", 3)
+        },
+        turn(),
+    )
+    .unwrap();
     r.chunk(&frame_chunk("d", b"abc")).unwrap();
     assert_eq!(aborted_code(r.end("d").unwrap()), ErrorCode::Sha256Mismatch);
     assert_eq!(r.open_uploads(), 0);
@@ -95,12 +157,18 @@ fn uploads_time_out_and_are_abandoned_with_their_bytes_counted() {
     assert!(r.expire(ms(29_999)).is_empty());
     let expired = r.expire(ms(30_000));
     assert_eq!(expired.len(), 1);
-    assert_eq!((expired[0].upload_id.as_str(), expired[0].bytes_freed), ("slow", 40));
+    assert_eq!(
+        (expired[0].upload_id.as_str(), expired[0].bytes_freed),
+        ("slow", 40)
+    );
     assert_eq!(expired[0].error.code(), ErrorCode::UploadTimeout);
     r.chunk(&frame_chunk("other", &[1; 7])).unwrap();
     let abandoned = r.abandon_all();
     assert_eq!(abandoned.len(), 1);
-    assert_eq!((abandoned[0].bytes_freed, abandoned[0].error.code()), (7, ErrorCode::UploadAbandoned));
+    assert_eq!(
+        (abandoned[0].bytes_freed, abandoned[0].error.code()),
+        (7, ErrorCode::UploadAbandoned)
+    );
     // The budget is free again.
     assert!(r.check(&begin("again", 60 * 1024 * 1024)).is_err());
     assert!(r.check(&begin("again", 20 * 1024 * 1024)).is_ok());
@@ -165,7 +233,12 @@ proptest! {
 
 fn engine() -> TurnEngine<StdRng> {
     let session = SessionId::mint(1, &mut StdRng::seed_from_u64(1));
-    TurnEngine::new(TurnConfig::default(), session, 1_700_000_000_000, StdRng::seed_from_u64(2))
+    TurnEngine::new(
+        TurnConfig::default(),
+        session,
+        1_700_000_000_000,
+        StdRng::seed_from_u64(2),
+    )
 }
 
 fn outputs(e: &mut TurnEngine<StdRng>) -> Vec<Output> {
@@ -194,8 +267,14 @@ fn an_upload_while_idle_opens_an_image_turn_that_speech_joins() {
         e.handle_frame(ms(1700 + 20 * i), frame(i), true);
     }
     let out = outputs(&mut e);
-    assert!(out.iter().all(|o| !matches!(o, Output::TurnStarted(_))), "speech opened no new turn");
-    assert!(out.iter().any(|o| matches!(o, Output::Frame(f) if f.turn_id == Some(t))));
+    assert!(
+        out.iter().all(|o| !matches!(o, Output::TurnStarted(_))),
+        "speech opened no new turn"
+    );
+    assert!(
+        out.iter()
+            .any(|o| matches!(o, Output::Frame(f) if f.turn_id == Some(t)))
+    );
     // Then silence: the image turn ends after the hangover, as idle.
     e.handle_tick(ms(5000));
     let ended: Vec<_> = outputs(&mut e)
@@ -214,7 +293,10 @@ fn an_image_turn_without_speech_ends_after_the_hangover() {
     let mut e = engine();
     let t = e.handle_upload_started(ms(0), None).unwrap();
     e.handle_tick(ms(5000));
-    assert!(e.open_turn().is_some(), "an open upload holds the turn open");
+    assert!(
+        e.open_turn().is_some(),
+        "an open upload holds the turn open"
+    );
     e.handle_upload_finished(ms(6000), t).unwrap();
     e.handle_tick(ms(6699));
     assert!(e.open_turn().is_some());
@@ -232,7 +314,11 @@ fn an_upload_during_a_turn_belongs_to_it_and_holds_its_processing() {
     e.handle_turn_end(ms(200), None).unwrap();
     let out = outputs(&mut e);
     assert!(out.iter().any(|o| matches!(o, Output::TurnEnded(_))));
-    assert!(!out.iter().any(|o| matches!(o, Output::ProcessingStarted(_))), "the upload is still open");
+    assert!(
+        !out.iter()
+            .any(|o| matches!(o, Output::ProcessingStarted(_))),
+        "the upload is still open"
+    );
     // The client may still name the ended turn...
     assert_eq!(e.handle_upload_started(ms(250), Some(t)).unwrap(), t);
     e.handle_upload_finished(ms(300), t).unwrap();
@@ -240,9 +326,19 @@ fn an_upload_during_a_turn_belongs_to_it_and_holds_its_processing() {
     e.handle_upload_finished(ms(400), t).unwrap();
     assert!(matches!(&outputs(&mut e)[..], [Output::ProcessingStarted(i)] if i.id == t));
     // ...but not once its processing has started.
-    assert_eq!(e.handle_upload_started(ms(500), Some(t)).unwrap_err().code(), ErrorCode::TurnClosed);
+    assert_eq!(
+        e.handle_upload_started(ms(500), Some(t))
+            .unwrap_err()
+            .code(),
+        ErrorCode::TurnClosed
+    );
     let unknown: TurnId = "1af7651916cd43dd8448eb211c80319c".parse().unwrap();
-    assert_eq!(e.handle_upload_started(ms(500), Some(unknown)).unwrap_err().code(), ErrorCode::UnknownTurn);
+    assert_eq!(
+        e.handle_upload_started(ms(500), Some(unknown))
+            .unwrap_err()
+            .code(),
+        ErrorCode::UnknownTurn
+    );
 }
 
 #[test]

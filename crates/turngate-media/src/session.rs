@@ -21,8 +21,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio::time::Instant;
+use turngate_core::upload::{Reassembler, UploadLimits};
 use turngate_core::{
     AudioFrame, ClientEvent, Error, ErrorCode, Output, ServerEvent, SessionId, Tagged, TurnConfig,
     TurnEngine, TurnId, TurnInfo,
@@ -33,6 +34,7 @@ use webrtc::peer_connection::{PeerConnection, RTCPeerConnectionState};
 
 use crate::decode::{Decoded, OpusTrackDecoder};
 use crate::error::MediaError;
+use crate::image::ImageLimits;
 use crate::peer::{AnsweredPeer, PeerEvent, PortLease};
 use crate::vad::VoiceDetector;
 
@@ -41,12 +43,27 @@ pub const CONTROL_LABEL: &str = "turngate";
 /// Messages from the data channel waiting for the session task; the channel's reader
 /// waits when it is full, which back-pressures SCTP rather than dropping.
 const CONTROL_QUEUE: usize = 64;
+/// HTTP uploads waiting for the session task.
+const UPLOAD_REQUESTS: usize = 8;
+/// Validation results waiting for the session task.
+const VALIDATED_QUEUE: usize = 16;
 /// Work done per wake-up before the session task yields to its other inputs.
 const MAX_PACKETS_PER_WAKE: usize = 32;
+
+mod uploads;
+
+pub use uploads::{BlobRecord, UploadRequest};
 
 /// Sizes and timings of a session.
 #[derive(Clone, Debug)]
 pub struct SessionConfig {
+    /// Limits of image uploads.
+    pub uploads: UploadLimits,
+    /// Limits of the images themselves.
+    pub images: ImageLimits,
+    /// Image validations running at once, across all sessions (CPU work, run on the
+    /// blocking pool). Shared: clone the `Arc`.
+    pub validators: Arc<Semaphore>,
     /// Turn detection timing.
     pub turn: TurnConfig,
     /// VAD score (0–1) a frame needs to begin speech (see [`crate::vad`]).
@@ -66,6 +83,9 @@ pub struct SessionConfig {
 impl Default for SessionConfig {
     fn default() -> Self {
         Self {
+            uploads: UploadLimits::default(),
+            images: ImageLimits::default(),
+            validators: Arc::new(Semaphore::new(2)),
             turn: TurnConfig::default(),
             vad_onset: 0.9,
             vad_sustain: 0.5,
@@ -84,6 +104,11 @@ pub enum Downstream {
     Frame(Tagged<AudioFrame>),
     /// A turn opened.
     TurnStarted(TurnInfo),
+    /// An accepted image, tagged with its turn. Comes before its turn's
+    /// `ProcessingStarted`.
+    Blob(Tagged<turngate_core::Blob>),
+    /// A turn's processing may start: its frames and blobs have all been sent.
+    ProcessingStarted(TurnInfo),
     /// A turn's input ended: all its frames have been sent. When the session ends,
     /// the queue closes after its last turn's `TurnEnded`.
     TurnEnded(TurnInfo),
@@ -110,6 +135,14 @@ pub struct SessionCounters {
     pub events_dropped: AtomicU64,
     /// Data-channel messages the client sent that were refused.
     pub messages_refused: AtomicU64,
+    /// Images accepted.
+    pub images_accepted: AtomicU64,
+    /// Bytes of accepted images.
+    pub image_bytes_accepted: AtomicU64,
+    /// Bytes of uploads refused, timed out or abandoned, freed.
+    pub upload_bytes_freed: AtomicU64,
+    /// Uploads refused, by error code.
+    pub images_rejected: Mutex<std::collections::BTreeMap<&'static str, u64>>,
 }
 
 /// Why a session ended.
@@ -137,6 +170,8 @@ pub struct SessionShared {
     /// Counters.
     pub counters: SessionCounters,
     turns: Mutex<Vec<TurnInfo>>,
+    blobs: Mutex<Vec<BlobRecord>>,
+    uploads: mpsc::Sender<UploadRequest>,
     ended: watch::Sender<Option<(SystemTime, SessionEnd)>>,
     data_channel: AtomicBool,
     close: watch::Sender<Option<SessionEnd>>,
@@ -146,6 +181,33 @@ impl SessionShared {
     /// The session's turns so far.
     pub fn turns(&self) -> Vec<TurnInfo> {
         self.turns.lock().map(|t| t.clone()).unwrap_or_default()
+    }
+
+    /// The images accepted so far.
+    pub fn blobs(&self) -> Vec<BlobRecord> {
+        self.blobs.lock().map(|b| b.clone()).unwrap_or_default()
+    }
+
+    /// Uploads a whole image (the HTTP path): tagged, validated and announced on the
+    /// data channel like one sent there. Returns the `image.accepted` event.
+    pub async fn upload(
+        &self,
+        upload_id: Option<String>,
+        declared_mime: String,
+        turn_id: Option<TurnId>,
+        bytes: Bytes,
+    ) -> Result<ServerEvent, Error> {
+        let (reply, answer) = oneshot::channel();
+        let request = UploadRequest {
+            upload_id,
+            declared_mime,
+            turn_id,
+            bytes,
+            reply,
+        };
+        let gone = || Error::refused(ErrorCode::NotFound, "the session has ended");
+        self.uploads.send(request).await.map_err(|_| gone())?;
+        answer.await.map_err(|_| gone())?
     }
 
     /// When and why the session ended, if it has.
@@ -201,11 +263,14 @@ pub fn start(
         .unwrap_or(0);
     let id = SessionId::mint(started_unix_ms, rng);
     let (close, close_rx) = watch::channel(None);
+    let (uploads_tx, uploads_rx) = mpsc::channel(UPLOAD_REQUESTS);
     let shared = Arc::new(SessionShared {
         id,
         started,
         counters: SessionCounters::default(),
         turns: Mutex::new(Vec::new()),
+        blobs: Mutex::new(Vec::new()),
+        uploads: uploads_tx,
         ended: watch::channel(None).0,
         data_channel: AtomicBool::new(false),
         close,
@@ -226,6 +291,7 @@ pub fn start(
         started_unix_ms,
         StdRng::from_rng(rng),
     );
+    let uploads = Reassembler::new(config.uploads.clone());
     let driver = Driver {
         decoder,
         vad: VoiceDetector::new(config.vad_onset, config.vad_sustain),
@@ -237,11 +303,16 @@ pub fn start(
         downstream: downstream_tx,
         channel: None,
         connected: false,
+        uploads,
+        validated: mpsc::channel(VALIDATED_QUEUE),
+        validations: 0,
+        blob_seq: 0,
+        http_uploads: 0,
         close: close_rx,
         closing: None,
         undelivered: 0,
     };
-    tokio::spawn(driver.run(peer, processing_rx));
+    tokio::spawn(driver.run(peer, processing_rx, uploads_rx));
     Ok(Session {
         shared,
         downstream,
@@ -276,7 +347,7 @@ impl Outbox {
 enum Control {
     Open(Arc<dyn DataChannel>),
     Text(String),
-    Binary(usize),
+    Binary(Bytes),
     Closed,
 }
 
@@ -296,6 +367,15 @@ struct Driver {
     closing: Option<SessionEnd>,
     /// Downstream items a stalled consumer never took before the session ended.
     undelivered: u64,
+    uploads: Reassembler,
+    validated: (
+        mpsc::Sender<uploads::Validated>,
+        mpsc::Receiver<uploads::Validated>,
+    ),
+    /// Validations spawned and not yet reported back.
+    validations: usize,
+    blob_seq: u64,
+    http_uploads: u64,
 }
 
 struct Rtp {
@@ -306,7 +386,12 @@ struct Rtp {
 }
 
 impl Driver {
-    async fn run(mut self, peer: AnsweredPeer, mut processing: mpsc::UnboundedReceiver<TurnId>) {
+    async fn run(
+        mut self,
+        peer: AnsweredPeer,
+        mut processing: mpsc::UnboundedReceiver<TurnId>,
+        mut http_uploads: mpsc::Receiver<UploadRequest>,
+    ) {
         let AnsweredPeer {
             connection,
             mut events,
@@ -321,7 +406,11 @@ impl Driver {
             if let Some(why) = self.closing {
                 break why;
             }
-            let tick = self.engine.poll_timeout().map(|d| self.clock + d);
+            let tick = [self.engine.poll_timeout(), self.uploads.poll_timeout()]
+                .into_iter()
+                .flatten()
+                .min()
+                .map(|d| self.clock + d);
             tokio::select! {
                 biased;
                 _ = self.close.changed() => self.closing = Some((*self.close.borrow()).unwrap_or(SessionEnd::Deleted)),
@@ -341,7 +430,9 @@ impl Driver {
                     }
                     PeerEvent::DataChannel(channel) => self.adopt_channel(channel, &control_tx).await,
                 },
-                Some(control) = control_rx.recv() => self.on_control(control).await,
+                                Some(control) = control_rx.recv() => self.on_control(control).await,
+                Some(request) = http_uploads.recv() => self.on_http_upload(request).await,
+                Some(validated) = self.validated.1.recv() => self.on_validated(validated).await,
                 Some(turn) = processing.recv() => {
                     let at = self.now();
                     if let Err(e) = self.engine.handle_processing_finished(at, turn) {
@@ -359,9 +450,10 @@ impl Driver {
                     }
                     self.drain().await;
                 }
-                _ = sleep_until_opt(tick) => {
+                                _ = sleep_until_opt(tick) => {
                     let at = self.now();
                     self.engine.handle_tick(at);
+                    self.expire_uploads(at).await;
                     self.drain().await;
                 }
                 _ = tokio::time::sleep_until(connect_deadline), if !self.connected => break SessionEnd::ConnectTimeout,
@@ -402,18 +494,42 @@ impl Driver {
                 self.flush_outbox().await;
             }
             Control::Closed => self.channel = None,
-            Control::Binary(len) => {
-                let error = Error::refused(
-                    ErrorCode::MalformedMessage,
-                    format!(
-                        "binary messages ({len} bytes) are not accepted yet; events are JSON text"
-                    ),
-                );
-                self.refuse(&error, None).await;
-            }
+            Control::Binary(message) => self.on_chunk(&message).await,
             Control::Text(text) => {
                 let at = self.now();
-                let result = ClientEvent::parse(&text).and_then(|event| match event {
+                let result = ClientEvent::parse(&text);
+                if let Some(upload_id) = ClientEvent::upload_id_of(&text) {
+                    match result {
+                        Ok(ClientEvent::ImageBegin {
+                            upload_id,
+                            mime,
+                            size,
+                            sha256,
+                            turn_id,
+                        }) => {
+                            let begin = turngate_core::upload::UploadBegin {
+                                upload_id,
+                                mime,
+                                size,
+                                sha256,
+                                turn_id,
+                            };
+                            self.on_image_begin(begin).await;
+                        }
+                        Ok(ClientEvent::ImageEnd { upload_id }) => {
+                            self.on_image_end(&upload_id).await
+                        }
+                        Ok(_) => {}
+                        Err(error) => {
+                            self.count_rejected(&error, 0);
+                            self.send_event(ServerEvent::rejected(&upload_id, &error))
+                                .await;
+                        }
+                    }
+                    self.drain().await;
+                    return;
+                }
+                let result = result.and_then(|event| match event {
                     ClientEvent::TurnStart {
                         turn_id,
                         traceparent,
@@ -423,6 +539,12 @@ impl Driver {
                         .map(|_| ()),
                     ClientEvent::TurnEnd { turn_id } => {
                         self.engine.handle_turn_end(at, turn_id).map(|_| ())
+                    }
+                    ClientEvent::ImageBegin { .. } | ClientEvent::ImageEnd { .. } => {
+                        Err(Error::refused(
+                            ErrorCode::MalformedMessage,
+                            "image messages need a string upload_id",
+                        ))
                     }
                 });
                 if let Err(error) = result {
@@ -539,6 +661,11 @@ impl Driver {
                     }
                 }
                 Output::TurnCompleted(turn) => self.record_turn(&turn),
+                Output::ProcessingStarted(turn) => {
+                    self.record_turn(&turn);
+                    self.send_downstream(Downstream::ProcessingStarted(turn))
+                        .await;
+                }
             }
         }
     }
@@ -624,8 +751,10 @@ impl Driver {
         port: PortLease,
         mut rtp_rx: mpsc::Receiver<Rtp>,
     ) {
-        // Close the turns first, so the client still hears `turn.ended` on a channel
-        // that is open; frames that arrive from now on leave as idle.
+        // Uploads end with the session: wait for validations already running, abandon
+        // what is still open. Then close the turns, so the client still hears
+        // `turn.ended` on a channel that is open; frames arriving from now on leave as idle.
+        self.settle_uploads().await;
         let at = self.now();
         self.engine.handle_close(at);
         self.drain().await;
@@ -751,7 +880,7 @@ async fn read_channel(channel: Arc<dyn DataChannel>, tx: mpsc::Sender<Control>) 
             DataChannelEvent::OnMessage(msg) if msg.is_string => {
                 Control::Text(String::from_utf8_lossy(&msg.data).into_owned())
             }
-            DataChannelEvent::OnMessage(msg) => Control::Binary(msg.data.len()),
+            DataChannelEvent::OnMessage(msg) => Control::Binary(msg.data.freeze()),
             DataChannelEvent::OnClose => break,
             _ => continue,
         };

@@ -6,6 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use axum::Router;
 use axum::body::{Body, to_bytes};
+use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Query, Request};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -28,6 +29,7 @@ pub struct App {
     pub peer: PeerConfig,
     pub session: SessionConfig,
     pub max_offer_bytes: usize,
+    pub max_image_bytes: u64,
     pub shutting_down: AtomicBool,
 }
 
@@ -44,16 +46,31 @@ impl App {
             peer: config.peer(),
             session: config.session(),
             max_offer_bytes: config.max_offer_bytes,
+            max_image_bytes: config.uploads.max_image_bytes,
             shutting_down: AtomicBool::new(false),
         })
     }
 }
+
+impl App {
+    /// Largest HTTP upload body: an image at the limit plus room for multipart framing.
+    fn max_upload_body(&self) -> usize {
+        self.max_image_bytes as usize + MULTIPART_OVERHEAD
+    }
+}
+
+/// Bytes of multipart headers and boundaries allowed around an image.
+const MULTIPART_OVERHEAD: usize = 64 * 1024;
 
 /// The router, with CORS for the configured origins.
 pub fn router(app: Arc<App>, cors_origins: &[String]) -> Router {
     let router = Router::new()
         .route("/v1/whip", post(create_session))
         .route("/v1/whip/{resource}", delete(delete_session))
+        .route(
+            "/v1/whip/{resource}/images",
+            post(upload_image).layer(DefaultBodyLimit::max(app.max_upload_body())),
+        )
         .route("/v1/sessions", get(list_sessions))
         .route("/v1/sessions/{id}", get(get_session))
         .route("/healthz", get(|| async { "ok" }))
@@ -195,6 +212,121 @@ async fn establish(app: Arc<App>, offer: String) -> Result<(String, String), Pro
     Ok((answer, resource))
 }
 
+/// Query of `POST /v1/whip/{resource}/images`.
+#[derive(serde::Deserialize)]
+struct UploadQuery {
+    turn_id: Option<String>,
+    upload_id: Option<String>,
+}
+
+/// `POST /v1/whip/{resource}/images`: an image as the raw body (an `image/*` content
+/// type) or as the first file of a multipart/form-data body. `201` with the same JSON
+/// as the `image.accepted` event, which the data channel also gets.
+async fn upload_image(
+    State(app): State<Arc<App>>,
+    Path(resource): Path<String>,
+    Query(query): Query<UploadQuery>,
+    request: Request,
+) -> Result<Response, Problem> {
+    let entry = app.registry.by_resource(&resource).ok_or_else(|| {
+        Problem::new(
+            ErrorCode::NotFound,
+            "no such WHIP resource (or it has ended)",
+        )
+    })?;
+    let turn_id = query
+        .turn_id
+        .map(|s| s.parse::<turngate_core::TurnId>())
+        .transpose()
+        .map_err(|e| Problem::new(ErrorCode::InvalidTurnId, format!("invalid turn_id: {e}")))?;
+    let too_large = || {
+        Problem::new(
+            ErrorCode::ImageTooLarge,
+            format!("the image exceeds {} bytes", app.max_image_bytes),
+        )
+    };
+    let headers = request.headers();
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > app.max_upload_body()) {
+        return Err(too_large());
+    }
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let mime = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    let (declared_mime, bytes) = if mime == "multipart/form-data" {
+        first_file(Multipart::from_request(request, &()).await.map_err(|e| {
+            Problem::new(
+                ErrorCode::MalformedMessage,
+                format!("invalid multipart body: {e}"),
+            )
+        })?)
+        .await?
+    } else if mime.starts_with("image/") {
+        let body = to_bytes(request.into_body(), app.max_upload_body())
+            .await
+            .map_err(|_| too_large())?;
+        (mime, body)
+    } else {
+        return Err(Problem::new(
+            ErrorCode::UnsupportedMediaType,
+            format!(
+                "send the image with an image/* content type or as multipart/form-data, not {content_type:?}"
+            ),
+        ));
+    };
+    if bytes.len() as u64 > app.max_image_bytes {
+        return Err(too_large());
+    }
+    let accepted = entry
+        .shared
+        .upload(query.upload_id, declared_mime, turn_id, bytes)
+        .await
+        .map_err(|e| Problem::new(e.code(), e.to_string()))?;
+    Ok((StatusCode::CREATED, axum::Json(accepted)).into_response())
+}
+
+/// The first part of a multipart body that carries a file (or, failing that, the first
+/// part): (its content type, its bytes).
+async fn first_file(mut multipart: Multipart) -> Result<(String, bytes::Bytes), Problem> {
+    let malformed = |e: axum::extract::multipart::MultipartError| {
+        let code = if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ErrorCode::ImageTooLarge
+        } else {
+            ErrorCode::MalformedMessage
+        };
+        Problem::new(code, format!("invalid multipart body: {e}"))
+    };
+    while let Some(field) = multipart.next_field().await.map_err(malformed)? {
+        if field.file_name().is_none()
+            && field
+                .content_type()
+                .is_none_or(|t| !t.starts_with("image/"))
+        {
+            continue;
+        }
+        let mime = field
+            .content_type()
+            .unwrap_or("application/octet-stream")
+            .to_ascii_lowercase();
+        let bytes = field.bytes().await.map_err(malformed)?;
+        return Ok((mime, bytes));
+    }
+    Err(Problem::new(
+        ErrorCode::MalformedMessage,
+        "the multipart body has no file part",
+    ))
+}
+
 /// 128 random bits, hex: the unguessable WHIP resource id.
 fn resource_id(rng: &mut impl rand::Rng) -> String {
     let mut bytes = [0u8; 16];
@@ -277,11 +409,16 @@ fn session_json(entry: &Entry, detail: bool) -> Value {
             "packets_lost": c.packets_lost.load(Relaxed),
             "concealed_ms": c.samples_concealed.load(Relaxed) / 16,
             "events_dropped": c.events_dropped.load(Relaxed),
-            "messages_refused": c.messages_refused.load(Relaxed),
+                        "messages_refused": c.messages_refused.load(Relaxed),
+            "images_accepted": c.images_accepted.load(Relaxed),
+            "image_bytes_accepted": c.image_bytes_accepted.load(Relaxed),
+            "images_rejected": c.images_rejected.lock().map(|m| m.clone()).unwrap_or_default(),
+            "upload_bytes_freed": c.upload_bytes_freed.load(Relaxed),
         },
     });
     if detail {
         let audio = entry.audio.lock().map(|a| a.clone()).unwrap_or_default();
+        let blobs = s.blobs();
         let at = |d: std::time::Duration| time(s.started + d);
         let turns: Vec<Value> = s
             .turns()
@@ -302,7 +439,8 @@ fn session_json(entry: &Entry, detail: bool) -> Value {
                     "duration_ms": t.ended_at.map(|e| (e - t.started_at).as_millis() as u64),
                     "frames": t.frames,
                     "audio_ms": a.samples / 16,
-                    "concealed_ms": a.concealed / 16,
+                                        "concealed_ms": a.concealed / 16,
+                    "blobs": blobs.iter().filter(|b| b.turn_id == t.id).collect::<Vec<_>>(),
                 })
             })
             .collect();

@@ -29,6 +29,40 @@ pub struct Config {
     pub turn: TurnTiming,
     /// Voice activity detection.
     pub vad: VadConfig,
+    /// Image uploads.
+    pub uploads: UploadsConfig,
+}
+
+/// `[uploads]`
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UploadsConfig {
+    /// Largest image in bytes (data channel and HTTP).
+    pub max_image_bytes: u64,
+    /// Largest width × height.
+    pub max_pixels: u64,
+    /// Data-channel uploads open at once per session.
+    pub max_concurrent: usize,
+    /// Declared bytes of a session's open uploads together.
+    pub max_in_flight_bytes: u64,
+    /// Longest an upload may stay open, in milliseconds.
+    pub timeout_ms: u64,
+    /// Image validations (decoding) running at once across the gateway.
+    pub validators: usize,
+}
+
+impl Default for UploadsConfig {
+    fn default() -> Self {
+        let u = turngate_core::upload::UploadLimits::default();
+        Self {
+            max_image_bytes: u.max_image_bytes,
+            max_pixels: turngate_media::image::ImageLimits::default().max_pixels,
+            max_concurrent: u.max_concurrent,
+            max_in_flight_bytes: u.max_in_flight_bytes,
+            timeout_ms: u.timeout.as_millis() as u64,
+            validators: 2,
+        }
+    }
 }
 
 /// `[sessions]`
@@ -106,6 +140,7 @@ impl Default for Config {
             media: MediaConfig::default(),
             turn: TurnTiming::default(),
             vad: VadConfig::default(),
+            uploads: UploadsConfig::default(),
         }
     }
 }
@@ -191,6 +226,13 @@ Configuration file keys (TOML; every key optional; defaults shown):
   [vad]
   onset = 0.9                       VAD score that begins speech
   sustain = 0.5                     VAD score that continues speech
+  [uploads]
+  max_image_bytes = 20971520        largest image (20 MiB)
+  max_pixels = 40000000             largest width x height
+  max_concurrent = 4                data-channel uploads open at once per session
+  max_in_flight_bytes = 67108864    declared bytes of a session's open uploads (64 MiB)
+  timeout_ms = 30000                longest an upload may stay open
+  validators = 2                    image decodes running at once, gateway-wide
 Precedence: defaults < file < TURNGATE_* < flags. TURNGATE_LOG sets the log filter.";
 
 /// Settings given on the command line or in `TURNGATE_*` variables; they override the
@@ -325,6 +367,8 @@ impl Config {
             ("sessions.max", self.sessions.max),
             ("max_offer_bytes", self.max_offer_bytes),
             ("turn.max_turns", self.turn.max_turns),
+            ("uploads.max_concurrent", self.uploads.max_concurrent),
+            ("uploads.validators", self.uploads.validators),
         ] {
             if value == 0 {
                 return fail(format!("{key} must be at least 1"));
@@ -337,6 +381,13 @@ impl Config {
             ("media.connect_timeout_ms", m.connect_timeout_ms),
             ("media.ice_disconnected_ms", m.ice_disconnected_ms),
             ("media.ice_failed_ms", m.ice_failed_ms),
+            ("uploads.max_image_bytes", self.uploads.max_image_bytes),
+            ("uploads.max_pixels", self.uploads.max_pixels),
+            (
+                "uploads.max_in_flight_bytes",
+                self.uploads.max_in_flight_bytes,
+            ),
+            ("uploads.timeout_ms", self.uploads.timeout_ms),
         ] {
             if value == 0 {
                 return fail(format!("{key} must be at least 1"));
@@ -387,7 +438,18 @@ impl Config {
     /// Settings of each session's driver.
     pub fn session(&self) -> SessionConfig {
         let t = &self.turn;
+        let u = &self.uploads;
         SessionConfig {
+            uploads: turngate_core::upload::UploadLimits {
+                max_image_bytes: u.max_image_bytes,
+                max_concurrent: u.max_concurrent,
+                max_in_flight_bytes: u.max_in_flight_bytes,
+                timeout: Duration::from_millis(u.timeout_ms),
+            },
+            images: turngate_media::image::ImageLimits {
+                max_pixels: u.max_pixels,
+            },
+            validators: std::sync::Arc::new(tokio::sync::Semaphore::new(u.validators)),
             turn: TurnConfig {
                 hangover: Duration::from_millis(t.hangover_ms),
                 preroll: Duration::from_millis(t.preroll_ms),

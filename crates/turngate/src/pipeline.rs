@@ -1,34 +1,36 @@
-//! Downstream of a session: collects each turn's tagged frames into a bounded per-turn
-//! buffer and hands the finished buffer to processing.
+//! Downstream of a session: collects each turn's tagged frames and blobs into a bounded
+//! per-turn buffer and hands the buffer to processing once the turn's processing may
+//! start (input ended, no upload of it open).
 //!
 //! Processing is, for now, measuring the turn's audio (kept for the session API) and
 //! reporting "processing finished" to the turn engine at once; the backends (ASR,
 //! vision, LLM) will take the buffer from here.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
-use turngate_core::{AudioFrame, Tagged, TurnId, TurnInfo};
+use turngate_core::{AudioFrame, Blob, Tagged, TurnId, TurnInfo};
 use turngate_media::session::{Downstream, Session};
 
 use crate::api::App;
 use crate::registry::{Entry, TurnAudio};
 
-/// The frames of one turn, in order, as tagged by the engine.
+/// The frames and blobs of one turn, in order, as tagged.
 pub struct TurnBuffer {
-    /// The turn.
-    pub turn: TurnId,
     /// Its frames: the Opus packets as received and their decoded PCM.
     pub frames: Vec<Tagged<AudioFrame>>,
+    /// Its accepted images.
+    pub blobs: Vec<Tagged<Blob>>,
     cap: usize,
     /// Frames beyond the cap, not kept (the engine's maximum turn length makes this 0).
     pub over_cap: u64,
 }
 
 impl TurnBuffer {
-    fn new(turn: TurnId, cap: usize) -> Self {
+    fn new(cap: usize) -> Self {
         Self {
-            turn,
             frames: Vec::new(),
+            blobs: Vec::new(),
             cap,
             over_cap: 0,
         }
@@ -55,17 +57,27 @@ pub fn spawn(app: Arc<App>, resource: String, entry: Arc<Entry>, session: Sessio
         processing,
     } = session;
     tokio::spawn(async move {
-        let mut open: Option<TurnBuffer> = None;
+        // Turns whose processing has not started: the open one, and ended ones still
+        // waiting for an upload.
+        let mut buffers: HashMap<TurnId, TurnBuffer> = HashMap::new();
         while let Some(item) = downstream.recv().await {
             match item {
-                Downstream::TurnStarted(turn) => open = Some(TurnBuffer::new(turn.id, cap)),
+                Downstream::TurnStarted(turn) => {
+                    buffers.insert(turn.id, TurnBuffer::new(cap));
+                }
                 Downstream::Frame(frame) => {
-                    if let Some(buffer) = open.as_mut().filter(|b| Some(b.turn) == frame.turn_id) {
+                    if let Some(buffer) = frame.turn_id.and_then(|id| buffers.get_mut(&id)) {
                         buffer.push(frame);
                     }
                 }
-                Downstream::TurnEnded(turn) => {
-                    if let Some(buffer) = open.take().filter(|b| b.turn == turn.id) {
+                Downstream::Blob(blob) => {
+                    if let Some(buffer) = blob.turn_id.and_then(|id| buffers.get_mut(&id)) {
+                        buffer.blobs.push(blob);
+                    }
+                }
+                Downstream::TurnEnded(_) => {}
+                Downstream::ProcessingStarted(turn) => {
+                    if let Some(buffer) = buffers.remove(&turn.id) {
                         process(&entry, &turn, buffer);
                     }
                     let _ = processing.send(turn.id);
