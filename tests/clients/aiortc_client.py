@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import ipaddress
 import json
 import logging
@@ -314,6 +315,21 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             await wait_for(ready, max(remaining, 1.0), "session.ready on the data channel")
         audio_gate.set()
 
+        if use_dc and args.upload:
+            # Upload an image mid-utterance: image.begin, binary chunks framed as
+            # [L][upload_id][payload] of at most 16 KiB, image.end.
+            await asyncio.sleep(args.upload_at)
+            data = open(args.upload, "rb").read()
+            upload_id = "aiortc-upload"
+            prefix = bytes([len(upload_id)]) + upload_id.encode()
+            dc.send(json.dumps({"type": "image.begin", "upload_id": upload_id,
+                                "mime": args.upload_mime, "size": len(data),
+                                "sha256": hashlib.sha256(data).hexdigest()}))
+            for i in range(0, len(data), 16 * 1024 - len(prefix)):
+                dc.send(prefix + data[i:i + 16 * 1024 - len(prefix)])
+            dc.send(json.dumps({"type": "image.end", "upload_id": upload_id}))
+            log.info("uploaded %s (%d bytes)", args.upload, len(data))
+
         dur = wav_duration(args.wav) or 60.0
         await wait_for(audio_ended, dur + 10.0, "the audio file to finish playing")
         log.info("audio finished")
@@ -360,6 +376,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--client-turn", action="store_true",
                    help="send turn.start after session.ready and turn.end after the file ends")
     p.add_argument("--turn-id", help="turn_id (32 lowercase hex) for turn.start")
+    p.add_argument("--upload", help="an image file to upload on the data channel")
+    p.add_argument("--upload-mime", default="image/jpeg", help="its declared content type")
+    p.add_argument("--upload-at", type=float, default=0.8,
+                   help="seconds after the audio starts to begin the upload")
     p.add_argument("--traceparent", help="traceparent for turn.start")
     p.add_argument("--linger", type=float, default=2.0,
                    help="seconds to keep the connection after the file ended (default 2)")

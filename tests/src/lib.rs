@@ -366,10 +366,8 @@ pub struct Client {
     pub inbox: Inbox,
     /// The WHIP resource URL path.
     pub location: String,
-    /// RTP packets written to the track.
-    pub packets_sent: u64,
-    seq: u16,
-    timestamp: u32,
+    /// RTP packets written to the track, and the (sequence number, timestamp) of the next.
+    rtp: Mutex<(u64, u16, u32)>,
 }
 
 impl Client {
@@ -401,9 +399,7 @@ impl Client {
             state,
             inbox,
             location,
-            packets_sent: 0,
-            seq: 1000,
-            timestamp: 0,
+            rtp: Mutex::new((0, 1000, 0)),
         };
         client.wait_connected().await?;
         Ok(client)
@@ -522,18 +518,53 @@ impl Client {
         Ok(())
     }
 
-    /// Sends Opus packets in real time (20 ms apart), skipping the indices in `lose`.
-    pub async fn send_packets(
-        &mut self,
-        packets: &[Vec<u8>],
-        lose: &[usize],
+    /// RTP packets written to the track so far.
+    pub fn packets_sent(&self) -> u64 {
+        self.rtp.lock().unwrap().0
+    }
+
+    /// Sends a binary message on the data channel.
+    pub async fn send_binary(&self, message: &[u8]) -> anyhow::Result<()> {
+        let dc = self.channel.as_ref().context("no data channel")?;
+        dc.send(bytes::BytesMut::from(message)).await?;
+        Ok(())
+    }
+
+    /// Uploads an image on the data channel: `image.begin` (with its size and SHA-256),
+    /// chunks of at most `chunk` payload bytes framed `[L][upload_id][payload]`, then
+    /// `image.end`.
+    pub async fn upload(
+        &self,
+        upload_id: &str,
+        mime: &str,
+        image: &[u8],
+        chunk: usize,
     ) -> anyhow::Result<()> {
+        let sha = sha256_hex(image);
+        let begin = serde_json::json!({
+            "type": "image.begin", "upload_id": upload_id, "mime": mime,
+            "size": image.len(), "sha256": sha,
+        });
+        self.send_event(begin).await?;
+        for piece in image.chunks(chunk) {
+            self.send_binary(&frame_chunk(upload_id, piece)).await?;
+        }
+        self.send_event(serde_json::json!({"type": "image.end", "upload_id": upload_id}))
+            .await
+    }
+
+    /// Sends Opus packets in real time (20 ms apart), skipping the indices in `lose`.
+    pub async fn send_packets(&self, packets: &[Vec<u8>], lose: &[usize]) -> anyhow::Result<()> {
         let start = tokio::time::Instant::now();
         for (i, payload) in packets.iter().enumerate() {
             tokio::time::sleep_until(start + Duration::from_millis(20 * i as u64)).await;
-            let (seq, timestamp) = (self.seq, self.timestamp);
-            self.seq = self.seq.wrapping_add(1);
-            self.timestamp = self.timestamp.wrapping_add(960);
+            let (seq, timestamp) = {
+                let mut rtp = self.rtp.lock().unwrap();
+                let next = (rtp.1, rtp.2);
+                rtp.1 = rtp.1.wrapping_add(1);
+                rtp.2 = rtp.2.wrapping_add(960);
+                next
+            };
             if lose.contains(&i) {
                 continue;
             }
@@ -550,13 +581,13 @@ impl Client {
                 payload: Bytes::from(payload.clone()),
             };
             self.track.write_rtp(packet).await?;
-            self.packets_sent += 1;
+            self.rtp.lock().unwrap().0 += 1;
         }
         Ok(())
     }
 
     /// Encodes a WAV fixture and sends it in real time.
-    pub async fn send_wav(&mut self, name: &str) -> anyhow::Result<()> {
+    pub async fn send_wav(&self, name: &str) -> anyhow::Result<()> {
         let (rate, pcm) = wav::read(&data(name))?;
         let packets = encode_opus(rate, &pcm)?;
         self.send_packets(&packets, &[]).await
@@ -589,7 +620,7 @@ impl Client {
     /// (expecting 204), waits for it to end and checks that its counters balance with
     /// `frames_received` equal to the packets sent. Returns the ended session.
     pub async fn finish(&self, gw: &Gateway, session_id: &str) -> anyhow::Result<Value> {
-        let sent = self.packets_sent;
+        let sent = self.packets_sent();
         gw.wait_session(session_id, Duration::from_secs(5), |s| {
             s["counters"]["frames_received"] == sent
         })
@@ -608,6 +639,23 @@ impl Client {
     pub async fn vanish(&self) {
         let _ = self.pc.close().await;
     }
+}
+
+/// A chunk message: one byte L, the L bytes of the upload id, then the payload.
+pub fn frame_chunk(upload_id: &str, payload: &[u8]) -> Vec<u8> {
+    let mut message = vec![upload_id.len() as u8];
+    message.extend_from_slice(upload_id.as_bytes());
+    message.extend_from_slice(payload);
+    message
+}
+
+/// Lowercase hex SHA-256.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// `POST /v1/whip`: (status, Location, body).

@@ -24,7 +24,7 @@ async fn a_stalled_consumer_forces_counted_drops_and_the_identity_holds() -> any
         ..SessionConfig::default()
     };
     let mut started = None;
-    let mut client = Client::connect_with(true, |offer| {
+    let client = Client::connect_with(true, |offer| {
         let (ports, config, started) = (&ports, &config, &mut started);
         async move {
             let answered = peer::answer(config, ports, offer).await?;
@@ -39,7 +39,7 @@ async fn a_stalled_consumer_forces_counted_drops_and_the_identity_holds() -> any
     client.session_id().await?;
     client.send_wav("speech.wav").await?;
     let shared = &session.shared;
-    let sent = client.packets_sent;
+    let sent = client.packets_sent();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     while shared.counters.frames_received.load(Relaxed) < sent
         && tokio::time::Instant::now() < deadline

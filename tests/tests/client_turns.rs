@@ -10,7 +10,7 @@ const TURN_ID: &str = "0af7651916cd43dd8448eb211c80319c";
 #[tokio::test]
 async fn turn_start_and_end_make_a_client_turn_with_the_clients_id() -> anyhow::Result<()> {
     let gw = Gateway::start(&[], &[]).await?;
-    let mut client = Client::connect(&gw, true).await?;
+    let client = Client::connect(&gw, true).await?;
     let session_id = client.session_id().await?;
     client
         .send_event(json!({"type": "turn.start", "turn_id": TURN_ID}))
@@ -28,7 +28,7 @@ async fn turn_start_and_end_make_a_client_turn_with_the_clients_id() -> anyhow::
     assert!(client.inbox.of("turn.ended").is_empty());
     // Let the last packets land before ending the turn, as a push-to-talk client whose
     // button is released after its audio would.
-    let sent = client.packets_sent;
+    let sent = client.packets_sent();
     gw.wait_session(&session_id, Duration::from_secs(5), |s| {
         s["counters"]["frames_received"] == sent && s["counters"]["frames_pending"] == 0
     })
@@ -41,7 +41,7 @@ async fn turn_start_and_end_make_a_client_turn_with_the_clients_id() -> anyhow::
     assert_eq!(ended[0]["turn_id"], TURN_ID);
     assert_eq!(ended[0]["reason"], "client_end");
     assert_eq!(client.inbox.of("turn.started").len(), 1);
-    let sent = client.packets_sent;
+    let sent = client.packets_sent();
     let session = gw
         .wait_session(&session_id, Duration::from_secs(5), |s| {
             s["counters"]["frames_received"] == sent

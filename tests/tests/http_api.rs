@@ -86,7 +86,7 @@ async fn chunked_post(gw: &Gateway, total: usize) -> anyhow::Result<String> {
 async fn bad_offers_get_documented_problems_and_live_sessions_go_on() -> anyhow::Result<()> {
     let gw = Gateway::start(&[], &[]).await?;
     // A live session speaking while the bad requests arrive.
-    let mut client = Client::connect(&gw, true).await?;
+    let client = Client::connect(&gw, true).await?;
     let session_id = client.session_id().await?;
     let speaking = tokio::spawn(async move { client.send_wav("speech.wav").await.map(|_| client) });
 

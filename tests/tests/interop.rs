@@ -248,3 +248,55 @@ async fn a_peer_that_goes_silent_ends_its_session_within_35_seconds() -> anyhow:
     assert_balanced(&session);
     Ok(())
 }
+
+#[tokio::test]
+async fn aiortc_uploads_a_jpeg_mid_utterance() -> anyhow::Result<()> {
+    let gw = Gateway::start(&[], &[]).await?;
+    let img = image::RgbImage::from_fn(800, 600, |x, y| {
+        image::Rgb([(x % 256) as u8, (y % 256) as u8, 128])
+    });
+    let mut jpeg = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut jpeg, image::ImageFormat::Jpeg)?;
+    let jpeg = jpeg.into_inner();
+    let path = std::env::temp_dir().join(format!("turngate-aiortc-{}.jpg", std::process::id()));
+    std::fs::write(&path, &jpeg)?;
+    // Speech runs from 0.5 s to 2.3 s of the file: upload 1.2 s in.
+    let result = aiortc(
+        &gw,
+        &["--upload", path.to_str().unwrap(), "--upload-at", "1.2"],
+    )
+    .await?;
+    let _ = std::fs::remove_file(&path);
+    let accepted = of(&result, "image.accepted");
+    assert_eq!(accepted.len(), 1, "{result:#}");
+    let a = accepted[0];
+    assert_eq!(a["blob_id"], sha256_hex(&jpeg));
+    assert_eq!(
+        (
+            a["mime"].as_str(),
+            a["width"].as_u64(),
+            a["height"].as_u64()
+        ),
+        (Some("image/jpeg"), Some(800), Some(600))
+    );
+    let first_turn = &of(&result, "turn.started")[0];
+    assert_eq!(
+        a["turn_id"], first_turn["turn_id"],
+        "the image joined the utterance's turn"
+    );
+    let session_id = result["session_id"].as_str().unwrap();
+    let session = gw
+        .wait_session(session_id, Duration::from_secs(5), |s| {
+            s["state"] == "ended"
+        })
+        .await?;
+    assert_eq!(
+        session["turns"][0]["blobs"][0]["blob_id"],
+        sha256_hex(&jpeg)
+    );
+    assert_eq!(
+        assert_balanced(&session),
+        result["packets_sent"].as_u64().unwrap()
+    );
+    Ok(())
+}

@@ -7,7 +7,7 @@ use turngate_e2e::*;
 #[tokio::test]
 async fn two_utterances_make_two_vad_turns_and_frames_balance() -> anyhow::Result<()> {
     let gw = Gateway::start(&[], &[]).await?;
-    let mut client = Client::connect(&gw, true).await?;
+    let client = Client::connect(&gw, true).await?;
     let session_id = client.session_id().await?;
     client.send_wav("two-utterances.wav").await?;
     let ended = client
@@ -45,7 +45,7 @@ async fn two_utterances_make_two_vad_turns_and_frames_balance() -> anyhow::Resul
 #[tokio::test]
 async fn tone_and_noise_open_no_turn_but_quiet_speech_does() -> anyhow::Result<()> {
     let gw = Gateway::start(&[], &[]).await?;
-    let mut client = Client::connect(&gw, true).await?;
+    let client = Client::connect(&gw, true).await?;
     let session_id = client.session_id().await?;
     client.send_wav("tone.wav").await?;
     client.send_wav("noise.wav").await?;
@@ -73,10 +73,10 @@ async fn tone_and_noise_open_no_turn_but_quiet_speech_does() -> anyhow::Result<(
 #[tokio::test]
 async fn an_audio_only_offer_without_data_channel_gets_vad_turns() -> anyhow::Result<()> {
     let gw = Gateway::start(&[], &[]).await?;
-    let mut client = Client::connect(&gw, false).await?;
+    let client = Client::connect(&gw, false).await?;
     let session_id = only_session_id(&gw).await?;
     client.send_wav("two-utterances.wav").await?;
-    let sent = client.packets_sent;
+    let sent = client.packets_sent();
     let session = gw
         .wait_session(&session_id, Duration::from_secs(5), |s| {
             s["counters"]["frames_received"] == sent
@@ -101,7 +101,7 @@ async fn an_audio_only_offer_without_data_channel_gets_vad_turns() -> anyhow::Re
 #[tokio::test]
 async fn lost_packets_are_concealed_and_keep_the_turn_timing() -> anyhow::Result<()> {
     let gw = Gateway::start(&[], &[]).await?;
-    let mut client = Client::connect(&gw, true).await?;
+    let client = Client::connect(&gw, true).await?;
     let session_id = client.session_id().await?;
     let (rate, pcm) = wav::read(&data("speech.wav"))?;
     let packets = encode_opus(rate, &pcm)?;
@@ -112,7 +112,7 @@ async fn lost_packets_are_concealed_and_keep_the_turn_timing() -> anyhow::Result
         .inbox
         .wait("turn.ended", 1, Duration::from_secs(3))
         .await?;
-    assert_eq!(client.packets_sent as usize, packets.len() - lose.len());
+    assert_eq!(client.packets_sent() as usize, packets.len() - lose.len());
     let session = client.finish(&gw, &session_id).await?;
     assert_eq!(session["counters"]["packets_lost"], lose.len() as u64);
     assert_eq!(session["counters"]["concealed_ms"], 20 * lose.len() as u64);
@@ -139,7 +139,7 @@ async fn events_for_a_client_without_data_channel_overflow_a_bounded_counted_out
     let file = dir.join("outbox.toml");
     std::fs::write(&file, "[media]\noutbox = 1\n")?;
     let gw = Gateway::start(&["--config", file.to_str().unwrap()], &[]).await?;
-    let mut client = Client::connect(&gw, false).await?;
+    let client = Client::connect(&gw, false).await?;
     let session_id = only_session_id(&gw).await?;
     client.send_wav("two-utterances.wav").await?;
     // Two turns give four events (started, ended, twice); one fits the outbox.

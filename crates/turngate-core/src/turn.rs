@@ -13,6 +13,10 @@
 //! - a client turn's input ends on `turn.end`; a VAD turn's after `hangover` without
 //!   voiced frames; any turn's at `max_turn` (a client turn, or a VAD turn whose speech
 //!   goes on, continues as a follow-on turn); any turn's when the session closes;
+//! - an image upload while no turn is open opens a turn (cause `image`); its input ends on
+//!   `turn.end`, or once `hangover + preroll` passed with no upload open or beginning and
+//!   no speech (the detector notices speech up to `preroll` after it began, so speech
+//!   that began within the hangover still joins); speech joins it;
 //! - while a client turn is open, VAD neither opens nor closes turns; `turn.start`
 //!   during a VAD turn supersedes it; a second `turn.start` during a client turn is refused;
 //! - while idle, frames wait up to `preroll` in a ring; on VAD onset those frames join the
@@ -538,10 +542,14 @@ impl<R: Rng> TurnEngine<R> {
             Cause::Vad => self
                 .last_voiced
                 .map(|lv| (lv + self.config.hangover, EndReason::EndOfSpeech)),
-            Cause::Image if turn.uploads_pending == 0 => self
-                .last_upload_activity
-                .max(self.last_voiced)
-                .map(|last| (last + self.config.hangover, EndReason::Idle)),
+            Cause::Image if turn.uploads_pending == 0 => {
+                self.last_upload_activity.max(self.last_voiced).map(|last| {
+                    (
+                        last + self.config.hangover + self.config.preroll,
+                        EndReason::Idle,
+                    )
+                })
+            }
             Cause::Image | Cause::Client => None,
         };
         Some(match speech_end {

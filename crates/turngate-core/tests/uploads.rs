@@ -275,7 +275,7 @@ fn an_upload_while_idle_opens_an_image_turn_that_speech_joins() {
         out.iter()
             .any(|o| matches!(o, Output::Frame(f) if f.turn_id == Some(t)))
     );
-    // Then silence: the image turn ends after the hangover, as idle.
+    // Then silence: the image turn ends after the hangover (and pre-roll), as idle.
     e.handle_tick(ms(5000));
     let ended: Vec<_> = outputs(&mut e)
         .into_iter()
@@ -285,11 +285,11 @@ fn an_upload_while_idle_opens_an_image_turn_that_speech_joins() {
         })
         .collect();
     assert_eq!(ended[0].reason, Some(EndReason::Idle));
-    assert_eq!(ended[0].ended_at, Some(ms(1700 + 20 * 39 + 700)));
+    assert_eq!(ended[0].ended_at, Some(ms(1700 + 20 * 39 + 700 + 300)));
 }
 
 #[test]
-fn an_image_turn_without_speech_ends_after_the_hangover() {
+fn an_image_turn_without_speech_ends_after_hangover_and_preroll() {
     let mut e = engine();
     let t = e.handle_upload_started(ms(0), None).unwrap();
     e.handle_tick(ms(5000));
@@ -298,9 +298,9 @@ fn an_image_turn_without_speech_ends_after_the_hangover() {
         "an open upload holds the turn open"
     );
     e.handle_upload_finished(ms(6000), t).unwrap();
-    e.handle_tick(ms(6699));
+    e.handle_tick(ms(6999));
     assert!(e.open_turn().is_some());
-    e.handle_tick(ms(6700));
+    e.handle_tick(ms(7000));
     assert!(e.open_turn().is_none());
     assert_eq!(e.turns()[0].reason, Some(EndReason::Idle));
     assert!(e.turns()[0].processing_started_at.is_some());

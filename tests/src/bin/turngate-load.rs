@@ -79,7 +79,7 @@ async fn main() -> anyhow::Result<()> {
     let total = (a.seconds * 50) as usize + 100;
     let looped: Vec<Vec<u8>> = packets.iter().cycle().take(total).cloned().collect();
     let mut tasks = Vec::new();
-    for mut client in clients {
+    for client in clients {
         let looped = looped.clone();
         tasks.push(tokio::spawn(async move {
             client.send_packets(&looped, &[]).await.map(|_| client)
@@ -94,7 +94,7 @@ async fn main() -> anyhow::Result<()> {
     let mut sent = 0;
     for task in tasks {
         let client = task.await??;
-        sent += client.packets_sent;
+        sent += client.packets_sent();
         client.delete(&gw).await?;
     }
     let (_, list) = gw.get("/v1/sessions").await?;
