@@ -94,5 +94,32 @@ fn frame_path(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, frame_path);
+criterion_group!(benches, frame_path, image_validation);
 criterion_main!(benches);
+
+/// Image validation of a 1280×720 screenshot: reading the header (the baseline) against
+/// the full check the gateway runs (sniff, header, pixel limit, full decode).
+fn image_validation(c: &mut Criterion) {
+    use turngate_media::image::{ImageLimits, validate};
+    let img = image::RgbImage::from_fn(1280, 720, |x, y| {
+        image::Rgb([(x % 251) as u8, (y % 241) as u8, 90])
+    });
+    let mut png = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut png, image::ImageFormat::Png).unwrap();
+    let png = png.into_inner();
+    let mut group = c.benchmark_group("image_1280x720_png");
+    group.bench_function("header_only", |b| {
+        b.iter(|| {
+            image::ImageReader::with_format(
+                std::io::Cursor::new(black_box(&png[..])),
+                image::ImageFormat::Png,
+            )
+            .into_dimensions()
+            .unwrap()
+        })
+    });
+    group.bench_function("validate", |b| {
+        b.iter(|| validate(black_box(&png), &ImageLimits::default()).unwrap())
+    });
+    group.finish();
+}
