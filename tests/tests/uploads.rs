@@ -512,6 +512,17 @@ async fn each_bad_upload_is_refused_with_its_code_and_audio_is_unharmed() -> any
             ("c4", "too_many_uploads")
         ]
     );
+    // The limits count HTTP uploads too: with four open, an HTTP upload is refused.
+    let url = format!("{}{}/images", gw.base, client.location);
+    let r = gw
+        .http
+        .post(&url)
+        .header("content-type", "image/png")
+        .body(good.clone())
+        .send()
+        .await?;
+    assert_eq!(r.status().as_u16(), 429);
+    assert_eq!(r.json::<Value>().await?["code"], "too_many_uploads");
     // Half an upload, then nothing: it times out and its bytes are freed.
     client.send_binary(&frame_chunk("c1", &[1; 50])).await?;
     let timed_out = client
@@ -523,6 +534,42 @@ async fn each_bad_upload_is_refused_with_its_code_and_audio_is_unharmed() -> any
             .iter()
             .all(|e| e["code"] == "upload_timeout"),
         "{timed_out:#?}"
+    );
+    // Fewer bytes than declared; declared sizes over the in-flight budget.
+    let n = expected.len() + 8;
+    client
+        .send_event(
+            json!({"type": "image.begin", "upload_id": "short", "mime": "image/png", "size": 100}),
+        )
+        .await?;
+    client.send_binary(&frame_chunk("short", &[1; 50])).await?;
+    client
+        .send_event(json!({"type": "image.end", "upload_id": "short"}))
+        .await?;
+    for id in ["b1", "b2", "b3", "b4"] {
+        let size = if id == "b4" { 10_000_000 } else { 20_000_000 };
+        client
+            .send_event(
+                json!({"type": "image.begin", "upload_id": id, "mime": "image/png", "size": size}),
+            )
+            .await?;
+    }
+    let rejected = client
+        .inbox
+        .wait("image.rejected", n + 2, Duration::from_secs(3))
+        .await?;
+    let tail: Vec<(&str, &str)> = rejected[n..]
+        .iter()
+        .map(|e| {
+            (
+                e["upload_id"].as_str().unwrap(),
+                e["code"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        tail,
+        vec![("short", "size_mismatch"), ("b4", "upload_budget_exceeded")]
     );
     // The audio went on: the speech made its turns, and every frame is accounted for.
     audio.await??;
@@ -538,7 +585,22 @@ async fn each_bad_upload_is_refused_with_its_code_and_audio_is_unharmed() -> any
     assert!(client.inbox.of("image.accepted").is_empty());
     let session = client.finish(&gw, &session_id).await?;
     let rejected = &session["counters"]["images_rejected"];
-    assert_eq!(rejected["upload_timeout"], 4);
+    // dup, c1–c3 timed out; b1–b3 timed out too, or were open when the session closed
+    // (abandoned): either way freed and never attached.
+    let n = |code: &str| rejected[code].as_u64().unwrap_or(0);
+    assert!(n("upload_timeout") >= 4);
+    assert_eq!(n("upload_timeout") + n("upload_abandoned"), 7);
+    assert_eq!(
+        rejected["too_many_uploads"], 2,
+        "one on the data channel, one over HTTP"
+    );
+    assert!(
+        session["turns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|t| t["blobs"].as_array().unwrap().is_empty())
+    );
     assert_eq!(rejected["too_many_pixels"], 2);
     assert!(session["counters"]["upload_bytes_freed"].as_u64().unwrap() >= 50 + big.len() as u64);
     Ok(())

@@ -467,6 +467,15 @@ impl<R: Rng> TurnEngine<R> {
                         "the session has closed",
                     ));
                 }
+                None if self.turns.len() >= self.config.max_turns => {
+                    return Err(Error::refused(
+                        ErrorCode::TooManyTurns,
+                        format!(
+                            "this session has had its maximum of {} turns",
+                            self.config.max_turns
+                        ),
+                    ));
+                }
                 None => {
                     self.flush_preroll_idle();
                     self.open_turn_at(at, Cause::Image, None, None, false);

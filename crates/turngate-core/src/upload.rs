@@ -10,7 +10,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, ErrorCode};
@@ -118,14 +118,19 @@ struct Open {
     sha256: Option<[u8; 32]>,
     turn_id: TurnId,
     began_at: Duration,
-    bytes: BytesMut,
+    bytes: Vec<u8>,
     hasher: Sha256,
+    /// Whether `size` is exact (data channel) or only an upper bound (HTTP bodies).
+    exact: bool,
 }
 
 /// The open uploads of one session.
 pub struct Reassembler {
     limits: UploadLimits,
     open: HashMap<String, Open>,
+    /// Uploads received and being validated: their bytes are still held, so they still
+    /// count against the limits until [`Reassembler::release`].
+    validating: HashMap<String, u64>,
     in_flight: u64,
     aborted: VecDeque<String>,
 }
@@ -136,6 +141,7 @@ impl Reassembler {
         Self {
             limits,
             open: HashMap::new(),
+            validating: HashMap::new(),
             in_flight: 0,
             aborted: VecDeque::new(),
         }
@@ -146,22 +152,24 @@ impl Reassembler {
         &self.limits
     }
 
-    /// Uploads open now.
+    /// Uploads open now, or received and not yet released.
     pub fn open_uploads(&self) -> usize {
-        self.open.len()
+        self.open.len() + self.validating.len()
     }
 
     /// Checks a declaration before anything is tagged. `http` uploads arrive whole and
     /// are not counted against the data channel's concurrency.
     pub fn check(&self, begin: &UploadBegin) -> Result<(), Error> {
         check_declaration(begin, &self.limits)?;
-        if self.open.contains_key(&begin.upload_id) {
+        if self.open.contains_key(&begin.upload_id)
+            || self.validating.contains_key(&begin.upload_id)
+        {
             return Err(Error::refused(
                 ErrorCode::DuplicateUploadId,
                 format!("upload {:?} is already open", begin.upload_id),
             ));
         }
-        if self.open.len() >= self.limits.max_concurrent {
+        if self.open_uploads() >= self.limits.max_concurrent {
             return Err(Error::refused(
                 ErrorCode::TooManyUploads,
                 format!(
@@ -182,12 +190,33 @@ impl Reassembler {
         Ok(())
     }
 
-    /// Opens a checked upload, tagged with `turn_id`.
+    /// Opens a checked upload of exactly `begin.size` bytes, tagged with `turn_id`.
     pub fn begin(
         &mut self,
         at: Duration,
         begin: UploadBegin,
         turn_id: TurnId,
+    ) -> Result<(), Error> {
+        self.open_upload(at, begin, turn_id, true)
+    }
+
+    /// Opens a checked upload of at most `begin.size` bytes (an HTTP body whose image
+    /// size is known only once it has arrived), tagged with `turn_id`.
+    pub fn begin_bounded(
+        &mut self,
+        at: Duration,
+        begin: UploadBegin,
+        turn_id: TurnId,
+    ) -> Result<(), Error> {
+        self.open_upload(at, begin, turn_id, false)
+    }
+
+    fn open_upload(
+        &mut self,
+        at: Duration,
+        begin: UploadBegin,
+        turn_id: TurnId,
+        exact: bool,
     ) -> Result<(), Error> {
         self.check(&begin)?;
         self.in_flight += begin.size;
@@ -200,8 +229,9 @@ impl Reassembler {
                 sha256: begin.sha256,
                 turn_id,
                 began_at: at,
-                bytes: BytesMut::new(),
+                bytes: Vec::new(),
                 hasher: Sha256::new(),
+                exact,
             },
         );
         Ok(())
@@ -228,6 +258,15 @@ impl Reassembler {
             return Ok(ChunkOutcome::Aborted(self.abort(&upload_id, error)));
         }
         open.hasher.update(payload);
+        // Grow by doubling, but never past the declared size: memory stays within the
+        // budget reserved at `image.begin`.
+        let needed = open.bytes.len() + payload.len();
+        if needed > open.bytes.capacity() {
+            let target = (open.bytes.capacity() * 2)
+                .max(needed)
+                .min(open.size as usize);
+            open.bytes.reserve_exact(target - open.bytes.len());
+        }
         open.bytes.extend_from_slice(payload);
         Ok(ChunkOutcome::Appended)
     }
@@ -242,7 +281,7 @@ impl Reassembler {
             ));
         };
         let received = open.bytes.len() as u64;
-        if received != open.size {
+        if received != open.size && (open.exact || received == 0) {
             let error = Error::refused(
                 ErrorCode::SizeMismatch,
                 format!("received {received} bytes of the declared {}", open.size),
@@ -261,15 +300,69 @@ impl Reassembler {
             return Ok(EndOutcome::Aborted(self.abort(upload_id, error)));
         }
         let open = self.open.remove(upload_id).expect("checked above");
-        self.in_flight -= open.size;
+        // Still held (and counted) while it is validated.
+        self.validating.insert(upload_id.to_owned(), open.size);
         Ok(EndOutcome::Received(Received {
             upload_id: upload_id.to_owned(),
             declared_mime: open.declared_mime,
             turn_id: open.turn_id,
             began_at: open.began_at,
-            bytes: open.bytes.freeze(),
+            bytes: Bytes::from(open.bytes),
             sha256,
         }))
+    }
+
+    /// Completes a bounded (HTTP) upload with its whole body, hashed by the caller off
+    /// the session task. An upload that is no longer open has timed out.
+    pub fn complete_whole(
+        &mut self,
+        upload_id: &str,
+        declared_mime: String,
+        bytes: Bytes,
+        sha256: [u8; 32],
+    ) -> Result<EndOutcome, Error> {
+        let Some(open) = self.open.get(upload_id) else {
+            return Err(Error::refused(
+                ErrorCode::UploadTimeout,
+                format!("upload {upload_id:?} timed out before its body arrived"),
+            ));
+        };
+        let len = bytes.len() as u64;
+        if len == 0 || len > open.size {
+            let error = if len == 0 {
+                Error::refused(ErrorCode::SizeRequired, "the body holds no image")
+            } else {
+                Error::refused(
+                    ErrorCode::SizeExceeded,
+                    format!("{len} bytes, more than the {} announced", open.size),
+                )
+            };
+            return Ok(EndOutcome::Aborted(self.abort(upload_id, error)));
+        }
+        let open = self.open.remove(upload_id).expect("checked above");
+        self.validating.insert(upload_id.to_owned(), open.size);
+        Ok(EndOutcome::Received(Received {
+            upload_id: upload_id.to_owned(),
+            declared_mime,
+            turn_id: open.turn_id,
+            began_at: open.began_at,
+            bytes,
+            sha256,
+        }))
+    }
+
+    /// A received upload's validation is over: its bytes no longer count.
+    pub fn release(&mut self, upload_id: &str) {
+        if let Some(size) = self.validating.remove(upload_id) {
+            self.in_flight -= size;
+        }
+    }
+
+    /// Aborts an open upload (its HTTP body could not be read). `None` if not open.
+    pub fn abort_open(&mut self, upload_id: &str, error: Error) -> Option<Aborted> {
+        self.open
+            .contains_key(upload_id)
+            .then(|| self.abort(upload_id, error))
     }
 
     /// When the oldest open upload times out, if any is open.
@@ -303,6 +396,8 @@ impl Reassembler {
     /// Aborts every open upload (the session is closing).
     pub fn abandon_all(&mut self) -> Vec<Aborted> {
         let ids: Vec<String> = self.open.keys().cloned().collect();
+        let validating: u64 = self.validating.drain().map(|(_, size)| size).sum();
+        self.in_flight -= validating;
         ids.into_iter()
             .map(|id| {
                 let error = Error::refused(ErrorCode::UploadAbandoned, "the session closed");
@@ -386,6 +481,11 @@ pub fn frame_chunk(upload_id: &str, payload: &[u8]) -> Vec<u8> {
     message.extend_from_slice(upload_id.as_bytes());
     message.extend_from_slice(payload);
     message
+}
+
+/// The SHA-256 of `bytes`.
+pub fn sha256(bytes: &[u8]) -> [u8; 32] {
+    Sha256::digest(bytes).into()
 }
 
 /// Lowercase hex.

@@ -62,6 +62,9 @@ fn a_declared_upload_reassembles_and_hashes() {
     assert_eq!(&got.bytes[..], &bytes[..]);
     assert_eq!(got.sha256, sha);
     assert_eq!(got.turn_id, turn());
+    // Held (and counted) until its validation is over.
+    assert_eq!(r.open_uploads(), 1);
+    r.release("a");
     assert_eq!(r.open_uploads(), 0);
 }
 

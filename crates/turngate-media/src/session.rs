@@ -188,26 +188,68 @@ impl SessionShared {
         self.blobs.lock().map(|b| b.clone()).unwrap_or_default()
     }
 
-    /// Uploads a whole image (the HTTP path): tagged, validated and announced on the
-    /// data channel like one sent there. Returns the `image.accepted` event.
-    pub async fn upload(
+    /// Begins an HTTP upload of at most `size` bytes: tagged with the turn open now and
+    /// counted against the session's upload limits. Returns its upload id.
+    pub async fn begin_upload(
         &self,
         upload_id: Option<String>,
-        declared_mime: String,
+        mime: String,
+        size: u64,
         turn_id: Option<TurnId>,
+    ) -> Result<String, Error> {
+        let (reply, answer) = oneshot::channel();
+        self.request(UploadRequest::Begin {
+            upload_id,
+            mime,
+            size,
+            turn_id,
+            reply,
+        })
+        .await?;
+        answer.await.map_err(|_| session_gone())?
+    }
+
+    /// Completes an HTTP upload with its body (and the body's SHA-256): validated, and
+    /// announced on the data channel like one sent there. Returns `image.accepted`.
+    pub async fn complete_upload(
+        &self,
+        upload_id: String,
+        mime: String,
         bytes: Bytes,
+        sha256: [u8; 32],
     ) -> Result<ServerEvent, Error> {
         let (reply, answer) = oneshot::channel();
-        let request = UploadRequest {
+        self.request(UploadRequest::Complete {
             upload_id,
-            declared_mime,
-            turn_id,
+            mime,
             bytes,
+            sha256,
             reply,
-        };
-        let gone = || Error::refused(ErrorCode::NotFound, "the session has ended");
-        self.uploads.send(request).await.map_err(|_| gone())?;
-        answer.await.map_err(|_| gone())?
+        })
+        .await?;
+        answer.await.map_err(|_| session_gone())?
+    }
+
+    /// Gives up an HTTP upload whose body could not be read or was refused.
+    pub async fn abort_upload(&self, upload_id: String, error: Error) {
+        let _ = self
+            .request(UploadRequest::Abort { upload_id, error })
+            .await;
+    }
+
+    /// Counts a refused upload (and the bytes it freed).
+    pub fn count_rejected(&self, error: &Error, bytes_freed: u64) {
+        let counters = &self.counters;
+        counters
+            .upload_bytes_freed
+            .fetch_add(bytes_freed, Ordering::Relaxed);
+        if let Ok(mut by_code) = counters.images_rejected.lock() {
+            *by_code.entry(error.code().as_str()).or_default() += 1;
+        }
+    }
+
+    async fn request(&self, request: UploadRequest) -> Result<(), Error> {
+        self.uploads.send(request).await.map_err(|_| session_gone())
     }
 
     /// When and why the session ended, if it has.
@@ -248,6 +290,10 @@ pub struct Session {
     /// Tells the engine a turn's processing finished. Unbounded, but carries at most
     /// one message per ended turn.
     pub processing: mpsc::UnboundedSender<TurnId>,
+}
+
+fn session_gone() -> Error {
+    Error::refused(ErrorCode::NotFound, "the session has ended")
 }
 
 /// Starts the session driver for an answered peer.
@@ -305,7 +351,7 @@ pub fn start(
         connected: false,
         uploads,
         validated: mpsc::channel(VALIDATED_QUEUE),
-        validations: 0,
+        validating: Default::default(),
         blob_seq: 0,
         http_uploads: 0,
         close: close_rx,
@@ -372,8 +418,8 @@ struct Driver {
         mpsc::Sender<uploads::Validated>,
         mpsc::Receiver<uploads::Validated>,
     ),
-    /// Validations spawned and not yet reported back.
-    validations: usize,
+    /// Uploads being validated: their turn and size.
+    validating: std::collections::HashMap<String, (TurnId, u64)>,
     blob_seq: u64,
     http_uploads: u64,
 }

@@ -6,6 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use axum::Router;
 use axum::body::{Body, to_bytes};
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Query, Request};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
@@ -30,6 +31,7 @@ pub struct App {
     pub session: SessionConfig,
     pub max_offer_bytes: usize,
     pub max_image_bytes: u64,
+    pub upload_timeout: Duration,
     pub shutting_down: AtomicBool,
 }
 
@@ -47,6 +49,7 @@ impl App {
             session: config.session(),
             max_offer_bytes: config.max_offer_bytes,
             max_image_bytes: config.uploads.max_image_bytes,
+            upload_timeout: Duration::from_millis(config.uploads.timeout_ms),
             shutting_down: AtomicBool::new(false),
         })
     }
@@ -214,6 +217,7 @@ async fn establish(app: Arc<App>, offer: String) -> Result<(String, String), Pro
 
 /// Query of `POST /v1/whip/{resource}/images`.
 #[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 struct UploadQuery {
     turn_id: Option<String>,
     upload_id: Option<String>,
@@ -222,10 +226,14 @@ struct UploadQuery {
 /// `POST /v1/whip/{resource}/images`: an image as the raw body (an `image/*` content
 /// type) or as the first file of a multipart/form-data body. `201` with the same JSON
 /// as the `image.accepted` event, which the data channel also gets.
+///
+/// The upload is tagged (and counted against the session's upload limits) when the
+/// request arrives, before its body is read; `Content-Length` is required so that the
+/// body's size can be reserved first.
 async fn upload_image(
     State(app): State<Arc<App>>,
     Path(resource): Path<String>,
-    Query(query): Query<UploadQuery>,
+    query: Result<Query<UploadQuery>, QueryRejection>,
     request: Request,
 ) -> Result<Response, Problem> {
     let entry = app.registry.by_resource(&resource).ok_or_else(|| {
@@ -234,24 +242,28 @@ async fn upload_image(
             "no such WHIP resource (or it has ended)",
         )
     })?;
+    let shared = &entry.shared;
+    let refuse = |error: turngate_core::Error| {
+        shared.count_rejected(&error, 0);
+        Problem::new(error.code(), error.to_string())
+    };
+    let Query(query) = query.map_err(|e| {
+        refuse(turngate_core::Error::refused(
+            ErrorCode::MalformedMessage,
+            format!("invalid query: {e}"),
+        ))
+    })?;
     let turn_id = query
         .turn_id
         .map(|s| s.parse::<turngate_core::TurnId>())
         .transpose()
-        .map_err(|e| Problem::new(ErrorCode::InvalidTurnId, format!("invalid turn_id: {e}")))?;
-    let too_large = || {
-        Problem::new(
-            ErrorCode::ImageTooLarge,
-            format!("the image exceeds {} bytes", app.max_image_bytes),
-        )
-    };
+        .map_err(|e| {
+            refuse(turngate_core::Error::refused(
+                ErrorCode::InvalidTurnId,
+                format!("invalid turn_id: {e}"),
+            ))
+        })?;
     let headers = request.headers();
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > app.max_upload_body()) {
-        return Err(too_large());
-    }
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -263,36 +275,104 @@ async fn upload_image(
         .unwrap_or("")
         .trim()
         .to_ascii_lowercase();
-    let (declared_mime, bytes) = if mime == "multipart/form-data" {
-        first_file(Multipart::from_request(request, &()).await.map_err(|e| {
-            Problem::new(
-                ErrorCode::MalformedMessage,
-                format!("invalid multipart body: {e}"),
-            )
-        })?)
-        .await?
-    } else if mime.starts_with("image/") {
-        let body = to_bytes(request.into_body(), app.max_upload_body())
-            .await
-            .map_err(|_| too_large())?;
-        (mime, body)
-    } else {
-        return Err(Problem::new(
+    let multipart = mime == "multipart/form-data";
+    if !multipart && !mime.starts_with("image/") {
+        return Err(refuse(turngate_core::Error::refused(
             ErrorCode::UnsupportedMediaType,
             format!(
                 "send the image with an image/* content type or as multipart/form-data, not {content_type:?}"
             ),
-        ));
+        )));
+    }
+    let length = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        .ok_or_else(|| {
+            refuse(turngate_core::Error::refused(
+                ErrorCode::SizeRequired,
+                "Content-Length is required",
+            ))
+        })?;
+    // A raw body is the image; a multipart body holds it with some framing around.
+    let reserve = if multipart {
+        length.min(app.max_image_bytes)
+    } else {
+        length
+    };
+    if length > app.max_upload_body() as u64 || (!multipart && length > app.max_image_bytes) {
+        return Err(refuse(turngate_core::Error::refused(
+            ErrorCode::ImageTooLarge,
+            format!("the image exceeds {} bytes", app.max_image_bytes),
+        )));
+    }
+    let upload_id = shared
+        .begin_upload(query.upload_id, mime.clone(), reserve, turn_id)
+        .await
+        .map_err(|e| Problem::new(e.code(), e.to_string()))?;
+    let body = tokio::time::timeout(
+        app.upload_timeout,
+        read_image(&app, request, multipart, mime),
+    )
+    .await;
+    let (declared_mime, bytes) = match body {
+        Ok(Ok(body)) => body,
+        Ok(Err(problem)) => {
+            let error = turngate_core::Error::refused(problem.code, problem.detail.clone());
+            shared.abort_upload(upload_id, error).await;
+            return Err(problem);
+        }
+        Err(_) => {
+            let error = turngate_core::Error::refused(
+                ErrorCode::UploadTimeout,
+                "the body did not arrive in time",
+            );
+            let problem = Problem::new(error.code(), error.to_string());
+            shared.abort_upload(upload_id, error).await;
+            return Err(problem);
+        }
+    };
+    let hashed = bytes.clone();
+    let sha256 = tokio::task::spawn_blocking(move || turngate_core::upload::sha256(&hashed))
+        .await
+        .map_err(|_| Problem::new(ErrorCode::Internal, "hashing failed"))?;
+    let accepted = shared
+        .complete_upload(upload_id, declared_mime, bytes, sha256)
+        .await
+        .map_err(|e| Problem::new(e.code(), e.to_string()))?;
+    Ok((StatusCode::CREATED, axum::Json(accepted)).into_response())
+}
+
+/// Reads the image out of the request: (declared content type, bytes).
+async fn read_image(
+    app: &App,
+    request: Request,
+    multipart: bool,
+    mime: String,
+) -> Result<(String, bytes::Bytes), Problem> {
+    let too_large = || {
+        Problem::new(
+            ErrorCode::ImageTooLarge,
+            format!("the image exceeds {} bytes", app.max_image_bytes),
+        )
+    };
+    let (declared_mime, bytes) = if multipart {
+        let form = Multipart::from_request(request, &()).await.map_err(|e| {
+            Problem::new(
+                ErrorCode::MalformedMessage,
+                format!("invalid multipart body: {e}"),
+            )
+        })?;
+        first_file(form).await?
+    } else {
+        let body = to_bytes(request.into_body(), app.max_upload_body())
+            .await
+            .map_err(|_| too_large())?;
+        (mime, body)
     };
     if bytes.len() as u64 > app.max_image_bytes {
         return Err(too_large());
     }
-    let accepted = entry
-        .shared
-        .upload(query.upload_id, declared_mime, turn_id, bytes)
-        .await
-        .map_err(|e| Problem::new(e.code(), e.to_string()))?;
-    Ok((StatusCode::CREATED, axum::Json(accepted)).into_response())
+    Ok((declared_mime, bytes))
 }
 
 /// The first part of a multipart body that carries a file (or, failing that, the first

@@ -40,6 +40,7 @@ pub fn status(code: ErrorCode) -> StatusCode {
             StatusCode::UNPROCESSABLE_ENTITY
         }
         TurnClosed => StatusCode::CONFLICT,
+        SizeRequired => StatusCode::LENGTH_REQUIRED,
         UnknownTurn => StatusCode::NOT_FOUND,
         TooManyUploads | UploadBudgetExceeded => StatusCode::TOO_MANY_REQUESTS,
         NotFound => StatusCode::NOT_FOUND,

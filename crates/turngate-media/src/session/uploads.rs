@@ -9,10 +9,9 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
-use sha2::{Digest, Sha256};
 use tokio::sync::oneshot;
 use turngate_core::upload::{
-    Aborted, ChunkOutcome, EndOutcome, Received, UploadBegin, check_declaration, parse_chunk,
+    Aborted, ChunkOutcome, EndOutcome, Received, UploadBegin, parse_chunk,
 };
 use turngate_core::{Blob, BlobId, Error, ErrorCode, ServerEvent, Tagged, TurnId};
 
@@ -43,13 +42,43 @@ pub struct BlobRecord {
     pub began_at: Duration,
 }
 
-/// A whole image uploaded over HTTP, on its way to the session task.
-pub struct UploadRequest {
-    pub(super) upload_id: Option<String>,
-    pub(super) declared_mime: String,
-    pub(super) turn_id: Option<TurnId>,
-    pub(super) bytes: Bytes,
-    pub(super) reply: oneshot::Sender<Result<ServerEvent, Error>>,
+/// An HTTP upload's steps, on their way to the session task. It is tagged when its
+/// request arrives (`Begin`, before the body is read), so it belongs to the turn open
+/// then, and it counts against the session's upload limits from then on.
+pub enum UploadRequest {
+    /// Reserve `size` bytes (the request's `Content-Length`) and tag the upload.
+    Begin {
+        /// The client's upload id, or `None` for a generated one.
+        upload_id: Option<String>,
+        /// The declared content type.
+        mime: String,
+        /// Upper bound of the image's size.
+        size: u64,
+        /// The turn the client names.
+        turn_id: Option<TurnId>,
+        /// The upload id, or why it is refused.
+        reply: oneshot::Sender<Result<String, Error>>,
+    },
+    /// The body arrived: validate it.
+    Complete {
+        /// The upload id `Begin` answered.
+        upload_id: String,
+        /// The declared content type (a multipart part's may differ from the request's).
+        mime: String,
+        /// The image.
+        bytes: Bytes,
+        /// Its SHA-256, computed off the session task.
+        sha256: [u8; 32],
+        /// The `image.accepted` event, or why it is refused.
+        reply: oneshot::Sender<Result<ServerEvent, Error>>,
+    },
+    /// The body could not be read, or was refused before validation.
+    Abort {
+        /// The upload id `Begin` answered.
+        upload_id: String,
+        /// Why.
+        error: Error,
+    },
 }
 
 /// The result of validating one received upload.
@@ -102,57 +131,78 @@ impl Driver {
     }
 
     pub(super) async fn on_http_upload(&mut self, request: UploadRequest) {
-        let UploadRequest {
-            upload_id,
-            declared_mime,
-            turn_id,
-            bytes,
-            reply,
-        } = request;
-        self.http_uploads += 1;
-        let upload_id = upload_id.unwrap_or_else(|| format!("http-{}", self.http_uploads));
-        let begin = UploadBegin {
-            upload_id: upload_id.clone(),
-            mime: declared_mime,
-            size: bytes.len() as u64,
-            sha256: None,
-            turn_id,
-        };
-        if let Err(error) = check_declaration(&begin, self.uploads.limits()) {
-            self.count_rejected(&error, 0);
-            let _ = reply.send(Err(error));
-            return;
-        }
-        let at = self.now();
-        let turn = match self.engine.handle_upload_started(at, begin.turn_id) {
-            Ok(turn) => turn,
-            Err(error) => {
-                self.count_rejected(&error, 0);
-                let _ = reply.send(Err(error));
-                self.drain().await;
-                return;
+        match request {
+            UploadRequest::Begin {
+                upload_id,
+                mime,
+                size,
+                turn_id,
+                reply,
+            } => {
+                self.http_uploads += 1;
+                let upload_id = upload_id.unwrap_or_else(|| format!("http-{}", self.http_uploads));
+                let begin = UploadBegin {
+                    upload_id: upload_id.clone(),
+                    mime,
+                    size,
+                    sha256: None,
+                    turn_id,
+                };
+                let result = match self.uploads.check(&begin) {
+                    Ok(()) => self.engine.handle_upload_started(self.now(), turn_id),
+                    Err(error) => Err(error),
+                };
+                let result = result.and_then(|turn| {
+                    let began = self.uploads.begin_bounded(self.now(), begin, turn);
+                    if began.is_err() {
+                        self.finished(turn);
+                    }
+                    began.map(|()| upload_id)
+                });
+                if let Err(error) = &result {
+                    self.count_rejected(error, 0);
+                }
+                let _ = reply.send(result);
             }
-        };
-        let sha256: [u8; 32] = Sha256::digest(&bytes).into();
-        let received = Received {
-            upload_id,
-            declared_mime: begin.mime,
-            turn_id: turn,
-            began_at: at,
-            bytes,
-            sha256,
-        };
-        self.spawn_validation(received, Some(reply));
+            UploadRequest::Complete {
+                upload_id,
+                mime,
+                bytes,
+                sha256,
+                reply,
+            } => match self.uploads.complete_whole(&upload_id, mime, bytes, sha256) {
+                Ok(EndOutcome::Received(received)) => self.spawn_validation(received, Some(reply)),
+                Ok(EndOutcome::Aborted(aborted)) => {
+                    self.finished(aborted.turn_id);
+                    self.count_rejected(&aborted.error, aborted.bytes_freed);
+                    let _ = reply.send(Err(aborted.error));
+                }
+                Err(error) => {
+                    self.count_rejected(&error, 0);
+                    let _ = reply.send(Err(error));
+                }
+            },
+            UploadRequest::Abort { upload_id, error } => {
+                if let Some(aborted) = self.uploads.abort_open(&upload_id, error) {
+                    self.finished(aborted.turn_id);
+                    self.count_rejected(&aborted.error, aborted.bytes_freed);
+                }
+            }
+        }
         self.drain().await;
     }
 
     pub(super) async fn on_validated(&mut self, validated: Validated) {
-        self.validations -= 1;
         let Validated {
             received,
             result,
             reply,
         } = validated;
+        if self.validating.remove(&received.upload_id).is_none() {
+            // Abandoned when the session closed; already counted.
+            return;
+        }
+        self.uploads.release(&received.upload_id);
         self.finished(received.turn_id);
         match result {
             Ok(info) => {
@@ -182,14 +232,17 @@ impl Driver {
         }
     }
 
-    /// At session end: lets running validations finish (they are quick and bounded),
-    /// then abandons the uploads still open, freeing their bytes.
+    /// At session end: abandons the uploads still open or being validated (their bytes
+    /// are freed and counted; a validation that finishes later is ignored), so their
+    /// turns' processing can start.
     pub(super) async fn settle_uploads(&mut self) {
-        while self.validations > 0 {
-            match tokio::time::timeout(SETTLE_GRACE, self.validated.1.recv()).await {
-                Ok(Some(validated)) => self.on_validated(validated).await,
-                _ => break,
-            }
+        for (upload_id, (turn, bytes)) in std::mem::take(&mut self.validating) {
+            tracing::debug!(session = %self.shared.id, upload_id, "Validation abandoned: the session closed.");
+            self.finished(turn);
+            self.count_rejected(
+                &Error::refused(ErrorCode::UploadAbandoned, "the session closed"),
+                bytes,
+            );
         }
         for aborted in self.uploads.abandon_all() {
             self.finished(aborted.turn_id);
@@ -245,7 +298,7 @@ impl Driver {
             session_id: self.shared.id,
             turn_id: Some(received.turn_id),
             seq,
-            at: received.began_at,
+            at: self.now(),
             value: blob,
         };
         self.send_downstream(Downstream::Blob(tagged)).await;
@@ -257,7 +310,10 @@ impl Driver {
         received: Received,
         reply: Option<oneshot::Sender<Result<ServerEvent, Error>>>,
     ) {
-        self.validations += 1;
+        self.validating.insert(
+            received.upload_id.clone(),
+            (received.turn_id, received.bytes.len() as u64),
+        );
         let permits = Arc::clone(&self.config.validators);
         let limits = self.config.images.clone();
         let done = self.validated.0.clone();
@@ -312,15 +368,6 @@ impl Driver {
     }
 
     pub(super) fn count_rejected(&self, error: &Error, bytes_freed: u64) {
-        let counters = &self.shared.counters;
-        counters
-            .upload_bytes_freed
-            .fetch_add(bytes_freed, Ordering::Relaxed);
-        if let Ok(mut by_code) = counters.images_rejected.lock() {
-            *by_code.entry(error.code().as_str()).or_default() += 1;
-        }
+        self.shared.count_rejected(error, bytes_freed);
     }
 }
-
-/// How long a closing session waits for one running validation.
-const SETTLE_GRACE: Duration = Duration::from_secs(5);
