@@ -53,6 +53,9 @@ pub struct TurnConfig {
     /// Turns a session may have; bounds what a session keeps about its turns. Beyond it,
     /// `turn.start` is refused and speech stays idle. Default 10 000.
     pub max_turns: usize,
+    /// Uploads one turn may take (each holds up to the image size limit until the turn
+    /// is processed). Default 32.
+    pub max_uploads_per_turn: u32,
 }
 
 impl Default for TurnConfig {
@@ -63,6 +66,7 @@ impl Default for TurnConfig {
             max_turn: Duration::from_secs(60),
             speech_onset: Duration::from_millis(60),
             max_turns: 10_000,
+            max_uploads_per_turn: 32,
         }
     }
 }
@@ -139,6 +143,8 @@ pub struct TurnInfo {
     pub processing_started_at: Option<Duration>,
     /// Uploads tagged with it that are still open (or being validated).
     pub uploads_pending: u32,
+    /// Uploads ever tagged with it.
+    pub uploads_tagged: u32,
     /// Session time its processing finished.
     pub completed_at: Option<Duration>,
     /// Frames tagged with it.
@@ -483,9 +489,20 @@ impl<R: Rng> TurnEngine<R> {
                 }
             },
         };
+        let turn = &mut self.turns[index];
+        if turn.uploads_tagged >= self.config.max_uploads_per_turn {
+            return Err(Error::refused(
+                ErrorCode::TooManyUploads,
+                format!(
+                    "turn {} has taken its maximum of {} uploads",
+                    turn.id, self.config.max_uploads_per_turn
+                ),
+            ));
+        }
+        turn.uploads_pending += 1;
+        turn.uploads_tagged += 1;
         self.last_upload_activity = Some(at);
-        self.turns[index].uploads_pending += 1;
-        Ok(self.turns[index].id)
+        Ok(turn.id)
     }
 
     /// An upload tagged with `turn_id` finished (accepted or refused).
@@ -601,6 +618,7 @@ impl<R: Rng> TurnEngine<R> {
             ended_at: None,
             processing_started_at: None,
             uploads_pending: 0,
+            uploads_tagged: 0,
             completed_at: None,
             frames: 0,
         };

@@ -352,3 +352,22 @@ fn turn_end_ends_an_image_turn() {
     assert_eq!(e.handle_turn_end(ms(20), None).unwrap(), t);
     assert_eq!(e.turns()[0].reason, Some(EndReason::ClientEnd));
 }
+
+#[test]
+fn a_turn_takes_at_most_max_uploads_per_turn() {
+    let session = SessionId::mint(1, &mut StdRng::seed_from_u64(1));
+    let config = TurnConfig {
+        max_uploads_per_turn: 2,
+        ..TurnConfig::default()
+    };
+    let mut e = TurnEngine::new(config, session, 1, StdRng::seed_from_u64(2));
+    let t = e.handle_turn_start(ms(0), None, None).unwrap();
+    for i in 0..2 {
+        assert_eq!(e.handle_upload_started(ms(10 + i), None).unwrap(), t);
+        e.handle_upload_finished(ms(20 + i), t).unwrap();
+    }
+    assert_eq!(
+        e.handle_upload_started(ms(30), None).unwrap_err().code(),
+        ErrorCode::TooManyUploads
+    );
+}

@@ -10,7 +10,9 @@
 
 use std::io::Cursor;
 
-use image::{ImageFormat, ImageReader, Limits};
+use image::codecs::gif::GifDecoder;
+use image::codecs::webp::WebPDecoder;
+use image::{AnimationDecoder, ImageDecoder, ImageFormat, ImageReader, Limits};
 use turngate_core::{Error, ErrorCode};
 
 /// What validation checks against.
@@ -89,18 +91,70 @@ pub fn validate(bytes: &[u8], limits: &ImageLimits) -> Result<ImageInfo, Error> 
             format!("the {mime} is {width}×{height}"),
         ));
     }
-    let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
     let mut decode_limits = Limits::default();
     decode_limits.max_image_width = Some(width);
     decode_limits.max_image_height = Some(height);
     decode_limits.max_alloc = Some(pixels * ALLOC_PER_PIXEL + ALLOC_SLACK);
-    reader.limits(decode_limits);
-    reader.decode().map_err(corrupt)?;
+    match format {
+        // Animations: every frame is decoded (one at a time), so damage in a later
+        // frame is caught too; all frames together stay within a pixel budget.
+        ImageFormat::Gif => {
+            let mut decoder = GifDecoder::new(Cursor::new(bytes)).map_err(corrupt)?;
+            decoder.set_limits(decode_limits).map_err(corrupt)?;
+            decode_frames(decoder.into_frames(), pixels, limits, mime)?;
+        }
+        ImageFormat::WebP => {
+            let mut decoder = WebPDecoder::new(Cursor::new(bytes)).map_err(corrupt)?;
+            if decoder.has_animation() {
+                decoder.set_limits(decode_limits).map_err(corrupt)?;
+                decode_frames(decoder.into_frames(), pixels, limits, mime)?;
+            } else {
+                decoder.set_limits(decode_limits).map_err(corrupt)?;
+                image::DynamicImage::from_decoder(decoder).map_err(corrupt)?;
+            }
+        }
+        _ => {
+            let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
+            reader.limits(decode_limits);
+            reader.decode().map_err(corrupt)?;
+        }
+    }
     Ok(ImageInfo {
         mime,
         width,
         height,
     })
+}
+
+/// Frames of an animation may add up to this many times the pixel limit.
+const ANIMATION_PIXEL_BUDGET: u64 = 10;
+
+fn decode_frames(
+    frames: image::Frames<'_>,
+    frame_pixels: u64,
+    limits: &ImageLimits,
+    mime: &str,
+) -> Result<(), Error> {
+    let mut decoded = 0u64;
+    for frame in frames {
+        frame.map_err(|e| {
+            Error::refused(
+                ErrorCode::CorruptImage,
+                format!("the {mime} does not decode: {e}"),
+            )
+        })?;
+        decoded += frame_pixels;
+        if decoded > ANIMATION_PIXEL_BUDGET * limits.max_pixels {
+            return Err(Error::refused(
+                ErrorCode::TooManyPixels,
+                format!(
+                    "the animation's frames exceed {} pixels in all",
+                    ANIMATION_PIXEL_BUDGET * limits.max_pixels
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -129,6 +183,30 @@ mod tests {
                 height: 48
             }
         );
+    }
+
+    #[test]
+    fn damage_in_a_later_animation_frame_is_caught() {
+        let frames: Vec<image::Frame> = (0..3)
+            .map(|i| {
+                image::Frame::new(image::RgbaImage::from_pixel(
+                    32,
+                    32,
+                    image::Rgba([i * 80, 0, 0, 255]),
+                ))
+            })
+            .collect();
+        let mut gif = Vec::new();
+        image::codecs::gif::GifEncoder::new(&mut gif)
+            .encode_frames(frames)
+            .unwrap();
+        assert_eq!(
+            validate(&gif, &ImageLimits::default()).unwrap().mime,
+            "image/gif"
+        );
+        // Cut into the last frame: the first frames still decode, the whole does not.
+        let cut = &gif[..gif.len() - 20];
+        assert_eq!(code(cut), ErrorCode::CorruptImage);
     }
 
     #[test]

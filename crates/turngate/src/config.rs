@@ -49,6 +49,8 @@ pub struct UploadsConfig {
     pub timeout_ms: u64,
     /// Image validations (decoding) running at once across the gateway.
     pub validators: usize,
+    /// Uploads one turn may take.
+    pub max_per_turn: u32,
 }
 
 impl Default for UploadsConfig {
@@ -61,6 +63,7 @@ impl Default for UploadsConfig {
             max_in_flight_bytes: u.max_in_flight_bytes,
             timeout_ms: u.timeout.as_millis() as u64,
             validators: 2,
+            max_per_turn: turngate_core::TurnConfig::default().max_uploads_per_turn,
         }
     }
 }
@@ -233,6 +236,7 @@ Configuration file keys (TOML; every key optional; defaults shown):
   max_in_flight_bytes = 67108864    declared bytes of a session's open uploads (64 MiB)
   timeout_ms = 30000                longest an upload may stay open
   validators = 2                    image decodes running at once, gateway-wide
+  max_per_turn = 32                 uploads one turn may take
 Precedence: defaults < file < TURNGATE_* < flags. TURNGATE_LOG sets the log filter.";
 
 /// Settings given on the command line or in `TURNGATE_*` variables; they override the
@@ -369,6 +373,7 @@ impl Config {
             ("turn.max_turns", self.turn.max_turns),
             ("uploads.max_concurrent", self.uploads.max_concurrent),
             ("uploads.validators", self.uploads.validators),
+            ("uploads.max_per_turn", self.uploads.max_per_turn as usize),
         ] {
             if value == 0 {
                 return fail(format!("{key} must be at least 1"));
@@ -456,6 +461,7 @@ impl Config {
                 max_turn: Duration::from_millis(t.max_turn_ms),
                 speech_onset: Duration::from_millis(t.speech_onset_ms),
                 max_turns: t.max_turns,
+                max_uploads_per_turn: u.max_per_turn,
             },
             vad_onset: self.vad.onset,
             vad_sustain: self.vad.sustain,
