@@ -85,6 +85,16 @@ pub enum ErrorCode {
     TurnClosed,
     /// The named turn does not exist in this session.
     UnknownTurn,
+    /// A backend did not answer within its timeout.
+    BackendTimeout,
+    /// A backend could not be reached (or failed just before, so the gateway fails fast).
+    BackendUnavailable,
+    /// A backend answered with an error status.
+    BackendStatus,
+    /// A backend's answer was not what its API promises.
+    BackendMalformed,
+    /// The LLM's answer stream broke off before it was done.
+    BackendStreamBroken,
     /// An unexpected failure inside the gateway; the message says more.
     Internal,
 }
@@ -128,6 +138,11 @@ impl ErrorCode {
         Self::TooManyPixels,
         Self::TurnClosed,
         Self::UnknownTurn,
+        Self::BackendTimeout,
+        Self::BackendUnavailable,
+        Self::BackendStatus,
+        Self::BackendMalformed,
+        Self::BackendStreamBroken,
         Self::Internal,
     ];
 
@@ -170,6 +185,11 @@ impl ErrorCode {
             Self::TooManyPixels => "too_many_pixels",
             Self::TurnClosed => "turn_closed",
             Self::UnknownTurn => "unknown_turn",
+            Self::BackendTimeout => "backend_timeout",
+            Self::BackendUnavailable => "backend_unavailable",
+            Self::BackendStatus => "backend_status",
+            Self::BackendMalformed => "backend_malformed",
+            Self::BackendStreamBroken => "backend_stream_broken",
             Self::Internal => "internal",
         }
     }

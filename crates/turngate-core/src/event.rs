@@ -232,6 +232,62 @@ pub enum ServerEvent {
         /// A human-readable explanation.
         message: String,
     },
+    /// What ASR heard in a turn.
+    #[serde(rename = "transcript")]
+    Transcript {
+        /// The turn whose audio it is.
+        turn_id: TurnId,
+        /// The text.
+        text: String,
+    },
+    /// What the vision model saw in one image of a turn.
+    #[serde(rename = "vision.result")]
+    VisionResult {
+        /// The turn the image belongs to.
+        turn_id: TurnId,
+        /// The image.
+        blob_id: BlobId,
+        /// The description.
+        description: String,
+    },
+    /// A piece of the answer to a turn.
+    #[serde(rename = "response.delta")]
+    ResponseDelta {
+        /// The turn answered.
+        turn_id: TurnId,
+        /// The text, to append.
+        delta: String,
+    },
+    /// The answer to a turn is complete.
+    #[serde(rename = "response.done")]
+    ResponseDone {
+        /// The turn answered.
+        turn_id: TurnId,
+        /// The whole answer.
+        text: String,
+    },
+    /// A turn's processing finished.
+    #[serde(rename = "turn.completed")]
+    TurnCompleted {
+        /// The turn.
+        turn_id: TurnId,
+        /// `ok`, `partial` or `failed`.
+        status: CompletionStatus,
+        /// Each stage's outcome.
+        stages: Stages,
+        /// ASR: request sent to answer.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        asr_ms: Option<u32>,
+        /// Vision: first request sent to last answer.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        vision_ms: Option<u32>,
+        /// LLM: request sent to first content delta.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        llm_first_token_ms: Option<u32>,
+        /// LLM: request sent to the end of the stream.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        llm_total_ms: Option<u32>,
+    },
     /// A refused message or a failure; the session goes on.
     #[serde(rename = "error")]
     Error {
@@ -275,6 +331,44 @@ impl ServerEvent {
 fn parse_turn_id(s: &str) -> Result<TurnId, Error> {
     s.parse::<TurnId>()
         .map_err(|e| Error::refused(ErrorCode::InvalidTurnId, format!("invalid turn_id: {e}")))
+}
+
+/// How a turn's processing ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CompletionStatus {
+    /// Every configured stage succeeded.
+    Ok,
+    /// Some stage failed, but the LLM answered.
+    Partial,
+    /// The LLM failed, or there was nothing to send it.
+    Failed,
+}
+
+/// The outcome of one processing stage.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StageStatus {
+    /// It succeeded.
+    Ok,
+    /// It failed (an `error` event said why).
+    Failed,
+    /// It was not run: not configured, or nothing to give it.
+    Skipped,
+    /// A barge-in cancelled it.
+    Cancelled,
+}
+
+/// Each stage's outcome.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Stages {
+    /// Speech to text.
+    pub asr: StageStatus,
+    /// Image descriptions.
+    pub vision: StageStatus,
+    /// The answer.
+    pub llm: StageStatus,
 }
 
 fn message_of(error: &Error) -> String {

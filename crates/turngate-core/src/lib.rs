@@ -20,7 +20,7 @@ pub mod turn;
 pub mod upload;
 
 pub use error::{Error, ErrorCode};
-pub use event::{ClientEvent, ServerEvent};
+pub use event::{ClientEvent, CompletionStatus, ServerEvent, StageStatus, Stages};
 pub use id::{SessionId, SpanId, TraceParent, TurnId};
 pub use tag::{AudioFrame, Blob, BlobId, Tagged};
 pub use turn::{

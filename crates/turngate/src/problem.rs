@@ -47,6 +47,10 @@ pub fn status(code: ErrorCode) -> StatusCode {
         MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         TooManySessions | NoMediaPort | ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
         Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        BackendTimeout => StatusCode::GATEWAY_TIMEOUT,
+        BackendUnavailable | BackendStatus | BackendMalformed | BackendStreamBroken => {
+            StatusCode::BAD_GATEWAY
+        }
         // Data-channel codes; should one reach HTTP, it is the client's fault.
         _ => StatusCode::BAD_REQUEST,
     }

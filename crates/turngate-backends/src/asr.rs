@@ -1,0 +1,46 @@
+//! Speech to text: `POST {base}/audio/transcriptions` (OpenAI-compatible), the turn's
+//! audio as a 16 kHz mono 16-bit WAV.
+
+use crate::client::Backend;
+use crate::context::TurnContext;
+use crate::error::BackendError;
+use crate::wav;
+
+/// Transcribes a turn's PCM (16 kHz mono, concealment included so timing is kept).
+pub async fn transcribe(
+    backend: &Backend,
+    ctx: &TurnContext,
+    pcm: &[i16],
+) -> Result<String, BackendError> {
+    let wav = wav::encode(pcm);
+    let model = backend.config().model.clone();
+    let url = backend.url("/audio/transcriptions");
+    let (response, _permit) = backend
+        .send(ctx, true, |http| {
+            let file = reqwest::multipart::Part::bytes(wav.clone())
+                .file_name(format!("{}.wav", ctx.turn_id))
+                .mime_str("audio/wav")
+                .expect("a valid mime type");
+            let form = reqwest::multipart::Form::new()
+                .part("file", file)
+                .text("model", model.clone())
+                .text("response_format", "json");
+            http.post(&url).multipart(form)
+        })
+        .await?;
+    let body: serde_json::Value = response
+        .json()
+        .await
+        .map_err(|e| malformed(backend, e.to_string()))?;
+    body.get("text")
+        .and_then(|t| t.as_str())
+        .map(|t| t.trim().to_owned())
+        .ok_or_else(|| malformed(backend, "no string `text` in the answer".into()))
+}
+
+pub(crate) fn malformed(backend: &Backend, detail: String) -> BackendError {
+    BackendError::Malformed {
+        backend: backend.name,
+        detail,
+    }
+}

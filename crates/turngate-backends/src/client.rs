@@ -1,0 +1,232 @@
+//! One configured backend: where it is, how to authenticate, how long to wait, how often
+//! to retry, how many calls at once — and a circuit breaker so that a backend that is
+//! down fails fast instead of piling up calls.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use reqwest::header::{HeaderMap, HeaderValue};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::context::TurnContext;
+use crate::error::BackendError;
+
+/// Consecutive unreachable answers that open the circuit.
+const BREAKER_THRESHOLD: u32 = 3;
+/// How long an open circuit refuses calls before letting one through.
+const BREAKER_COOLDOWN: Duration = Duration::from_secs(5);
+/// First retry delay; doubled per attempt.
+const BACKOFF: Duration = Duration::from_millis(200);
+
+/// An API key: never printed.
+#[derive(Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(transparent)]
+pub struct ApiKey(pub String);
+
+impl fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ApiKey(***)")
+    }
+}
+
+/// How to reach one backend.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackendConfig {
+    /// API base URL including the version prefix, e.g. `http://127.0.0.1:8000/v1`.
+    /// Empty: the backend is not configured and its stage is skipped.
+    pub url: String,
+    /// The model name sent with each request.
+    pub model: String,
+    /// Bearer token, if the backend wants one. Never logged.
+    pub api_key: Option<ApiKey>,
+    /// Per-request timeout in milliseconds (for the LLM: until the stream ends).
+    pub timeout_ms: u64,
+    /// Retries of a failed request where repeating it is safe (never once an LLM stream
+    /// has started), with exponential back-off from 200 ms.
+    pub retries: u32,
+    /// Calls at once; more wait up to the timeout, then fail.
+    pub max_concurrent: usize,
+}
+
+impl Default for BackendConfig {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            model: String::new(),
+            api_key: None,
+            timeout_ms: 30_000,
+            retries: 1,
+            max_concurrent: 16,
+        }
+    }
+}
+
+impl BackendConfig {
+    /// Whether a URL is set.
+    pub fn is_configured(&self) -> bool {
+        !self.url.is_empty()
+    }
+}
+
+/// A configured backend, shared by every session.
+pub struct Backend {
+    /// `asr`, `vision` or `llm`: names it in errors and logs.
+    pub name: &'static str,
+    config: BackendConfig,
+    http: reqwest::Client,
+    permits: Arc<Semaphore>,
+    failures: AtomicU32,
+    open_until_ms: AtomicU64,
+    epoch: Instant,
+}
+
+impl Backend {
+    /// A backend client. Installs the `ring` TLS provider if none is installed yet.
+    pub fn new(name: &'static str, config: BackendConfig) -> Result<Self, BackendError> {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_millis(config.timeout_ms.min(10_000)))
+            .build()
+            .map_err(|e| BackendError::Config(format!("{name}: {e}")))?;
+        let permits = Arc::new(Semaphore::new(config.max_concurrent.max(1)));
+        Ok(Self {
+            name,
+            config,
+            http,
+            permits,
+            failures: AtomicU32::new(0),
+            open_until_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &BackendConfig {
+        &self.config
+    }
+
+    /// The request timeout.
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.config.timeout_ms)
+    }
+
+    /// `{base}{path}`.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.config.url.trim_end_matches('/'))
+    }
+
+    /// Sends a request built by `build`, with the turn's trace headers, the API key, the
+    /// timeout, bounded concurrency and the circuit breaker; retries where `retry` allows.
+    /// Returns the successful response and the permit to hold while reading it.
+    pub async fn send(
+        &self,
+        ctx: &TurnContext,
+        retry: bool,
+        build: impl Fn(&reqwest::Client) -> reqwest::RequestBuilder,
+    ) -> Result<(reqwest::Response, OwnedSemaphorePermit), BackendError> {
+        let mut attempt = 0;
+        loop {
+            let result = self.attempt(ctx, &build).await;
+            match result {
+                Err(e) if retry && e.retryable() && attempt < self.config.retries => {
+                    tracing::debug!(backend = self.name, turn = %ctx.turn_id, error = %e, attempt, "Retrying.");
+                    tokio::time::sleep(BACKOFF * 2u32.pow(attempt)).await;
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn attempt(
+        &self,
+        ctx: &TurnContext,
+        build: &impl Fn(&reqwest::Client) -> reqwest::RequestBuilder,
+    ) -> Result<(reqwest::Response, OwnedSemaphorePermit), BackendError> {
+        let now_ms = self.epoch.elapsed().as_millis() as u64;
+        if self.open_until_ms.load(Ordering::Relaxed) > now_ms {
+            return Err(BackendError::Unavailable {
+                backend: self.name,
+                detail: "failing fast: it was unreachable just now".into(),
+            });
+        }
+        let timeout = self.timeout();
+        let permit = tokio::time::timeout(timeout, Arc::clone(&self.permits).acquire_owned())
+            .await
+            .map_err(|_| BackendError::Unavailable {
+                backend: self.name,
+                detail: "too many calls waiting".into(),
+            })?
+            .map_err(|_| BackendError::Config(format!("{}: closed", self.name)))?;
+        let mut headers = HeaderMap::new();
+        let value =
+            |s: String| HeaderValue::from_str(&s).map_err(|e| BackendError::Config(e.to_string()));
+        headers.insert("traceparent", value(ctx.traceparent())?);
+        headers.insert("baggage", value(ctx.baggage())?);
+        if let Some(key) = &self.config.api_key {
+            let mut auth = value(format!("Bearer {}", key.0))?;
+            auth.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, auth);
+        }
+        let sent = build(&self.http)
+            .headers(headers)
+            .timeout(timeout)
+            .send()
+            .await;
+        let response = match sent {
+            Ok(r) => r,
+            Err(e) => {
+                let error = if e.is_timeout() {
+                    BackendError::Timeout {
+                        backend: self.name,
+                        ms: self.config.timeout_ms,
+                    }
+                } else {
+                    BackendError::Unavailable {
+                        backend: self.name,
+                        detail: describe(e),
+                    }
+                };
+                self.record_failure();
+                return Err(error);
+            }
+        };
+        self.failures.store(0, Ordering::Relaxed);
+        let status = response.status();
+        if !status.is_success() {
+            let body = response.text().await.unwrap_or_default();
+            let detail: String = body.chars().take(300).collect();
+            return Err(BackendError::Status {
+                backend: self.name,
+                status: status.as_u16(),
+                detail,
+            });
+        }
+        Ok((response, permit))
+    }
+
+    fn record_failure(&self) {
+        if self.failures.fetch_add(1, Ordering::Relaxed) + 1 >= BREAKER_THRESHOLD {
+            let until = self.epoch.elapsed() + BREAKER_COOLDOWN;
+            self.open_until_ms
+                .store(until.as_millis() as u64, Ordering::Relaxed);
+            self.failures.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
+/// A reqwest error's message and causes, without the URL (which may hold credentials).
+fn describe(e: reqwest::Error) -> String {
+    let e = e.without_url();
+    let mut msg = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        source = s.source();
+    }
+    msg
+}

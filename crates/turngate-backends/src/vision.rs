@@ -1,0 +1,57 @@
+//! Image description: `POST {base}/chat/completions` (OpenAI-compatible) with the image
+//! as a data URL and a configurable instruction.
+
+use base64::Engine;
+use serde_json::json;
+use turngate_core::Blob;
+
+use crate::asr::malformed;
+use crate::client::Backend;
+use crate::context::TurnContext;
+use crate::error::BackendError;
+
+/// Asks the vision model to describe one image.
+pub async fn describe(
+    backend: &Backend,
+    ctx: &TurnContext,
+    blob: &Blob,
+    instruction: &str,
+) -> Result<String, BackendError> {
+    let body = json!({
+        "model": backend.config().model,
+        "user": ctx.turn_id.to_string(),
+        "messages": [{
+            "role": "user",
+            "content": [
+                {"type": "text", "text": instruction},
+                {"type": "image_url", "image_url": {"url": data_url(blob)}},
+            ],
+        }],
+    });
+    let url = backend.url("/chat/completions");
+    let (response, _permit) = backend
+        .send(ctx, true, |http| http.post(&url).json(&body))
+        .await?;
+    let answer: serde_json::Value = response
+        .json()
+        .await
+        .map_err(|e| malformed(backend, e.to_string()))?;
+    answer["choices"][0]["message"]["content"]
+        .as_str()
+        .map(|t| t.trim().to_owned())
+        .ok_or_else(|| {
+            malformed(
+                backend,
+                "no choices[0].message.content in the answer".into(),
+            )
+        })
+}
+
+/// `data:{mime};base64,…` of a blob.
+pub fn data_url(blob: &Blob) -> String {
+    format!(
+        "data:{};base64,{}",
+        blob.mime,
+        base64::engine::general_purpose::STANDARD.encode(&blob.bytes)
+    )
+}
