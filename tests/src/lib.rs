@@ -716,6 +716,8 @@ pub fn assert_balanced(session: &Value) -> u64 {
 /// unread (413) close their connection, and a pooled one could be reused just as it
 /// closes.
 fn http_client() -> reqwest::Client {
+    // reqwest is built without a default TLS provider (the workspace uses ring).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::builder()
         .pool_max_idle_per_host(0)
         .build()

@@ -142,14 +142,18 @@ async fn events_for_a_client_without_data_channel_overflow_a_bounded_counted_out
     let client = Client::connect(&gw, false).await?;
     let session_id = only_session_id(&gw).await?;
     client.send_wav("two-utterances.wav").await?;
-    // Two turns give four events (started, ended, twice); one fits the outbox.
+    // Two turns give six events (started, ended, completed, twice); one fits the
+    // outbox, five are dropped and counted — and no more.
     let session = gw
         .wait_session(&session_id, Duration::from_secs(5), |s| {
             s["turns"]
                 .as_array()
-                .is_some_and(|t| t.len() == 2 && t[1]["state"] != "open")
+                .is_some_and(|t| t.len() == 2 && t[1]["state"] == "completed")
+                && s["counters"]["events_dropped"] == 5
         })
         .await?;
-    assert_eq!(session["counters"]["events_dropped"], 3, "{session:#}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let later = gw.session(&session_id).await?;
+    assert_eq!(later["counters"]["events_dropped"], 5, "{session:#}");
     Ok(())
 }

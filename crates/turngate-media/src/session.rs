@@ -43,6 +43,8 @@ pub const CONTROL_LABEL: &str = "turngate";
 /// Messages from the data channel waiting for the session task; the channel's reader
 /// waits when it is full, which back-pressures SCTP rather than dropping.
 const CONTROL_QUEUE: usize = 64;
+/// Events from turn processing waiting for the session task.
+const PROCESSING_EVENTS: usize = 64;
 /// HTTP uploads waiting for the session task.
 const UPLOAD_REQUESTS: usize = 8;
 /// Validation results waiting for the session task.
@@ -109,6 +111,8 @@ pub enum Downstream {
     Blob(Tagged<turngate_core::Blob>),
     /// A turn's processing may start: its frames and blobs have all been sent.
     ProcessingStarted(TurnInfo),
+    /// The user spoke over a turn still processing (barge-in).
+    TurnInterrupted(TurnId),
     /// A turn's input ended: all its frames have been sent. When the session ends,
     /// the queue closes after its last turn's `TurnEnded`.
     TurnEnded(TurnInfo),
@@ -172,6 +176,7 @@ pub struct SessionShared {
     turns: Mutex<Vec<TurnInfo>>,
     blobs: Mutex<Vec<BlobRecord>>,
     uploads: mpsc::Sender<UploadRequest>,
+    events: mpsc::Sender<ServerEvent>,
     ended: watch::Sender<Option<(SystemTime, SessionEnd)>>,
     data_channel: AtomicBool,
     close: watch::Sender<Option<SessionEnd>>,
@@ -235,6 +240,12 @@ impl SessionShared {
         let _ = self
             .request(UploadRequest::Abort { upload_id, error })
             .await;
+    }
+
+    /// Sends an event to the client, as the session's own events go (the data channel,
+    /// or the outbox). After the session has ended, the event is dropped.
+    pub async fn send_event(&self, event: ServerEvent) {
+        let _ = self.events.send(event).await;
     }
 
     /// Counts a refused upload (and the bytes it freed).
@@ -310,6 +321,7 @@ pub fn start(
     let id = SessionId::mint(started_unix_ms, rng);
     let (close, close_rx) = watch::channel(None);
     let (uploads_tx, uploads_rx) = mpsc::channel(UPLOAD_REQUESTS);
+    let (events_tx, events_rx) = mpsc::channel(PROCESSING_EVENTS);
     let shared = Arc::new(SessionShared {
         id,
         started,
@@ -317,6 +329,7 @@ pub fn start(
         turns: Mutex::new(Vec::new()),
         blobs: Mutex::new(Vec::new()),
         uploads: uploads_tx,
+        events: events_tx,
         ended: watch::channel(None).0,
         data_channel: AtomicBool::new(false),
         close,
@@ -358,7 +371,7 @@ pub fn start(
         closing: None,
         undelivered: 0,
     };
-    tokio::spawn(driver.run(peer, processing_rx, uploads_rx));
+    tokio::spawn(driver.run(peer, processing_rx, uploads_rx, events_rx));
     Ok(Session {
         shared,
         downstream,
@@ -437,6 +450,7 @@ impl Driver {
         peer: AnsweredPeer,
         mut processing: mpsc::UnboundedReceiver<TurnId>,
         mut http_uploads: mpsc::Receiver<UploadRequest>,
+        mut processing_events: mpsc::Receiver<ServerEvent>,
     ) {
         let AnsweredPeer {
             connection,
@@ -477,7 +491,8 @@ impl Driver {
                     PeerEvent::DataChannel(channel) => self.adopt_channel(channel, &control_tx).await,
                 },
                                 Some(control) = control_rx.recv() => self.on_control(control).await,
-                Some(request) = http_uploads.recv() => self.on_http_upload(request).await,
+                                Some(request) = http_uploads.recv() => self.on_http_upload(request).await,
+                Some(event) = processing_events.recv() => self.send_event(event).await,
                 Some(validated) = self.validated.1.recv() => self.on_validated(validated).await,
                 Some(turn) = processing.recv() => {
                     let at = self.now();
@@ -506,6 +521,8 @@ impl Driver {
             }
         };
         self.finish(why, connection, port, rtp_rx).await;
+        // Nobody is left to hear processing events: refuse them at once.
+        drop(processing_events);
         self.complete_remaining(processing).await;
     }
 
@@ -700,6 +717,7 @@ impl Driver {
                     self.send_downstream(Downstream::TurnEnded(turn)).await;
                 }
                 Output::TurnInterrupted(id) => {
+                    self.send_downstream(Downstream::TurnInterrupted(id)).await;
                     if let Ok(mut turns) = self.shared.turns.lock()
                         && let Some(t) = turns.iter_mut().find(|t| t.id == id)
                     {

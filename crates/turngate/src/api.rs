@@ -32,13 +32,14 @@ pub struct App {
     pub max_offer_bytes: usize,
     pub max_image_bytes: u64,
     pub upload_timeout: Duration,
+    pub backends: crate::orchestrate::Backends,
     pub shutting_down: AtomicBool,
 }
 
 impl App {
     /// The application state for a validated configuration.
-    pub fn new(config: &Config) -> Arc<Self> {
-        Arc::new(Self {
+    pub fn new(config: &Config) -> anyhow::Result<Arc<Self>> {
+        Ok(Arc::new(Self {
             registry: Registry::new(
                 config.sessions.max,
                 config.sessions.retain_ended,
@@ -50,8 +51,9 @@ impl App {
             max_offer_bytes: config.max_offer_bytes,
             max_image_bytes: config.uploads.max_image_bytes,
             upload_timeout: Duration::from_millis(config.uploads.timeout_ms),
+            backends: crate::orchestrate::Backends::new(config)?,
             shutting_down: AtomicBool::new(false),
-        })
+        }))
     }
 }
 
@@ -203,10 +205,7 @@ async fn establish(app: Arc<App>, offer: String) -> Result<(String, String), Pro
     let started = session::start(app.session.clone(), answered, &mut rng)
         .map_err(|e| Problem::new(e.code(), e.to_string()))?;
     let resource = resource_id(&mut rng);
-    let entry = Arc::new(Entry {
-        shared: Arc::clone(&started.shared),
-        audio: Default::default(),
-    });
+    let entry = Arc::new(Entry::new(Arc::clone(&started.shared)));
     app.registry
         .insert(slot, resource.clone(), Arc::clone(&entry));
     tracing::info!(session = %entry.shared.id, "Session created.");
@@ -499,6 +498,7 @@ fn session_json(entry: &Entry, detail: bool) -> Value {
     if detail {
         let audio = entry.audio.lock().map(|a| a.clone()).unwrap_or_default();
         let blobs = s.blobs();
+        let results = entry.results.lock().map(|r| r.clone()).unwrap_or_default();
         let at = |d: std::time::Duration| time(s.started + d);
         let turns: Vec<Value> = s
             .turns()
@@ -520,7 +520,8 @@ fn session_json(entry: &Entry, detail: bool) -> Value {
                     "frames": t.frames,
                     "audio_ms": a.samples / 16,
                                         "concealed_ms": a.concealed / 16,
-                    "blobs": blobs.iter().filter(|b| b.turn_id == t.id).collect::<Vec<_>>(),
+                                        "blobs": blobs.iter().filter(|b| b.turn_id == t.id).collect::<Vec<_>>(),
+                    "processing": results.get(&t.id),
                 })
             })
             .collect();

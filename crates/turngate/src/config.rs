@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
+use turngate_backends::BackendConfig;
 use turngate_core::TurnConfig;
 use turngate_media::peer::PeerConfig;
 use turngate_media::session::SessionConfig;
@@ -31,6 +32,62 @@ pub struct Config {
     pub vad: VadConfig,
     /// Image uploads.
     pub uploads: UploadsConfig,
+    /// Speech to text (OpenAI-compatible `audio/transcriptions`).
+    pub asr: BackendConfig,
+    /// Image descriptions (OpenAI-compatible `chat/completions`).
+    pub vision: VisionConfig,
+    /// The answer (OpenAI-compatible streamed `chat/completions`).
+    pub llm: LlmConfig,
+}
+
+/// `[vision]`: the backend, and what it is asked.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default)]
+pub struct VisionConfig {
+    /// The backend (`url`, `model`, `api_key`, `timeout_ms`, `retries`, `max_concurrent`).
+    #[serde(flatten)]
+    pub backend: BackendConfig,
+    /// The instruction sent with each image.
+    pub instruction: String,
+}
+
+impl Default for VisionConfig {
+    fn default() -> Self {
+        Self {
+            backend: BackendConfig::default(),
+            instruction: "Describe this image for an assistant that cannot see it: what it shows, \
+                          and any text in it, verbatim."
+                .into(),
+        }
+    }
+}
+
+/// `[llm]`: the backend, and how its prompt is built.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default)]
+pub struct LlmConfig {
+    /// The backend (`url`, `model`, `api_key`, `timeout_ms`, `retries`, `max_concurrent`).
+    #[serde(flatten)]
+    pub backend: BackendConfig,
+    /// The system prompt.
+    pub system_prompt: String,
+    /// Earlier turns of the session included in the prompt.
+    pub history_turns: usize,
+    /// Send the images themselves too, not only their descriptions.
+    pub send_images: bool,
+}
+
+impl Default for LlmConfig {
+    fn default() -> Self {
+        Self {
+            backend: BackendConfig::default(),
+            system_prompt: "You are a helpful voice assistant. The user speaks; their words come \
+                            to you transcribed, and images they share come described."
+                .into(),
+            history_turns: 10,
+            send_images: false,
+        }
+    }
 }
 
 /// `[uploads]`
@@ -144,6 +201,9 @@ impl Default for Config {
             turn: TurnTiming::default(),
             vad: VadConfig::default(),
             uploads: UploadsConfig::default(),
+            asr: BackendConfig::default(),
+            vision: VisionConfig::default(),
+            llm: LlmConfig::default(),
         }
     }
 }
@@ -236,6 +296,14 @@ Configuration file keys (TOML; every key optional; defaults shown):
   max_in_flight_bytes = 67108864    declared bytes of a session's open uploads (64 MiB)
   timeout_ms = 30000                longest an upload may stay open
   validators = 2                    image decodes running at once, gateway-wide
+  [asr], [vision], [llm]            each: url (API base with /v1; empty = stage skipped), model,
+                                    api_key, timeout_ms = 30000, retries = 1, max_concurrent = 16
+                                    (env: TURNGATE_ASR_URL, _MODEL, _API_KEY, _TIMEOUT_MS, _RETRIES;
+                                    likewise TURNGATE_VISION_*, TURNGATE_LLM_*)
+  [vision] instruction              what the vision model is asked about each image
+  [llm] system_prompt               the system prompt
+  [llm] history_turns = 10          earlier turns of the session in the prompt
+  [llm] send_images = false         send the images too, not only their descriptions
   max_per_turn = 32                 uploads one turn may take
 Precedence: defaults < file < TURNGATE_* < flags. TURNGATE_LOG sets the log filter.";
 
@@ -292,6 +360,60 @@ fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
     Ok((a, b))
 }
 
+/// `[vision]` and `[llm]` flatten the backend keys into their own, which serde cannot
+/// check for unknown keys; check them here.
+fn check_flattened_keys(table: &toml::Table) -> Result<(), String> {
+    const BACKEND: &[&str] = &[
+        "url",
+        "model",
+        "api_key",
+        "timeout_ms",
+        "retries",
+        "max_concurrent",
+    ];
+    for (section, own) in [
+        ("vision", &["instruction"][..]),
+        (
+            "llm",
+            &["system_prompt", "history_turns", "send_images"][..],
+        ),
+    ] {
+        if let Some(toml::Value::Table(keys)) = table.get(section)
+            && let Some(key) = keys
+                .keys()
+                .find(|k| !BACKEND.contains(&k.as_str()) && !own.contains(&k.as_str()))
+        {
+            return Err(format!("unknown key `{section}.{key}`"));
+        }
+    }
+    Ok(())
+}
+
+/// `{PREFIX}_URL`, `_MODEL`, `_API_KEY`, `_TIMEOUT_MS`, `_RETRIES` override the file.
+fn backend_from_env(prefix: &str, backend: &mut BackendConfig) -> anyhow::Result<()> {
+    let var = |suffix: &str| std::env::var(format!("{prefix}_{suffix}")).ok();
+    if let Some(v) = var("URL") {
+        backend.url = v;
+    }
+    if let Some(v) = var("MODEL") {
+        backend.model = v;
+    }
+    if let Some(v) = var("API_KEY") {
+        backend.api_key = Some(turngate_backends::client::ApiKey(v));
+    }
+    let number = |suffix: &str, v: String| {
+        v.parse::<u64>()
+            .map_err(|e| anyhow::anyhow!("invalid configuration: {prefix}_{suffix}={v:?}: {e}"))
+    };
+    if let Some(v) = var("TIMEOUT_MS") {
+        backend.timeout_ms = number("TIMEOUT_MS", v)?;
+    }
+    if let Some(v) = var("RETRIES") {
+        backend.retries = number("RETRIES", v)? as u32;
+    }
+    Ok(())
+}
+
 impl Config {
     /// Checks that every media IP can be bound, before the gateway starts serving.
     pub fn check_media_ips(&self) -> anyhow::Result<()> {
@@ -312,7 +434,13 @@ impl Config {
                 let text = std::fs::read_to_string(path).map_err(|e| {
                     anyhow::anyhow!("invalid configuration: cannot read {}: {e}", path.display())
                 })?;
-                toml::from_str::<Config>(&text).map_err(|e| {
+                let table = toml::from_str::<toml::Table>(&text).map_err(|e| {
+                    anyhow::anyhow!("invalid configuration: {}: {e}", path.display())
+                })?;
+                check_flattened_keys(&table).map_err(|e| {
+                    anyhow::anyhow!("invalid configuration: {}: {e}", path.display())
+                })?;
+                table.try_into::<Config>().map_err(|e| {
                     anyhow::anyhow!("invalid configuration: {}: {e}", path.display())
                 })?
             }
@@ -346,6 +474,13 @@ impl Config {
                 .map(|s| s.trim().to_owned())
                 .filter(|s| !s.is_empty())
                 .collect();
+        }
+        for (prefix, backend) in [
+            ("TURNGATE_ASR", &mut config.asr),
+            ("TURNGATE_VISION", &mut config.vision.backend),
+            ("TURNGATE_LLM", &mut config.llm.backend),
+        ] {
+            backend_from_env(prefix, backend)?;
         }
         config.validate()?;
         Ok(config)
@@ -419,6 +554,25 @@ impl Config {
                 "vad.onset ({}) and vad.sustain ({}) must lie in 0..=1 with sustain <= onset",
                 v.onset, v.sustain
             ));
+        }
+        for (key, backend) in [
+            ("asr", &self.asr),
+            ("vision", &self.vision.backend),
+            ("llm", &self.llm.backend),
+        ] {
+            if backend.is_configured() {
+                if !(backend.url.starts_with("http://") || backend.url.starts_with("https://")) {
+                    return fail(format!(
+                        "{key}.url ({:?}) must be an http(s) URL with the version prefix, e.g. http://127.0.0.1:8000/v1",
+                        backend.url
+                    ));
+                }
+                if backend.timeout_ms == 0 || backend.max_concurrent == 0 {
+                    return fail(format!(
+                        "{key}.timeout_ms and {key}.max_concurrent must be at least 1"
+                    ));
+                }
+            }
         }
         for origin in &self.cors_origins {
             if origin != "*" && !(origin.starts_with("http://") || origin.starts_with("https://")) {
@@ -508,6 +662,25 @@ mod tests {
         };
         let c = Config::load(&o).unwrap();
         assert_eq!((c.turn.hangover_ms, c.turn.preroll_ms), (500, 100));
+    }
+
+    #[test]
+    fn backend_sections_parse_and_refuse_unknown_keys() {
+        let c =
+            load_toml("[llm]\nurl = \"http://127.0.0.1:9/v1\"\nmodel = \"m\"\nhistory_turns = 3\n")
+                .unwrap();
+        assert_eq!(
+            (c.llm.backend.url.as_str(), c.llm.history_turns),
+            ("http://127.0.0.1:9/v1", 3)
+        );
+        let e = load_toml("[vision]\nurl = \"http://x/v1\"\nmystery = 1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("mystery"), "{e}");
+        let e = load_toml("[asr]\nurl = \"ftp://x\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("asr.url"), "{e}");
     }
 
     #[test]

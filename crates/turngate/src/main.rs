@@ -5,6 +5,7 @@
 
 mod api;
 mod config;
+mod orchestrate;
 mod pipeline;
 mod problem;
 mod registry;
@@ -74,7 +75,7 @@ async fn serve(config: config::Config) -> anyhow::Result<()> {
         .with_ansi(ansi)
         .init();
 
-    let app = api::App::new(&config);
+    let app = api::App::new(&config)?;
     let router = api::router(Arc::clone(&app), &config.cors_origins);
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

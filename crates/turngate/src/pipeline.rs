@@ -2,9 +2,9 @@
 //! per-turn buffer and hands the buffer to processing once the turn's processing may
 //! start (input ended, no upload of it open).
 //!
-//! Processing is, for now, measuring the turn's audio (kept for the session API) and
-//! reporting "processing finished" to the turn engine at once; the backends (ASR,
-//! vision, LLM) will take the buffer from here.
+//! Processing ([`crate::orchestrate`]) runs per turn, concurrently with later turns;
+//! when it is done its `turn.completed` goes to the client and "processing finished" to
+//! the turn engine. A barge-in on a turn being processed cancels its LLM stream.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -12,7 +12,10 @@ use std::sync::Arc;
 use turngate_core::{AudioFrame, Blob, Tagged, TurnId, TurnInfo};
 use turngate_media::session::{Downstream, Session};
 
+use tokio::sync::watch;
+
 use crate::api::App;
+use crate::orchestrate;
 use crate::registry::{Entry, TurnAudio};
 
 /// The frames and blobs of one turn, in order, as tagged.
@@ -60,6 +63,8 @@ pub fn spawn(app: Arc<App>, resource: String, entry: Arc<Entry>, session: Sessio
         // Turns whose processing has not started: the open one, and ended ones still
         // waiting for an upload.
         let mut buffers: HashMap<TurnId, TurnBuffer> = HashMap::new();
+        // Barge-in flags of turns being processed.
+        let mut interrupts: HashMap<TurnId, watch::Sender<bool>> = HashMap::new();
         while let Some(item) = downstream.recv().await {
             match item {
                 Downstream::TurnStarted(turn) => {
@@ -76,11 +81,35 @@ pub fn spawn(app: Arc<App>, resource: String, entry: Arc<Entry>, session: Sessio
                     }
                 }
                 Downstream::TurnEnded(_) => {}
-                Downstream::ProcessingStarted(turn) => {
-                    if let Some(buffer) = buffers.remove(&turn.id) {
-                        process(&entry, &turn, buffer);
+                Downstream::TurnInterrupted(id) => {
+                    if let Some(flag) = interrupts.get(&id) {
+                        flag.send_replace(true);
                     }
-                    let _ = processing.send(turn.id);
+                }
+                Downstream::ProcessingStarted(turn) => {
+                    let buffer = buffers
+                        .remove(&turn.id)
+                        .unwrap_or_else(|| TurnBuffer::new(cap));
+                    measure(&entry, &turn, &buffer);
+                    let (flag, interrupted) = watch::channel(false);
+                    interrupts.retain(|_, f| !f.is_closed());
+                    interrupts.insert(turn.id, flag);
+                    let (app, entry, processing) =
+                        (Arc::clone(&app), Arc::clone(&entry), processing.clone());
+                    let session_id = shared.id;
+                    tokio::spawn(async move {
+                        let completed = orchestrate::run(
+                            &app.backends,
+                            &entry,
+                            session_id,
+                            &turn,
+                            buffer,
+                            interrupted,
+                        )
+                        .await;
+                        entry.shared.send_event(completed).await;
+                        let _ = processing.send(turn.id);
+                    });
                 }
             }
         }
@@ -89,8 +118,8 @@ pub fn spawn(app: Arc<App>, resource: String, entry: Arc<Entry>, session: Sessio
     });
 }
 
-/// What processing does with a finished turn today: measure its audio.
-fn process(entry: &Entry, turn: &TurnInfo, buffer: TurnBuffer) {
+/// Records the turn's audio measures for the session API.
+fn measure(entry: &Entry, turn: &TurnInfo, buffer: &TurnBuffer) {
     let audio = TurnAudio {
         samples: buffer.frames.iter().map(|f| f.value.pcm.len() as u64).sum(),
         concealed: buffer

@@ -24,6 +24,22 @@ pub struct Entry {
     pub shared: Arc<SessionShared>,
     /// Per-turn audio collected downstream.
     pub audio: Mutex<HashMap<TurnId, TurnAudio>>,
+    /// The last exchanges, for the LLM prompt.
+    pub history: Mutex<std::collections::VecDeque<crate::orchestrate::Exchange>>,
+    /// What processing produced, per turn.
+    pub results: Mutex<HashMap<TurnId, crate::orchestrate::TurnResult>>,
+}
+
+impl Entry {
+    /// A new session's entry.
+    pub fn new(shared: Arc<SessionShared>) -> Self {
+        Self {
+            shared,
+            audio: Mutex::default(),
+            history: Mutex::default(),
+            results: Mutex::default(),
+        }
+    }
 }
 
 #[derive(Default)]

@@ -1,0 +1,292 @@
+//! Turn processing: once a turn's processing may start, its audio goes to ASR and its
+//! images to vision, concurrently; then, if there is anything to say, both results go
+//! to the LLM, whose streamed answer is relayed to the client. Every event carries the
+//! turn id of the input it was derived from, and every backend request carries the
+//! turn's trace context.
+
+use std::time::Instant;
+
+use futures_util::future::join_all;
+use serde_json::{Value, json};
+use tokio::sync::watch;
+use turngate_backends::llm::LlmEvent;
+use turngate_backends::{Backend, BackendError, TurnContext, asr, llm, vision};
+use turngate_core::{CompletionStatus, ServerEvent, SessionId, StageStatus, Stages, TurnInfo};
+
+use crate::config::Config;
+use crate::pipeline::TurnBuffer;
+use crate::registry::Entry;
+
+/// The configured backends and how prompts are built.
+pub struct Backends {
+    asr: Option<Backend>,
+    vision: Option<Backend>,
+    llm: Option<Backend>,
+    vision_instruction: String,
+    system_prompt: String,
+    history_turns: usize,
+    send_images: bool,
+}
+
+impl Backends {
+    /// Clients for the configured backends; unconfigured ones are skipped.
+    pub fn new(config: &Config) -> anyhow::Result<Self> {
+        let make =
+            |name, c: &turngate_backends::BackendConfig| -> anyhow::Result<Option<Backend>> {
+                Ok(if c.is_configured() {
+                    Some(Backend::new(name, c.clone())?)
+                } else {
+                    None
+                })
+            };
+        Ok(Self {
+            asr: make("asr", &config.asr)?,
+            vision: make("vision", &config.vision.backend)?,
+            llm: make("llm", &config.llm.backend)?,
+            vision_instruction: config.vision.instruction.clone(),
+            system_prompt: config.llm.system_prompt.clone(),
+            history_turns: config.llm.history_turns,
+            send_images: config.llm.send_images,
+        })
+    }
+}
+
+/// One exchange of a session, for the next turns' prompts: what the user said and
+/// showed, and what they heard of the answer.
+#[derive(Clone, Debug, Default)]
+pub struct Exchange {
+    user: String,
+    assistant: String,
+}
+
+/// What processing produced for a turn, for `GET /v1/sessions/{id}`.
+pub type TurnResult = Value;
+
+fn ms(since: Instant) -> u32 {
+    since.elapsed().as_millis().min(u128::from(u32::MAX)) as u32
+}
+
+/// Processes one turn; returns its `turn.completed` event. `interrupted` turns true on
+/// barge-in, which cancels a running LLM stream.
+pub async fn run(
+    backends: &Backends,
+    entry: &Entry,
+    session_id: SessionId,
+    turn: &TurnInfo,
+    buffer: TurnBuffer,
+    mut interrupted: watch::Receiver<bool>,
+) -> ServerEvent {
+    let ctx = TurnContext {
+        session_id,
+        turn_id: turn.id,
+        parent: turn.root_span_id,
+        flags: turn.traceparent().flags,
+    };
+    let shared = &entry.shared;
+    let fail = |e: &BackendError| ServerEvent::Error {
+        code: e.code(),
+        message: e.to_string(),
+        turn_id: Some(turn.id),
+    };
+
+    // ASR and vision, concurrently.
+    let pcm: Vec<i16> = buffer
+        .frames
+        .iter()
+        .flat_map(|f| f.value.pcm.iter().copied())
+        .collect();
+    let asr_stage = async {
+        let Some(backend) = backends.asr.as_ref().filter(|_| !pcm.is_empty()) else {
+            return (StageStatus::Skipped, None, None);
+        };
+        let started = Instant::now();
+        match asr::transcribe(backend, &ctx, &pcm).await {
+            Ok(text) => {
+                shared
+                    .send_event(ServerEvent::Transcript {
+                        turn_id: turn.id,
+                        text: text.clone(),
+                    })
+                    .await;
+                (StageStatus::Ok, Some(text), Some(ms(started)))
+            }
+            Err(e) => {
+                tracing::warn!(turn = %turn.id, error = %e, "ASR failed.");
+                shared.send_event(fail(&e)).await;
+                (StageStatus::Failed, None, Some(ms(started)))
+            }
+        }
+    };
+    let vision_stage = async {
+        let Some(backend) = backends
+            .vision
+            .as_ref()
+            .filter(|_| !buffer.blobs.is_empty())
+        else {
+            return (StageStatus::Skipped, Vec::new(), None);
+        };
+        let started = Instant::now();
+        let calls = buffer.blobs.iter().map(|blob| async move {
+            let result =
+                vision::describe(backend, &ctx, &blob.value, &backends.vision_instruction).await;
+            (blob, result)
+        });
+        let mut status = StageStatus::Ok;
+        let mut descriptions = Vec::new();
+        for (blob, result) in join_all(calls).await {
+            match result {
+                Ok(description) => {
+                    let event = ServerEvent::VisionResult {
+                        turn_id: turn.id,
+                        blob_id: blob.value.blob_id,
+                        description: description.clone(),
+                    };
+                    shared.send_event(event).await;
+                    descriptions.push((blob, description));
+                }
+                Err(e) => {
+                    tracing::warn!(turn = %turn.id, error = %e, "Vision failed.");
+                    shared.send_event(fail(&e)).await;
+                    status = StageStatus::Failed;
+                }
+            }
+        }
+        (status, descriptions, Some(ms(started)))
+    };
+    let ((asr_status, transcript, asr_ms), (vision_status, descriptions, vision_ms)) =
+        tokio::join!(asr_stage, vision_stage);
+
+    // The LLM, if there is anything to say.
+    let mut user = transcript.clone().unwrap_or_default();
+    for (i, (_, description)) in descriptions.iter().enumerate() {
+        user.push_str(&format!("\n[Image {}: {description}]", i + 1));
+    }
+    let user = user.trim().to_owned();
+    let mut answer = String::new();
+    let (mut llm_status, mut first_token_ms, mut total_ms) = (StageStatus::Skipped, None, None);
+    if let Some(backend) = backends.llm.as_ref().filter(|_| !user.is_empty()) {
+        let messages = prompt(backends, entry, &user, &descriptions);
+        let started = Instant::now();
+        llm_status = match llm::stream(backend, &ctx, messages).await {
+            Err(e) => {
+                shared.send_event(fail(&e)).await;
+                StageStatus::Failed
+            }
+            Ok(mut stream) => loop {
+                let event = tokio::select! {
+                    event = stream.next() => event,
+                    _ = interrupted.wait_for(|i| *i) => break StageStatus::Cancelled,
+                };
+                match event {
+                    Some(Ok(LlmEvent::Delta(delta))) => {
+                        first_token_ms.get_or_insert_with(|| ms(started));
+                        answer.push_str(&delta);
+                        shared
+                            .send_event(ServerEvent::ResponseDelta {
+                                turn_id: turn.id,
+                                delta,
+                            })
+                            .await;
+                    }
+                    Some(Ok(LlmEvent::Done { .. })) => {
+                        shared
+                            .send_event(ServerEvent::ResponseDone {
+                                turn_id: turn.id,
+                                text: answer.clone(),
+                            })
+                            .await;
+                        break StageStatus::Ok;
+                    }
+                    Some(Err(e)) => {
+                        tracing::warn!(turn = %turn.id, error = %e, "LLM stream failed.");
+                        shared.send_event(fail(&e)).await;
+                        break StageStatus::Failed;
+                    }
+                    None => break StageStatus::Failed,
+                }
+            },
+        };
+        total_ms = Some(ms(started));
+    }
+
+    let configured_failed =
+        asr_status == StageStatus::Failed || vision_status == StageStatus::Failed;
+    let status = match llm_status {
+        StageStatus::Ok if configured_failed => CompletionStatus::Partial,
+        StageStatus::Ok => CompletionStatus::Ok,
+        StageStatus::Skipped if backends.llm.is_none() && !configured_failed => {
+            CompletionStatus::Ok
+        }
+        _ => CompletionStatus::Failed,
+    };
+    if !user.is_empty() {
+        remember(
+            entry,
+            backends.history_turns,
+            Exchange {
+                user: user.clone(),
+                assistant: answer.clone(),
+            },
+        );
+    }
+    let completed = ServerEvent::TurnCompleted {
+        turn_id: turn.id,
+        status,
+        stages: Stages {
+            asr: asr_status,
+            vision: vision_status,
+            llm: llm_status,
+        },
+        asr_ms,
+        vision_ms,
+        llm_first_token_ms: first_token_ms,
+        llm_total_ms: total_ms,
+    };
+    let result = json!({
+        "transcript": transcript,
+        "descriptions": descriptions.iter().map(|(b, d)| json!({"blob_id": b.value.blob_id, "description": d})).collect::<Vec<_>>(),
+        "response": answer,
+        "completed": completed,
+    });
+    if let Ok(mut results) = entry.results.lock() {
+        results.insert(turn.id, result);
+    }
+    completed
+}
+
+/// System prompt, the last exchanges, then this turn.
+fn prompt(
+    backends: &Backends,
+    entry: &Entry,
+    user: &str,
+    descriptions: &[(&turngate_core::Tagged<turngate_core::Blob>, String)],
+) -> Vec<Value> {
+    let mut messages = vec![json!({"role": "system", "content": backends.system_prompt})];
+    if let Ok(history) = entry.history.lock() {
+        for exchange in history.iter() {
+            messages.push(json!({"role": "user", "content": exchange.user}));
+            messages.push(json!({"role": "assistant", "content": exchange.assistant}));
+        }
+    }
+    if backends.send_images && !descriptions.is_empty() {
+        let mut parts = vec![json!({"type": "text", "text": user})];
+        for (blob, _) in descriptions {
+            parts.push(
+                json!({"type": "image_url", "image_url": {"url": vision::data_url(&blob.value)}}),
+            );
+        }
+        messages.push(json!({"role": "user", "content": parts}));
+    } else {
+        messages.push(json!({"role": "user", "content": user}));
+    }
+    messages
+}
+
+fn remember(entry: &Entry, keep: usize, exchange: Exchange) {
+    if let Ok(mut history) = entry.history.lock() {
+        history.push_back(exchange);
+        while history.len() > keep {
+            history.pop_front();
+        }
+    }
+}
