@@ -27,6 +27,49 @@ struct Seen {
     wavs: Vec<(Vec<u8>, String)>,
     /// The JSON bodies of chat requests.
     chats: Vec<Value>,
+    /// How each stage misbehaves now.
+    asr_fault: Fault,
+    vision_fault: Fault,
+    llm_fault: Fault,
+    /// Delay of ASR answers, by the turn id in the request's traceparent.
+    asr_delay: Vec<(String, Duration)>,
+    /// Whether an LLM stream was cut off by its client.
+    llm_cancelled: bool,
+}
+
+/// A way for a fake backend to misbehave.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum Fault {
+    #[default]
+    None,
+    Status500,
+    Status400,
+    Malformed,
+    Slow,
+    /// LLM only: the stream stops after a delta, without [DONE].
+    Break,
+    /// LLM only: deltas come slowly, for a barge-in.
+    Trickle,
+}
+
+/// The misbehaviour `fault` as a response, or `None` to answer normally.
+async fn misbehave(fault: Fault) -> Option<axum::response::Response> {
+    match fault {
+        Fault::Status500 => {
+            Some((axum::http::StatusCode::INTERNAL_SERVER_ERROR, "boom").into_response())
+        }
+        Fault::Status400 => {
+            Some((axum::http::StatusCode::BAD_REQUEST, "bad request").into_response())
+        }
+        Fault::Malformed => {
+            Some(([("content-type", "application/json")], "{not json").into_response())
+        }
+        Fault::Slow => {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            None
+        }
+        _ => None,
+    }
 }
 
 type Shared = Arc<Mutex<Seen>>;
@@ -49,8 +92,28 @@ async fn transcriptions(
     State(seen): State<Shared>,
     headers: HeaderMap,
     mut form: Multipart,
-) -> impl IntoResponse {
+) -> axum::response::Response {
     record(&seen, "audio/transcriptions", &headers);
+    let fault = seen.lock().unwrap().asr_fault;
+    if let Some(response) = misbehave(fault).await {
+        return response;
+    }
+    let traceparent = headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let turn = traceparent.get(3..35).unwrap_or("").to_owned();
+    let delay = seen
+        .lock()
+        .unwrap()
+        .asr_delay
+        .iter()
+        .find(|(t, _)| *t == turn)
+        .map(|(_, d)| *d);
+    if let Some(delay) = delay {
+        tokio::time::sleep(delay).await;
+    }
     let (mut wav, mut model, mut format) = (Vec::new(), String::new(), String::new());
     while let Ok(Some(field)) = form.next_field().await {
         match field.name().unwrap_or("") {
@@ -62,7 +125,14 @@ async fn transcriptions(
     }
     assert_eq!(format, "json");
     seen.lock().unwrap().wavs.push((wav, model));
-    axum::Json(json!({ "text": TRANSCRIPT }))
+    // The text names the turn it heard, so a test can tell answers apart.
+    let named = !seen.lock().unwrap().asr_delay.is_empty();
+    let text = if named {
+        format!("turn {turn}")
+    } else {
+        TRANSCRIPT.to_owned()
+    };
+    axum::Json(json!({ "text": text })).into_response()
 }
 
 async fn chat(
@@ -73,6 +143,34 @@ async fn chat(
     record(&seen, "chat/completions", &headers);
     let stream = body["stream"] == true;
     seen.lock().unwrap().chats.push(body);
+    let fault = if stream {
+        seen.lock().unwrap().llm_fault
+    } else {
+        seen.lock().unwrap().vision_fault
+    };
+    if let Some(response) = misbehave(fault).await {
+        return response;
+    }
+    if fault == Fault::Break || fault == Fault::Trickle {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<String, std::io::Error>>(1);
+        let seen = Arc::clone(&seen);
+        tokio::spawn(async move {
+            for i in 0..40 {
+                let chunk = json!({"choices": [{"delta": {"content": format!("word{i} ")}}]});
+                if tx.send(Ok(format!("data: {chunk}\n\n"))).await.is_err() {
+                    seen.lock().unwrap().llm_cancelled = true;
+                    return;
+                }
+                if fault == Fault::Break {
+                    return; // the stream ends here, without [DONE]
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            let _ = tx.send(Ok("data: [DONE]\n\n".to_owned())).await;
+        });
+        let body = axum::body::Body::from_stream(tokio_stream_from(rx));
+        return ([("content-type", "text/event-stream")], body).into_response();
+    }
     if !stream {
         return axum::Json(
             json!({"choices": [{"message": {"role": "assistant", "content": DESCRIPTION}}]}),
@@ -90,6 +188,15 @@ async fn chat(
     ));
     sse.push_str("data: [DONE]\n\n");
     ([("content-type", "text/event-stream")], sse).into_response()
+}
+
+/// A receiver as a stream of body chunks.
+fn tokio_stream_from(
+    rx: tokio::sync::mpsc::Receiver<Result<String, std::io::Error>>,
+) -> impl futures_util::Stream<Item = Result<String, std::io::Error>> {
+    futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    })
 }
 
 async fn fake_openai() -> anyhow::Result<(String, Shared)> {
@@ -269,5 +376,322 @@ async fn a_turn_with_speech_and_an_image_reaches_every_backend_with_its_turn_id(
     );
     let processed = &session["turns"][0]["processing"];
     assert_eq!(processed["response"], DELTAS.concat(), "{session:#}");
+    Ok(())
+}
+
+/// The gateway's environment for backends at `base` (LLM and vision optional).
+fn backend_env(asr: &str, vision: &str, llm: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("TURNGATE_ASR_URL", asr.to_owned()),
+        ("TURNGATE_ASR_TIMEOUT_MS", "800".to_owned()),
+        ("TURNGATE_VISION_URL", vision.to_owned()),
+        ("TURNGATE_VISION_TIMEOUT_MS", "800".to_owned()),
+        ("TURNGATE_LLM_URL", llm.to_owned()),
+        ("TURNGATE_LLM_TIMEOUT_MS", "5000".to_owned()),
+    ]
+}
+
+async fn start(env: &[(&'static str, String)]) -> anyhow::Result<Gateway> {
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    Gateway::start(&[], &env).await
+}
+
+/// One client turn with a second of speech (and an image, if given); returns its
+/// `turn.completed` and the `error` events that came with it.
+async fn client_turn(
+    client: &Client,
+    n: usize,
+    image: Option<&[u8]>,
+) -> anyhow::Result<(Value, Vec<Value>)> {
+    let errors_before = client.inbox.of("error").len();
+    let (rate, pcm) = wav::read(&data("speech.wav"))?;
+    let packets = encode_opus(rate, &pcm)?;
+    client.send_event(json!({"type": "turn.start"})).await?;
+    client
+        .inbox
+        .wait("turn.started", n, Duration::from_secs(3))
+        .await?;
+    if let Some(image) = image {
+        client
+            .upload(&format!("img-{n}"), "image/png", image, 16 * 1024)
+            .await?;
+    }
+    client.send_packets(&packets[25..75], &[]).await?;
+    client.send_event(json!({"type": "turn.end"})).await?;
+    let completed = client
+        .inbox
+        .wait("turn.completed", n, Duration::from_secs(15))
+        .await?;
+    Ok((
+        completed[n - 1].clone(),
+        client.inbox.of("error")[errors_before..].to_vec(),
+    ))
+}
+
+fn codes(errors: &[Value]) -> Vec<String> {
+    errors
+        .iter()
+        .map(|e| e["code"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn asr_faults_fail_their_stage_and_the_session_goes_on() -> anyhow::Result<()> {
+    let (base, seen) = fake_openai().await?;
+    let gw = start(&backend_env(&base, "", &base)).await?;
+    let client = Client::connect(&gw, true).await?;
+    client.session_id().await?;
+    let cases = [
+        (Fault::Status500, "backend_status", 2), // retried once
+        (Fault::Status400, "backend_status", 1), // not retried
+        (Fault::Malformed, "backend_malformed", 1),
+        (Fault::Slow, "backend_timeout", 2), // retried once
+        (Fault::None, "", 1),
+    ];
+    for (n, (fault, code, calls)) in cases.into_iter().enumerate() {
+        seen.lock().unwrap().asr_fault = fault;
+        let before = seen
+            .lock()
+            .unwrap()
+            .headers
+            .iter()
+            .filter(|h| h.0 == "audio/transcriptions")
+            .count();
+        let (completed, errors) = client_turn(&client, n + 1, None).await?;
+        let after = seen
+            .lock()
+            .unwrap()
+            .headers
+            .iter()
+            .filter(|h| h.0 == "audio/transcriptions")
+            .count();
+        assert_eq!(after - before, calls, "{fault:?}: ASR calls");
+        if fault == Fault::None {
+            assert_eq!(completed["status"], "ok", "{completed:#}");
+            assert_eq!(completed["stages"]["asr"], "ok");
+            continue;
+        }
+        assert_eq!(codes(&errors), vec![code], "{fault:?}");
+        assert!(errors[0]["turn_id"] == completed["turn_id"]);
+        assert_eq!(
+            completed["stages"]["asr"], "failed",
+            "{fault:?}: {completed:#}"
+        );
+        // Nothing to say to the LLM: the turn failed.
+        assert_eq!(
+            (
+                completed["status"].as_str(),
+                completed["stages"]["llm"].as_str()
+            ),
+            (Some("failed"), Some("skipped"))
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn vision_and_llm_faults_fail_their_stage_and_the_session_goes_on() -> anyhow::Result<()> {
+    let (base, seen) = fake_openai().await?;
+    let gw = start(&backend_env(&base, &base, &base)).await?;
+    let client = Client::connect(&gw, true).await?;
+    client.session_id().await?;
+    let image = png(64, 48);
+    // Vision fails; the LLM still answers from the transcript: partial.
+    seen.lock().unwrap().vision_fault = Fault::Status500;
+    let (completed, errors) = client_turn(&client, 1, Some(&image)).await?;
+    assert_eq!(codes(&errors), vec!["backend_status"]);
+    assert_eq!(completed["status"], "partial", "{completed:#}");
+    assert_eq!(
+        completed["stages"],
+        json!({"asr": "ok", "vision": "failed", "llm": "ok"})
+    );
+    seen.lock().unwrap().vision_fault = Fault::Malformed;
+    let (completed, errors) = client_turn(&client, 2, Some(&image)).await?;
+    assert_eq!(codes(&errors), vec!["backend_malformed"]);
+    assert_eq!(completed["status"], "partial");
+    seen.lock().unwrap().vision_fault = Fault::None;
+    // LLM faults: the turn fails; a stream that breaks mid-way is not retried.
+    let llm_cases = [
+        (Fault::Status500, "backend_status", 2),
+        (Fault::Malformed, "backend_malformed", 1),
+        (Fault::Break, "backend_stream_broken", 1),
+    ];
+    for (i, (fault, code, calls)) in llm_cases.into_iter().enumerate() {
+        seen.lock().unwrap().llm_fault = fault;
+        let before = seen
+            .lock()
+            .unwrap()
+            .chats
+            .iter()
+            .filter(|c| c["stream"] == true)
+            .count();
+        let (completed, errors) = client_turn(&client, 3 + i, None).await?;
+        let after = seen
+            .lock()
+            .unwrap()
+            .chats
+            .iter()
+            .filter(|c| c["stream"] == true)
+            .count();
+        assert_eq!(codes(&errors), vec![code], "{fault:?}");
+        assert_eq!(after - before, calls, "{fault:?}: LLM calls");
+        assert_eq!(completed["status"], "failed", "{fault:?}: {completed:#}");
+        assert_eq!(completed["stages"]["llm"], "failed");
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn unreachable_backends_fail_fast_and_the_session_goes_on() -> anyhow::Result<()> {
+    let (base, _seen) = fake_openai().await?;
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+        format!("http://{}/v1", l.local_addr()?)
+    };
+    let gw = start(&backend_env(&base, &closed, &closed)).await?;
+    let client = Client::connect(&gw, true).await?;
+    client.session_id().await?;
+    let image = png(64, 48);
+    for n in 1..=3 {
+        let (completed, errors) = client_turn(&client, n, Some(&image)).await?;
+        assert_eq!(
+            codes(&errors),
+            vec!["backend_unavailable", "backend_unavailable"],
+            "{errors:#?}"
+        );
+        assert_eq!(
+            completed["stages"],
+            json!({"asr": "ok", "vision": "failed", "llm": "failed"})
+        );
+        assert_eq!(completed["status"], "failed");
+    }
+    // After repeated failures the gateway fails fast instead of trying again.
+    let last = client.inbox.of("error");
+    assert!(
+        last.iter()
+            .any(|e| e["message"].as_str().unwrap().contains("failing fast")),
+        "{last:#?}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_barge_in_cancels_the_running_answer() -> anyhow::Result<()> {
+    let (base, seen) = fake_openai().await?;
+    let gw = start(&backend_env(&base, "", &base)).await?;
+    let client = Client::connect(&gw, true).await?;
+    client.session_id().await?;
+    seen.lock().unwrap().llm_fault = Fault::Trickle;
+    let (rate, pcm) = wav::read(&data("speech.wav"))?;
+    let packets = encode_opus(rate, &pcm)?;
+    client.send_event(json!({"type": "turn.start"})).await?;
+    client.send_packets(&packets[25..75], &[]).await?;
+    client.send_event(json!({"type": "turn.end"})).await?;
+    client
+        .inbox
+        .wait("response.delta", 2, Duration::from_secs(5))
+        .await?;
+    // The user speaks over the answer.
+    seen.lock().unwrap().llm_fault = Fault::None;
+    client.send_event(json!({"type": "turn.start"})).await?;
+    let completed = client
+        .inbox
+        .wait("turn.completed", 1, Duration::from_secs(5))
+        .await?;
+    let first = client.inbox.of("turn.started")[0]["turn_id"].clone();
+    assert_eq!(completed[0]["turn_id"], first);
+    assert_eq!(
+        completed[0]["stages"]["llm"], "cancelled",
+        "{:#}",
+        completed[0]
+    );
+    assert!(
+        client.inbox.of("response.done").is_empty(),
+        "the cancelled answer is not done"
+    );
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(
+        seen.lock().unwrap().llm_cancelled,
+        "the LLM stream was closed"
+    );
+    // The next turn's prompt holds what the user heard of the interrupted answer.
+    let heard: String = client
+        .inbox
+        .of("response.delta")
+        .iter()
+        .map(|e| e["delta"].as_str().unwrap().to_owned())
+        .collect();
+    client.send_packets(&packets[25..75], &[]).await?;
+    client.send_event(json!({"type": "turn.end"})).await?;
+    client
+        .inbox
+        .wait("turn.completed", 2, Duration::from_secs(10))
+        .await?;
+    let chats = seen.lock().unwrap().chats.clone();
+    let last = chats.iter().rev().find(|c| c["stream"] == true).unwrap();
+    let assistant = last["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["role"] == "assistant")
+        .unwrap();
+    assert_eq!(assistant["content"], heard.as_str());
+    let session = gw.session(&client.session_id().await?).await?;
+    assert_eq!(session["turns"][0]["interrupted"], true);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_slow_asr_answer_stays_with_its_own_turn() -> anyhow::Result<()> {
+    let (base, seen) = fake_openai().await?;
+    let mut env = backend_env(&base, "", &base);
+    env[1].1 = "5000".to_owned(); // ASR may take its time
+    let gw = start(&env).await?;
+    let client = Client::connect(&gw, true).await?;
+    client.session_id().await?;
+    let (rate, pcm) = wav::read(&data("speech.wav"))?;
+    let packets = encode_opus(rate, &pcm)?;
+    // Turn 1's ASR answer is slow; turn 2 begins and ends before it arrives.
+    client.send_event(json!({"type": "turn.start"})).await?;
+    let first = client
+        .inbox
+        .wait("turn.started", 1, Duration::from_secs(3))
+        .await?[0]["turn_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    seen.lock()
+        .unwrap()
+        .asr_delay
+        .push((first.clone(), Duration::from_millis(2500)));
+    client.send_packets(&packets[25..60], &[]).await?;
+    client.send_event(json!({"type": "turn.end"})).await?;
+    client.send_event(json!({"type": "turn.start"})).await?;
+    let second = client
+        .inbox
+        .wait("turn.started", 2, Duration::from_secs(3))
+        .await?[1]["turn_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    client.send_packets(&packets[25..60], &[]).await?;
+    client.send_event(json!({"type": "turn.end"})).await?;
+    let transcripts = client
+        .inbox
+        .wait("transcript", 2, Duration::from_secs(10))
+        .await?;
+    assert_eq!(
+        transcripts[0]["turn_id"], second,
+        "turn 2's quick answer came first"
+    );
+    for t in &transcripts {
+        let turn = t["turn_id"].as_str().unwrap();
+        assert_eq!(
+            t["text"],
+            format!("turn {turn}"),
+            "each transcript is tagged with the turn it was derived from"
+        );
+    }
+    assert_eq!(transcripts[1]["turn_id"], first);
     Ok(())
 }

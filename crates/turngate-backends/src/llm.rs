@@ -65,6 +65,17 @@ pub async fn stream(
         .send(ctx, true, |http| http.post(&url).json(&body))
         .await?;
     let name = backend.name;
+    let content_type = response
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !content_type.starts_with("text/event-stream") {
+        return Err(BackendError::Malformed {
+            backend: name,
+            detail: format!("expected an event stream, got {content_type:?}"),
+        });
+    }
     let (tx, events) = mpsc::channel(STREAM_BUFFER);
     let reader = tokio::spawn(async move {
         let _permit = permit;
