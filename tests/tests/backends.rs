@@ -695,3 +695,49 @@ async fn a_slow_asr_answer_stays_with_its_own_turn() -> anyhow::Result<()> {
     assert_eq!(transcripts[1]["turn_id"], first);
     Ok(())
 }
+
+#[tokio::test]
+async fn a_turn_whose_session_closed_still_completes_its_processing() -> anyhow::Result<()> {
+    let (base, seen) = fake_openai().await?;
+    let mut env = backend_env(&base, "", &base);
+    env[1].1 = "5000".to_owned();
+    let gw = start(&env).await?;
+    let client = Client::connect(&gw, true).await?;
+    let session_id = client.session_id().await?;
+    let (rate, pcm) = wav::read(&data("speech.wav"))?;
+    let packets = encode_opus(rate, &pcm)?;
+    client.send_event(json!({"type": "turn.start"})).await?;
+    let turn = client
+        .inbox
+        .wait("turn.started", 1, Duration::from_secs(3))
+        .await?[0]["turn_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    seen.lock()
+        .unwrap()
+        .asr_delay
+        .push((turn.clone(), Duration::from_millis(1500)));
+    client.send_packets(&packets[25..60], &[]).await?;
+    client.send_event(json!({"type": "turn.end"})).await?;
+    client
+        .inbox
+        .wait("turn.ended", 1, Duration::from_secs(3))
+        .await?;
+    // The client leaves while ASR is still working on its turn.
+    assert_eq!(client.delete(&gw).await?, 204);
+    let session = gw
+        .wait_session(&session_id, Duration::from_secs(10), |s| {
+            s["turns"][0]["state"] == "completed"
+        })
+        .await?;
+    let processed = &session["turns"][0]["processing"];
+    assert_eq!(
+        processed["transcript"],
+        format!("turn {turn}"),
+        "{session:#}"
+    );
+    assert_eq!(processed["response"], DELTAS.concat());
+    assert_eq!(processed["completed"]["status"], "ok");
+    Ok(())
+}

@@ -175,7 +175,7 @@ pub async fn run(
             Ok(mut stream) => loop {
                 let event = tokio::select! {
                     event = stream.next() => event,
-                    _ = interrupted.wait_for(|i| *i) => break StageStatus::Cancelled,
+                                        _ = barge_in(&mut interrupted) => break StageStatus::Cancelled,
                 };
                 match event {
                     Some(Ok(LlmEvent::Delta(delta))) => {
@@ -252,6 +252,14 @@ pub async fn run(
         results.insert(turn.id, result);
     }
     completed
+}
+
+/// Resolves on barge-in. If the flag's sender is gone (the session's downstream has
+/// ended), no barge-in can come any more: never resolves.
+async fn barge_in(interrupted: &mut watch::Receiver<bool>) {
+    if interrupted.wait_for(|i| *i).await.is_err() {
+        std::future::pending::<()>().await;
+    }
 }
 
 /// System prompt, the last exchanges, then this turn.
