@@ -101,12 +101,7 @@ criterion_main!(benches);
 /// the full check the gateway runs (sniff, header, pixel limit, full decode).
 fn image_validation(c: &mut Criterion) {
     use turngate_media::image::{ImageLimits, validate};
-    let img = image::RgbImage::from_fn(1280, 720, |x, y| {
-        image::Rgb([(x % 251) as u8, (y % 241) as u8, 90])
-    });
-    let mut png = std::io::Cursor::new(Vec::new());
-    img.write_to(&mut png, image::ImageFormat::Png).unwrap();
-    let png = png.into_inner();
+    let png = turngate_e2e::png(1280, 720);
     let mut group = c.benchmark_group("image_1280x720_png");
     group.bench_function("header_only", |b| {
         b.iter(|| {

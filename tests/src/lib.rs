@@ -641,6 +641,26 @@ impl Client {
     }
 }
 
+/// A synthetic picture encoded as `format` (PNG, JPEG, GIF…).
+pub fn picture(width: u32, height: u32, format: image::ImageFormat) -> Vec<u8> {
+    let img = image::RgbImage::from_fn(width, height, |x, y| {
+        image::Rgb([(x % 251) as u8, (y % 241) as u8, 90])
+    });
+    let mut out = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut out, format).expect("encodes");
+    out.into_inner()
+}
+
+/// A synthetic PNG screenshot.
+pub fn png(width: u32, height: u32) -> Vec<u8> {
+    picture(width, height, image::ImageFormat::Png)
+}
+
+/// A synthetic JPEG photo.
+pub fn jpeg(width: u32, height: u32) -> Vec<u8> {
+    picture(width, height, image::ImageFormat::Jpeg)
+}
+
 /// A chunk message: one byte L, the L bytes of the upload id, then the payload.
 pub fn frame_chunk(upload_id: &str, payload: &[u8]) -> Vec<u8> {
     let mut message = vec![upload_id.len() as u8];

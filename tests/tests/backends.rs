@@ -2,7 +2,6 @@
 //! receive: ASR gets the turn's audio as WAV, vision its image, the LLM both results;
 //! every request carries the turn id; the client gets the streamed answer.
 
-use std::io::Cursor;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -209,15 +208,6 @@ async fn fake_openai() -> anyhow::Result<(String, Shared)> {
     let base = format!("http://{}/v1", listener.local_addr()?);
     tokio::spawn(async move { axum::serve(listener, app).await });
     Ok((base, seen))
-}
-
-fn png(width: u32, height: u32) -> Vec<u8> {
-    let img = image::RgbImage::from_fn(width, height, |x, y| {
-        image::Rgb([(x % 200) as u8, (y % 200) as u8, 40])
-    });
-    let mut out = Cursor::new(Vec::new());
-    img.write_to(&mut out, image::ImageFormat::Png).unwrap();
-    out.into_inner()
 }
 
 /// RMS of each 20 ms (320-sample) block.

@@ -252,12 +252,7 @@ async fn a_peer_that_goes_silent_ends_its_session_within_35_seconds() -> anyhow:
 #[tokio::test]
 async fn aiortc_uploads_a_jpeg_mid_utterance() -> anyhow::Result<()> {
     let gw = Gateway::start(&[], &[]).await?;
-    let img = image::RgbImage::from_fn(800, 600, |x, y| {
-        image::Rgb([(x % 256) as u8, (y % 256) as u8, 128])
-    });
-    let mut jpeg = std::io::Cursor::new(Vec::new());
-    img.write_to(&mut jpeg, image::ImageFormat::Jpeg)?;
-    let jpeg = jpeg.into_inner();
+    let jpeg = jpeg(800, 600);
     let path = std::env::temp_dir().join(format!("turngate-aiortc-{}.jpg", std::process::id()));
     std::fs::write(&path, &jpeg)?;
     // Speech runs from 0.5 s to 2.3 s of the file: upload 1.2 s in.

@@ -1,30 +1,10 @@
 //! Image uploads end to end: over the data channel and over HTTP, stamped with their
 //! turn, validated, and refused clearly when they are not an image we accept.
 
-use std::io::Cursor;
 use std::time::Duration;
 
 use serde_json::{Value, json};
 use turngate_e2e::*;
-
-/// A screenshot-like PNG.
-fn png(width: u32, height: u32) -> Vec<u8> {
-    let img = image::RgbImage::from_fn(width, height, |x, y| {
-        image::Rgb([(x % 251) as u8, (y % 241) as u8, 90])
-    });
-    let mut out = Cursor::new(Vec::new());
-    img.write_to(&mut out, image::ImageFormat::Png).unwrap();
-    out.into_inner()
-}
-
-fn jpeg(width: u32, height: u32) -> Vec<u8> {
-    let img = image::RgbImage::from_fn(width, height, |x, y| {
-        image::Rgb([(x % 200) as u8, (y % 200) as u8, 30])
-    });
-    let mut out = Cursor::new(Vec::new());
-    img.write_to(&mut out, image::ImageFormat::Jpeg).unwrap();
-    out.into_inner()
-}
 
 /// A valid 1-bit grayscale PNG, small on disk but `width × height` pixels.
 fn big_png(width: u32, height: u32) -> Vec<u8> {
