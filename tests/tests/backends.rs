@@ -475,6 +475,16 @@ async fn asr_faults_fail_their_stage_and_the_session_goes_on() -> anyhow::Result
             ),
             (Some("failed"), Some("skipped"))
         );
+        // The failure is recorded on the turn, too.
+        let session = gw.session(&client.session_id().await?).await?;
+        let turn = session["turns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["turn_id"] == completed["turn_id"])
+            .unwrap()
+            .clone();
+        assert_eq!(turn["processing"]["errors"][0]["code"], code, "{turn:#}");
     }
     Ok(())
 }

@@ -83,10 +83,17 @@ pub async fn run(
         flags: turn.traceparent().flags,
     };
     let shared = &entry.shared;
-    let fail = |e: &BackendError| ServerEvent::Error {
-        code: e.code(),
-        message: e.to_string(),
-        turn_id: Some(turn.id),
+    // Each failure is recorded on the turn and told to the client.
+    let errors = std::sync::Mutex::new(Vec::new());
+    let fail = |e: &BackendError| {
+        if let Ok(mut errors) = errors.lock() {
+            errors.push(json!({"code": e.code(), "message": e.to_string()}));
+        }
+        ServerEvent::Error {
+            code: e.code(),
+            message: e.to_string(),
+            turn_id: Some(turn.id),
+        }
     };
 
     // ASR and vision, concurrently.
@@ -246,6 +253,7 @@ pub async fn run(
         "transcript": transcript,
         "descriptions": descriptions.iter().map(|(b, d)| json!({"blob_id": b.value.blob_id, "description": d})).collect::<Vec<_>>(),
         "response": answer,
+        "errors": errors.into_inner().unwrap_or_default(),
         "completed": completed,
     });
     if let Ok(mut results) = entry.results.lock() {
