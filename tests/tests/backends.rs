@@ -741,3 +741,33 @@ async fn a_turn_whose_session_closed_still_completes_its_processing() -> anyhow:
     assert_eq!(processed["completed"]["status"], "ok");
     Ok(())
 }
+
+#[tokio::test]
+async fn with_send_images_the_llm_gets_the_images_themselves() -> anyhow::Result<()> {
+    let (base, seen) = fake_openai().await?;
+    let dir = std::env::temp_dir().join(format!("turngate-send-images-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let file = dir.join("llm.toml");
+    std::fs::write(&file, "[llm]\nsend_images = true\n")?;
+    let env = backend_env(&base, &base, &base);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let gw = Gateway::start(&["--config", file.to_str().unwrap()], &env).await?;
+    let client = Client::connect(&gw, true).await?;
+    client.session_id().await?;
+    let image = png(64, 48);
+    let (completed, errors) = client_turn(&client, 1, Some(&image)).await?;
+    assert!(errors.is_empty(), "{errors:#?}");
+    assert_eq!(completed["status"], "ok");
+    let chats = seen.lock().unwrap().chats.clone();
+    let llm = chats.iter().find(|c| c["stream"] == true).unwrap();
+    let user = llm["messages"].as_array().unwrap().last().unwrap();
+    let parts = user["content"].as_array().expect("text and image parts");
+    assert!(parts[0]["text"].as_str().unwrap().contains(DESCRIPTION));
+    assert!(
+        parts[1]["image_url"]["url"]
+            .as_str()
+            .unwrap()
+            .starts_with("data:image/png;base64,")
+    );
+    Ok(())
+}
