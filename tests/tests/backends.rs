@@ -641,41 +641,48 @@ async fn a_barge_in_cancels_the_running_answer() -> anyhow::Result<()> {
     Ok(())
 }
 
-#[tokio::test]
-async fn a_slow_asr_answer_stays_with_its_own_turn() -> anyhow::Result<()> {
+/// A gateway whose ASR may take up to 5 s, and a connected client.
+async fn slow_asr_setup() -> anyhow::Result<(Shared, Gateway, Client, String)> {
     let (base, seen) = fake_openai().await?;
     let mut env = backend_env(&base, "", &base);
-    env[1].1 = "5000".to_owned(); // ASR may take its time
+    env[1].1 = "5000".to_owned(); // TURNGATE_ASR_TIMEOUT_MS
     let gw = start(&env).await?;
     let client = Client::connect(&gw, true).await?;
-    client.session_id().await?;
+    let session_id = client.session_id().await?;
+    Ok((seen, gw, client, session_id))
+}
+
+/// A client turn of speech whose ASR answer is held back by `asr_delay`; returns its id
+/// once `turn.end` is sent.
+async fn delayed_turn(
+    seen: &Shared,
+    client: &Client,
+    n: usize,
+    asr_delay: Duration,
+) -> anyhow::Result<String> {
     let (rate, pcm) = wav::read(&data("speech.wav"))?;
     let packets = encode_opus(rate, &pcm)?;
-    // Turn 1's ASR answer is slow; turn 2 begins and ends before it arrives.
     client.send_event(json!({"type": "turn.start"})).await?;
-    let first = client
+    let started = client
         .inbox
-        .wait("turn.started", 1, Duration::from_secs(3))
-        .await?[0]["turn_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+        .wait("turn.started", n, Duration::from_secs(3))
+        .await?;
+    let turn = started[n - 1]["turn_id"].as_str().unwrap().to_owned();
     seen.lock()
         .unwrap()
         .asr_delay
-        .push((first.clone(), Duration::from_millis(2500)));
+        .push((turn.clone(), asr_delay));
     client.send_packets(&packets[25..60], &[]).await?;
     client.send_event(json!({"type": "turn.end"})).await?;
-    client.send_event(json!({"type": "turn.start"})).await?;
-    let second = client
-        .inbox
-        .wait("turn.started", 2, Duration::from_secs(3))
-        .await?[1]["turn_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    client.send_packets(&packets[25..60], &[]).await?;
-    client.send_event(json!({"type": "turn.end"})).await?;
+    Ok(turn)
+}
+
+#[tokio::test]
+async fn a_slow_asr_answer_stays_with_its_own_turn() -> anyhow::Result<()> {
+    let (seen, _gw, client, _) = slow_asr_setup().await?;
+    // Turn 1's ASR answer is slow; turn 2 begins and ends before it arrives.
+    let first = delayed_turn(&seen, &client, 1, Duration::from_millis(2500)).await?;
+    let second = delayed_turn(&seen, &client, 2, Duration::ZERO).await?;
     let transcripts = client
         .inbox
         .wait("transcript", 2, Duration::from_secs(10))
@@ -698,28 +705,8 @@ async fn a_slow_asr_answer_stays_with_its_own_turn() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn a_turn_whose_session_closed_still_completes_its_processing() -> anyhow::Result<()> {
-    let (base, seen) = fake_openai().await?;
-    let mut env = backend_env(&base, "", &base);
-    env[1].1 = "5000".to_owned();
-    let gw = start(&env).await?;
-    let client = Client::connect(&gw, true).await?;
-    let session_id = client.session_id().await?;
-    let (rate, pcm) = wav::read(&data("speech.wav"))?;
-    let packets = encode_opus(rate, &pcm)?;
-    client.send_event(json!({"type": "turn.start"})).await?;
-    let turn = client
-        .inbox
-        .wait("turn.started", 1, Duration::from_secs(3))
-        .await?[0]["turn_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    seen.lock()
-        .unwrap()
-        .asr_delay
-        .push((turn.clone(), Duration::from_millis(1500)));
-    client.send_packets(&packets[25..60], &[]).await?;
-    client.send_event(json!({"type": "turn.end"})).await?;
+    let (seen, gw, client, session_id) = slow_asr_setup().await?;
+    let turn = delayed_turn(&seen, &client, 1, Duration::from_millis(1500)).await?;
     client
         .inbox
         .wait("turn.ended", 1, Duration::from_secs(3))

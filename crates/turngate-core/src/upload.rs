@@ -70,8 +70,6 @@ pub struct Received {
     pub declared_mime: String,
     /// The turn it is tagged with.
     pub turn_id: TurnId,
-    /// Session time the upload began.
-    pub began_at: Duration,
     /// The bytes.
     pub bytes: Bytes,
     /// Their SHA-256.
@@ -145,11 +143,6 @@ impl Reassembler {
             in_flight: 0,
             aborted: VecDeque::new(),
         }
-    }
-
-    /// The limits.
-    pub fn limits(&self) -> &UploadLimits {
-        &self.limits
     }
 
     /// Uploads open now, or received and not yet released.
@@ -306,7 +299,6 @@ impl Reassembler {
             upload_id: upload_id.to_owned(),
             declared_mime: open.declared_mime,
             turn_id: open.turn_id,
-            began_at: open.began_at,
             bytes: Bytes::from(open.bytes),
             sha256,
         }))
@@ -345,7 +337,6 @@ impl Reassembler {
             upload_id: upload_id.to_owned(),
             declared_mime,
             turn_id: open.turn_id,
-            began_at: open.began_at,
             bytes,
             sha256,
         }))
@@ -430,7 +421,7 @@ impl Reassembler {
 }
 
 /// Checks what a declaration says on its own (id, size).
-pub fn check_declaration(begin: &UploadBegin, limits: &UploadLimits) -> Result<(), Error> {
+fn check_declaration(begin: &UploadBegin, limits: &UploadLimits) -> Result<(), Error> {
     let id_len = begin.upload_id.len();
     if id_len == 0 || id_len > MAX_UPLOAD_ID_BYTES {
         return Err(Error::refused(

@@ -37,9 +37,6 @@ pub struct BlobRecord {
     pub height: u32,
     /// Size in bytes.
     pub bytes: u64,
-    /// Session time the upload began.
-    #[serde(skip)]
-    pub began_at: Duration,
 }
 
 /// An HTTP upload's steps, on their way to the session task. It is tagged when its
@@ -275,7 +272,6 @@ impl Driver {
             width: info.width,
             height: info.height,
             bytes: blob.bytes.len() as u64,
-            began_at: received.began_at,
         };
         if let Ok(mut blobs) = self.shared.blobs.lock() {
             blobs.push(record);
