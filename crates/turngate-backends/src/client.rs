@@ -49,6 +49,9 @@ pub struct BackendConfig {
     pub retries: u32,
     /// Calls at once; more wait up to the timeout, then fail.
     pub max_concurrent: usize,
+    /// The API spoken, for telemetry (`gen_ai.provider.name`): `openai` for
+    /// OpenAI-compatible servers.
+    pub provider: String,
 }
 
 impl Default for BackendConfig {
@@ -60,6 +63,7 @@ impl Default for BackendConfig {
             timeout_ms: 30_000,
             retries: 1,
             max_concurrent: 16,
+            provider: "openai".into(),
         }
     }
 }

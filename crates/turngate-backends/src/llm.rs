@@ -25,7 +25,18 @@ pub enum LlmEvent {
         model: Option<String>,
         /// Why it stopped, if it said.
         finish_reason: Option<String>,
+        /// Tokens used, if it said.
+        usage: Option<Usage>,
     },
+}
+
+/// Tokens an answer used, as the stream's final `usage` chunk reports them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Usage {
+    /// Prompt tokens.
+    pub input_tokens: u64,
+    /// Answer tokens.
+    pub output_tokens: u64,
 }
 
 /// A running answer. Dropping it cancels the request.
@@ -57,6 +68,7 @@ pub async fn stream(
     let body = json!({
         "model": backend.config().model,
         "stream": true,
+        "stream_options": {"include_usage": true},
         "user": ctx.turn_id.to_string(),
         "messages": messages,
     });
@@ -97,7 +109,7 @@ async fn read(
         detail,
     };
     let mut events = response.bytes_stream().eventsource();
-    let (mut model, mut finish_reason) = (None, None);
+    let (mut model, mut finish_reason, mut usage) = (None, None, None);
     while let Some(event) = events.next().await {
         let event = event.map_err(|e| broken(e.to_string()))?;
         if event.data.trim() == "[DONE]" {
@@ -105,6 +117,7 @@ async fn read(
                 .send(Ok(LlmEvent::Done {
                     model,
                     finish_reason,
+                    usage,
                 }))
                 .await;
             return Ok(());
@@ -116,6 +129,15 @@ async fn read(
             })?;
         if let Some(m) = chunk["model"].as_str() {
             model = Some(m.to_owned());
+        }
+        if let (Some(input_tokens), Some(output_tokens)) = (
+            chunk["usage"]["prompt_tokens"].as_u64(),
+            chunk["usage"]["completion_tokens"].as_u64(),
+        ) {
+            usage = Some(Usage {
+                input_tokens,
+                output_tokens,
+            });
         }
         if let Some(reason) = chunk["choices"][0]["finish_reason"].as_str() {
             finish_reason = Some(reason.to_owned());

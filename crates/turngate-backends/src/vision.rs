@@ -20,13 +20,7 @@ pub async fn describe(
     let body = json!({
         "model": backend.config().model,
         "user": ctx.turn_id.to_string(),
-        "messages": [{
-            "role": "user",
-            "content": [
-                {"type": "text", "text": instruction},
-                {"type": "image_url", "image_url": {"url": data_url(blob)}},
-            ],
-        }],
+        "messages": messages(blob, instruction),
     });
     let url = backend.url("/chat/completions");
     let (response, _permit) = backend
@@ -45,6 +39,17 @@ pub async fn describe(
                 "no choices[0].message.content in the answer".into(),
             )
         })
+}
+
+/// The messages the vision model is sent for one image.
+pub fn messages(blob: &Blob, instruction: &str) -> Vec<serde_json::Value> {
+    vec![json!({
+        "role": "user",
+        "content": [
+            {"type": "text", "text": instruction},
+            {"type": "image_url", "image_url": {"url": data_url(blob)}},
+        ],
+    })]
 }
 
 /// `data:{mime};base64,…` of a blob.

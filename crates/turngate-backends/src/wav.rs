@@ -3,10 +3,13 @@
 /// Sample rate of the PCM the gateway hands to ASR.
 pub const RATE: u32 = 16_000;
 
+/// Bytes of the header before the samples.
+pub const HEADER_BYTES: usize = 44;
+
 /// A WAV file of mono 16-bit samples at [`RATE`].
 pub fn encode(pcm: &[i16]) -> Vec<u8> {
     let data_len = (pcm.len() * 2) as u32;
-    let mut out = Vec::with_capacity(44 + data_len as usize);
+    let mut out = Vec::with_capacity(HEADER_BYTES + data_len as usize);
     out.extend_from_slice(b"RIFF");
     out.extend_from_slice(&(36 + data_len).to_le_bytes());
     out.extend_from_slice(b"WAVEfmt ");

@@ -87,4 +87,6 @@ pub struct Blob {
     pub height: u32,
     /// The bytes as uploaded.
     pub bytes: Bytes,
+    /// Session time its upload began (its tag's `at` is when it was accepted).
+    pub began_at: Duration,
 }

@@ -74,6 +74,8 @@ pub struct Received {
     pub bytes: Bytes,
     /// Their SHA-256.
     pub sha256: [u8; 32],
+    /// Session time its upload began.
+    pub began_at: Duration,
 }
 
 /// An upload that ended without being received: refused mid-way, timed out or
@@ -301,6 +303,7 @@ impl Reassembler {
             turn_id: open.turn_id,
             bytes: Bytes::from(open.bytes),
             sha256,
+            began_at: open.began_at,
         }))
     }
 
@@ -339,6 +342,7 @@ impl Reassembler {
             turn_id: open.turn_id,
             bytes,
             sha256,
+            began_at: open.began_at,
         }))
     }
 

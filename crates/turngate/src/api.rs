@@ -1,7 +1,7 @@
 //! The HTTP API: WHIP-shaped signaling, session queries, health, CORS.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
 use axum::Router;
@@ -34,11 +34,20 @@ pub struct App {
     pub upload_timeout: Duration,
     pub backends: crate::orchestrate::Backends,
     pub shutting_down: AtomicBool,
+    /// Spans: the OTLP pipeline, and whether content goes into spans.
+    pub telemetry: turngate_telemetry::Telemetry,
+    /// Counted as it happens, for `/metrics`.
+    pub metrics: turngate_telemetry::metrics::Metrics,
+    /// Turns being processed now; shutdown waits for them.
+    pub processing: AtomicUsize,
 }
 
 impl App {
     /// The application state for a validated configuration.
-    pub fn new(config: &Config) -> anyhow::Result<Arc<Self>> {
+    pub fn new(
+        config: &Config,
+        telemetry: turngate_telemetry::Telemetry,
+    ) -> anyhow::Result<Arc<Self>> {
         Ok(Arc::new(Self {
             registry: Registry::new(
                 config.sessions.max,
@@ -53,6 +62,9 @@ impl App {
             upload_timeout: Duration::from_millis(config.uploads.timeout_ms),
             backends: crate::orchestrate::Backends::new(config)?,
             shutting_down: AtomicBool::new(false),
+            telemetry,
+            metrics: Default::default(),
+            processing: AtomicUsize::new(0),
         }))
     }
 }
@@ -80,6 +92,7 @@ pub fn router(app: Arc<App>, cors_origins: &[String]) -> Router {
         .route("/v1/sessions/{id}", get(get_session))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
+        .route("/metrics", get(metrics))
         .fallback(|| async { Problem::new(ErrorCode::NotFound, "no such endpoint") })
         .method_not_allowed_fallback(|method: Method| async move {
             Problem::new(
@@ -451,6 +464,15 @@ async fn get_session(
         .get(id)
         .ok_or_else(|| Problem::new(ErrorCode::NotFound, "no such session"))?;
     Ok(axum::Json(session_json(&entry, true)).into_response())
+}
+
+async fn metrics(State(app): State<Arc<App>>) -> Response {
+    let content_type = turngate_telemetry::metrics::Exposition::CONTENT_TYPE;
+    (
+        [(header::CONTENT_TYPE, content_type)],
+        crate::metrics::render(&app),
+    )
+        .into_response()
 }
 
 fn time(t: SystemTime) -> String {

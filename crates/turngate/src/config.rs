@@ -38,6 +38,17 @@ pub struct Config {
     pub vision: VisionConfig,
     /// The answer (OpenAI-compatible streamed `chat/completions`).
     pub llm: LlmConfig,
+    /// Spans and metrics (the exporter itself is configured by the `OTEL_*` variables).
+    pub telemetry: TelemetryConfig,
+}
+
+/// `[telemetry]`
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// Put content — transcripts, prompts, answers, the images sent to vision — into
+    /// span attributes. Off: spans carry sizes, hashes and ids only.
+    pub capture_content: bool,
 }
 
 /// `[vision]`: the backend, and what it is asked.
@@ -204,6 +215,7 @@ impl Default for Config {
             asr: BackendConfig::default(),
             vision: VisionConfig::default(),
             llm: LlmConfig::default(),
+            telemetry: TelemetryConfig::default(),
         }
     }
 }
@@ -297,7 +309,8 @@ Configuration file keys (TOML; every key optional; defaults shown):
   timeout_ms = 30000                longest an upload may stay open
   validators = 2                    image decodes running at once, gateway-wide
   [asr], [vision], [llm]            each: url (API base with /v1; empty = stage skipped), model,
-                                    api_key, timeout_ms = 30000, retries = 1, max_concurrent = 16
+                                    api_key, timeout_ms = 30000, retries = 1, max_concurrent = 16,
+                                    provider = \"openai\" (the API spoken, for gen_ai.provider.name)
                                     (env: TURNGATE_ASR_URL, _MODEL, _API_KEY, _TIMEOUT_MS, _RETRIES;
                                     likewise TURNGATE_VISION_*, TURNGATE_LLM_*)
   [vision] instruction              what the vision model is asked about each image
@@ -305,6 +318,10 @@ Configuration file keys (TOML; every key optional; defaults shown):
   [llm] history_turns = 10          earlier turns of the session in the prompt
   [llm] send_images = false         send the images too, not only their descriptions
   max_per_turn = 32                 uploads one turn may take
+  [telemetry]
+  capture_content = false           transcripts, prompts, answers and images in span attributes
+                                    (TURNGATE_TELEMETRY_CAPTURE_CONTENT); the OTLP exporter is
+                                    configured by the standard OTEL_* variables (see README)
 Precedence: defaults < file < TURNGATE_* < flags. TURNGATE_LOG sets the log filter.";
 
 /// Settings given on the command line or in `TURNGATE_*` variables; they override the
@@ -370,6 +387,7 @@ fn check_flattened_keys(table: &toml::Table) -> Result<(), String> {
         "timeout_ms",
         "retries",
         "max_concurrent",
+        "provider",
     ];
     for (section, own) in [
         ("vision", &["instruction"][..]),
@@ -481,6 +499,13 @@ impl Config {
             ("TURNGATE_LLM", &mut config.llm.backend),
         ] {
             backend_from_env(prefix, backend)?;
+        }
+        if let Ok(v) = std::env::var("TURNGATE_TELEMETRY_CAPTURE_CONTENT") {
+            config.telemetry.capture_content = v.parse().map_err(|_| {
+                anyhow::anyhow!(
+                    "invalid configuration: TURNGATE_TELEMETRY_CAPTURE_CONTENT={v:?}: expected true or false"
+                )
+            })?;
         }
         config.validate()?;
         Ok(config)

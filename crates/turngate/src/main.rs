@@ -5,6 +5,7 @@
 
 mod api;
 mod config;
+mod metrics;
 mod orchestrate;
 mod pipeline;
 mod problem;
@@ -17,7 +18,11 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::prelude::*;
 use turngate_media::session::SessionEnd;
+
+/// How long shutdown waits for the last spans to be exported.
+const TELEMETRY_FLUSH_GRACE: Duration = Duration::from_secs(5);
 
 /// How long shutdown waits for sessions to close their turns.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -67,15 +72,23 @@ async fn serve(config: config::Config) -> anyhow::Result<()> {
     let filter = EnvFilter::try_from_env("TURNGATE_LOG").unwrap_or_else(|_| {
         EnvFilter::new("info,rtc=error,rtc_dtls=error,rtc_ice=error,rtc_sctp=error,webrtc=warn")
     });
-    // Logs go to stderr; colours only on a terminal.
+    // Logs go to stderr; colours only on a terminal. Spans go to OTLP when configured.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let otel = turngate_telemetry::OtelConfig::from_vars(|name| std::env::var(name).ok())?;
+    let telemetry = turngate_telemetry::Telemetry::new(&otel, config.telemetry.capture_content)?;
+    let logs = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(ansi)
+        .with_filter(filter);
+    tracing_subscriber::registry()
+        .with(logs)
+        .with(telemetry.layer())
         .init();
+    if telemetry.exporting() {
+        tracing::info!(protocol = ?otel.protocol, sampler = ?otel.sampler, "Exporting spans over OTLP.");
+    }
 
-    let app = api::App::new(&config)?;
+    let app = api::App::new(&config, telemetry)?;
     let router = api::router(Arc::clone(&app), &config.cors_origins);
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -92,19 +105,25 @@ async fn serve(config: config::Config) -> anyhow::Result<()> {
             close_all(&shutdown_app).await;
         })
         .await?;
+    app.telemetry.shutdown(TELEMETRY_FLUSH_GRACE).await;
     tracing::info!("Stopped.");
     Ok(())
 }
 
-/// Ends every live session (closing its open turn) and waits for them, within a grace.
+/// Ends every live session (closing its open turn) and waits for them and for the turns
+/// being processed, within a grace.
 async fn close_all(app: &api::App) {
     let live = app.registry.live();
     for entry in &live {
         entry.shared.close(SessionEnd::Shutdown);
     }
+    // Sessions end, then the turns they closed finish processing (and their spans end).
     let all_ended = async {
         for entry in &live {
             entry.shared.wait_ended().await;
+        }
+        while app.processing.load(Ordering::Acquire) > 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     };
     if tokio::time::timeout(SHUTDOWN_GRACE, all_ended)

@@ -9,10 +9,19 @@ use std::time::Instant;
 use futures_util::future::join_all;
 use serde_json::{Value, json};
 use tokio::sync::watch;
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 use turngate_backends::llm::LlmEvent;
 use turngate_backends::{Backend, BackendError, TurnContext, asr, llm, vision};
-use turngate_core::{CompletionStatus, ServerEvent, SessionId, StageStatus, Stages, TurnInfo};
+use turngate_core::{
+    CompletionStatus, ServerEvent, SessionId, SpanId, StageStatus, Stages, TurnInfo,
+};
+use turngate_telemetry::TurnTrace;
+use turngate_telemetry::metrics::Metrics;
+use turngate_telemetry::names::{self, attr, span};
+use turngate_telemetry::turn::{parent_id, record_error};
 
+use crate::api::App;
 use crate::config::Config;
 use crate::pipeline::TurnBuffer;
 use crate::registry::Entry;
@@ -66,22 +75,86 @@ fn ms(since: Instant) -> u32 {
     since.elapsed().as_millis().min(u128::from(u32::MAX)) as u32
 }
 
+/// One backend call in progress: its client span, the trace context its requests
+/// carry (their `traceparent` names the span), and when it began.
+struct Call<'a> {
+    stage: &'static str,
+    span: tracing::Span,
+    ctx: TurnContext,
+    started: Instant,
+    metrics: &'a Metrics,
+}
+
+impl<'a> Call<'a> {
+    fn start(
+        app: &'a App,
+        trace: &TurnTrace,
+        turn: &TurnContext,
+        stage: &'static str,
+        backend: &Backend,
+    ) -> Self {
+        let c = backend.config();
+        let span = trace.client_span(stage, &c.provider, &c.model, &c.url);
+        let mut ctx = *turn;
+        if let Some(id) = parent_id(&span).and_then(|b| SpanId::from_bytes(b).ok()) {
+            ctx.parent = id;
+        }
+        Self {
+            stage,
+            span,
+            ctx,
+            started: Instant::now(),
+            metrics: &app.metrics,
+        }
+    }
+
+    fn attr(&self, key: &'static str, value: impl Into<opentelemetry::Value>) {
+        self.span.set_attribute(key, value);
+    }
+
+    /// Records the outcome on the span and in the latency histogram; returns the
+    /// call's milliseconds. The span ends when the call is dropped.
+    fn finish(&self, outcome: Result<(), &BackendError>) -> u32 {
+        let label = match outcome {
+            Ok(()) => "ok",
+            Err(e) => {
+                record_error(&self.span, e.code().as_str(), e.to_string());
+                "failed"
+            }
+        };
+        self.finish_as(label)
+    }
+
+    fn finish_as(&self, outcome: &'static str) -> u32 {
+        self.attr(attr::OUTCOME, outcome);
+        let elapsed = self.started.elapsed();
+        self.metrics
+            .backend_duration
+            .observe([self.stage, outcome], elapsed.as_secs_f64());
+        ms(self.started)
+    }
+}
+
 /// Processes one turn; returns its `turn.completed` event. `interrupted` turns true on
-/// barge-in, which cancels a running LLM stream.
+/// barge-in, which cancels a running LLM stream. Each backend call gets a client span
+/// under the turn's root span.
 pub async fn run(
-    backends: &Backends,
+    app: &App,
     entry: &Entry,
     session_id: SessionId,
     turn: &TurnInfo,
+    trace: &TurnTrace,
     buffer: TurnBuffer,
     mut interrupted: watch::Receiver<bool>,
 ) -> ServerEvent {
+    let backends = &app.backends;
     let ctx = TurnContext {
         session_id,
         turn_id: turn.id,
         parent: turn.root_span_id,
-        flags: turn.traceparent().flags,
+        flags: trace.span_context().trace_flags().to_u8() | turn.traceparent().flags,
     };
+    let content = trace.capture_content();
     let shared = &entry.shared;
     // Each failure is recorded on the turn and told to the client.
     let errors = std::sync::Mutex::new(Vec::new());
@@ -106,21 +179,34 @@ pub async fn run(
         let Some(backend) = backends.asr.as_ref().filter(|_| !pcm.is_empty()) else {
             return (StageStatus::Skipped, None, None);
         };
-        let started = Instant::now();
-        match asr::transcribe(backend, &ctx, &pcm).await {
+        let call = Call::start(app, trace, &ctx, span::ASR, backend);
+        call.attr(
+            attr::REQUEST_BYTES,
+            (turngate_backends::wav::HEADER_BYTES + pcm.len() * 2) as i64,
+        );
+        let result = asr::transcribe(backend, &call.ctx, &pcm)
+            .instrument(call.span.clone())
+            .await;
+        match result {
             Ok(text) => {
+                call.attr(attr::RESPONSE_BYTES, text.len() as i64);
+                if content {
+                    call.attr(attr::TRANSCRIPT, text.clone());
+                }
+                let took = call.finish(Ok(()));
                 shared
                     .send_event(ServerEvent::Transcript {
                         turn_id: turn.id,
                         text: text.clone(),
                     })
                     .await;
-                (StageStatus::Ok, Some(text), Some(ms(started)))
+                (StageStatus::Ok, Some(text), Some(took))
             }
             Err(e) => {
+                let took = call.finish(Err(&e));
                 tracing::warn!(turn = %turn.id, error = %e, "ASR failed.");
                 shared.send_event(fail(&e)).await;
-                (StageStatus::Failed, None, Some(ms(started)))
+                (StageStatus::Failed, None, Some(took))
             }
         }
     };
@@ -134,8 +220,33 @@ pub async fn run(
         };
         let started = Instant::now();
         let calls = buffer.blobs.iter().map(|blob| async move {
-            let result =
-                vision::describe(backend, &ctx, &blob.value, &backends.vision_instruction).await;
+            let call = Call::start(app, trace, &ctx, span::VISION, backend);
+            call.attr(attr::BLOB_ID, blob.value.blob_id.to_string());
+            call.attr(attr::REQUEST_BYTES, blob.value.bytes.len() as i64);
+            if content {
+                let input = vision::messages(&blob.value, &backends.vision_instruction);
+                call.attr(attr::GEN_AI_INPUT_MESSAGES, Value::Array(input).to_string());
+            }
+            let result = vision::describe(
+                backend,
+                &call.ctx,
+                &blob.value,
+                &backends.vision_instruction,
+            )
+            .instrument(call.span.clone())
+            .await;
+            match &result {
+                Ok(description) => {
+                    call.attr(attr::RESPONSE_BYTES, description.len() as i64);
+                    if content {
+                        call.attr(attr::GEN_AI_OUTPUT_MESSAGES, output_messages(description));
+                    }
+                    call.finish(Ok(()));
+                }
+                Err(e) => {
+                    call.finish(Err(e));
+                }
+            }
             (blob, result)
         });
         let mut status = StageStatus::Ok;
@@ -173,21 +284,39 @@ pub async fn run(
     let (mut llm_status, mut first_token_ms, mut total_ms) = (StageStatus::Skipped, None, None);
     if let Some(backend) = backends.llm.as_ref().filter(|_| !user.is_empty()) {
         let messages = prompt(backends, entry, &user, &descriptions);
-        let started = Instant::now();
-        llm_status = match llm::stream(backend, &ctx, messages).await {
+        let call = Call::start(app, trace, &ctx, span::LLM, backend);
+        let prompt_json = Value::Array(messages.clone()).to_string();
+        call.attr(attr::REQUEST_BYTES, prompt_json.len() as i64);
+        if content {
+            call.attr(attr::GEN_AI_INPUT_MESSAGES, prompt_json);
+        }
+        let mut delivery = Delivery::default();
+        let outcome = match llm::stream(backend, &call.ctx, messages)
+            .instrument(call.span.clone())
+            .await
+        {
             Err(e) => {
                 shared.send_event(fail(&e)).await;
-                StageStatus::Failed
+                Err(e)
             }
             Ok(mut stream) => loop {
                 let event = tokio::select! {
                     event = stream.next() => event,
-                                        _ = barge_in(&mut interrupted) => break StageStatus::Cancelled,
+                    _ = barge_in(&mut interrupted) => break Ok(StageStatus::Cancelled),
                 };
                 match event {
                     Some(Ok(LlmEvent::Delta(delta))) => {
-                        first_token_ms.get_or_insert_with(|| ms(started));
+                        if first_token_ms.is_none() {
+                            let took = ms(call.started);
+                            first_token_ms = Some(took);
+                            call.attr(attr::TIME_TO_FIRST_TOKEN_MS, i64::from(took));
+                            call.span.add_event(names::event::FIRST_TOKEN, Vec::new());
+                            app.metrics
+                                .llm_first_token
+                                .observe([], call.started.elapsed().as_secs_f64());
+                        }
                         answer.push_str(&delta);
+                        delivery.relay(trace, delta.len());
                         shared
                             .send_event(ServerEvent::ResponseDelta {
                                 turn_id: turn.id,
@@ -195,25 +324,67 @@ pub async fn run(
                             })
                             .await;
                     }
-                    Some(Ok(LlmEvent::Done { .. })) => {
+                    Some(Ok(LlmEvent::Done {
+                        model,
+                        finish_reason,
+                        usage,
+                    })) => {
+                        if let Some(model) = model {
+                            call.attr(attr::GEN_AI_RESPONSE_MODEL, model);
+                        }
+                        if let Some(reason) = finish_reason {
+                            call.attr(
+                                attr::GEN_AI_FINISH_REASONS,
+                                opentelemetry::Value::Array(
+                                    vec![opentelemetry::StringValue::from(reason)].into(),
+                                ),
+                            );
+                        }
+                        if let Some(usage) = usage {
+                            call.attr(attr::GEN_AI_INPUT_TOKENS, usage.input_tokens as i64);
+                            call.attr(attr::GEN_AI_OUTPUT_TOKENS, usage.output_tokens as i64);
+                        }
                         shared
                             .send_event(ServerEvent::ResponseDone {
                                 turn_id: turn.id,
                                 text: answer.clone(),
                             })
                             .await;
-                        break StageStatus::Ok;
+                        break Ok(StageStatus::Ok);
                     }
                     Some(Err(e)) => {
                         tracing::warn!(turn = %turn.id, error = %e, "LLM stream failed.");
                         shared.send_event(fail(&e)).await;
-                        break StageStatus::Failed;
+                        break Err(e);
                     }
-                    None => break StageStatus::Failed,
+                    None => break Ok(StageStatus::Failed),
                 }
             },
         };
-        total_ms = Some(ms(started));
+        delivery.finish();
+        call.attr(attr::RESPONSE_BYTES, answer.len() as i64);
+        if content {
+            call.attr(attr::GEN_AI_OUTPUT_MESSAGES, output_messages(&answer));
+        }
+        llm_status = match outcome {
+            Ok(StageStatus::Cancelled) => {
+                call.finish_as("cancelled");
+                StageStatus::Cancelled
+            }
+            Ok(StageStatus::Ok) => {
+                call.finish(Ok(()));
+                StageStatus::Ok
+            }
+            Ok(_) => {
+                call.finish_as("failed");
+                StageStatus::Failed
+            }
+            Err(e) => {
+                call.finish(Err(&e));
+                StageStatus::Failed
+            }
+        };
+        total_ms = Some(ms(call.started));
     }
 
     let configured_failed =
@@ -260,6 +431,34 @@ pub async fn run(
         results.insert(turn.id, result);
     }
     completed
+}
+
+/// The answer's relay to the client: a span from its first delta to its end.
+#[derive(Default)]
+struct Delivery {
+    span: Option<tracing::Span>,
+    deltas: i64,
+    bytes: i64,
+}
+
+impl Delivery {
+    fn relay(&mut self, trace: &TurnTrace, bytes: usize) {
+        self.span.get_or_insert_with(|| trace.delivery_span());
+        self.deltas += 1;
+        self.bytes += bytes as i64;
+    }
+
+    fn finish(self) {
+        if let Some(span) = self.span {
+            span.set_attribute(attr::DELIVERY_DELTAS, self.deltas);
+            span.set_attribute(attr::DELIVERY_BYTES, self.bytes);
+        }
+    }
+}
+
+/// An answer as GenAI output messages JSON.
+fn output_messages(text: &str) -> String {
+    json!([{"role": "assistant", "parts": [{"type": "text", "content": text}]}]).to_string()
 }
 
 /// Resolves on barge-in. If the flag's sender is gone (the session's downstream has

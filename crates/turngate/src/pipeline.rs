@@ -2,15 +2,24 @@
 //! per-turn buffer and hands the buffer to processing once the turn's processing may
 //! start (input ended, no upload of it open).
 //!
+//! It also keeps each turn's trace: the root span opens with the turn (at its first
+//! frame), speech start and end become events on it, each accepted image gets its span,
+//! the audio its span when the input is complete, and the root ends with processing.
+//!
 //! Processing ([`crate::orchestrate`]) runs per turn, concurrently with later turns;
 //! when it is done its `turn.completed` goes to the client and "processing finished" to
 //! the turn engine. A barge-in on a turn being processed cancels its LLM stream.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime};
 
-use turngate_core::{AudioFrame, Blob, Tagged, TurnId, TurnInfo};
+use turngate_core::{
+    AudioFrame, Blob, Cause, EndReason, ServerEvent, Tagged, TurnId, TurnInfo, TurnState,
+};
 use turngate_media::session::{Downstream, Session};
+use turngate_telemetry::{AudioStats, TurnTrace, names, snake};
 
 use tokio::sync::watch;
 
@@ -48,6 +57,16 @@ impl TurnBuffer {
     }
 }
 
+/// A turn whose processing has not started: its buffer and its trace.
+struct Pending {
+    buffer: TurnBuffer,
+    trace: TurnTrace,
+    /// The session's (dropped, undecodable) frame counts when the turn opened...
+    losses_at_start: (u64, u64),
+    /// ...and when its input ended.
+    losses_at_end: Option<(u64, u64)>,
+}
+
 /// Runs the downstream consumer of a new session and retires the session when it ends.
 pub fn spawn(app: Arc<App>, resource: String, entry: Arc<Entry>, session: Session) {
     let turn = &app.session.turn;
@@ -60,55 +79,133 @@ pub fn spawn(app: Arc<App>, resource: String, entry: Arc<Entry>, session: Sessio
         processing,
     } = session;
     tokio::spawn(async move {
+        let wall = |at: Duration| shared.started + at;
+        let losses = || {
+            let c = &shared.counters;
+            (
+                c.frames_dropped_backpressure.load(Ordering::Relaxed),
+                c.frames_undecodable.load(Ordering::Relaxed),
+            )
+        };
         // Turns whose processing has not started: the open one, and ended ones still
         // waiting for an upload.
-        let mut buffers: HashMap<TurnId, TurnBuffer> = HashMap::new();
+        let mut pending: HashMap<TurnId, Pending> = HashMap::new();
         // Barge-in flags of turns being processed.
         let mut interrupts: HashMap<TurnId, watch::Sender<bool>> = HashMap::new();
+        // The root span of the session's latest turn: the next one links to it.
+        let mut previous_root = None;
         while let Some(item) = downstream.recv().await {
             match item {
                 Downstream::TurnStarted(turn) => {
-                    buffers.insert(turn.id, TurnBuffer::new(cap));
+                    let trace = app.telemetry.start_turn(
+                        &turn,
+                        shared.id,
+                        wall(turn.started_at),
+                        previous_root.take(),
+                    );
+                    if turn.cause == Cause::Vad {
+                        trace.event(names::event::SPEECH_START, SystemTime::now());
+                    }
+                    previous_root = Some(trace.span_context());
+                    app.metrics.turns_started.inc([&snake(&turn.cause)]);
+                    let turn_pending = Pending {
+                        buffer: TurnBuffer::new(cap),
+                        trace,
+                        losses_at_start: losses(),
+                        losses_at_end: None,
+                    };
+                    pending.insert(turn.id, turn_pending);
                 }
                 Downstream::Frame(frame) => {
-                    if let Some(buffer) = frame.turn_id.and_then(|id| buffers.get_mut(&id)) {
-                        buffer.push(frame);
+                    if let Some(p) = frame.turn_id.and_then(|id| pending.get_mut(&id)) {
+                        p.buffer.push(frame);
                     }
                 }
                 Downstream::Blob(blob) => {
-                    if let Some(buffer) = blob.turn_id.and_then(|id| buffers.get_mut(&id)) {
-                        buffer.blobs.push(blob);
+                    if let Some(p) = blob.turn_id.and_then(|id| pending.get_mut(&id)) {
+                        p.trace
+                            .image(&blob.value, wall(blob.value.began_at), wall(blob.at));
+                        p.buffer.blobs.push(blob);
                     }
                 }
-                Downstream::TurnEnded(_) => {}
+                Downstream::TurnEnded(turn) => {
+                    if let Some(p) = pending.get_mut(&turn.id) {
+                        p.losses_at_end = Some(losses());
+                        if turn.reason == Some(EndReason::EndOfSpeech)
+                            && let Some(ended) = turn.ended_at
+                        {
+                            p.trace.event(names::event::SPEECH_END, wall(ended));
+                        }
+                    }
+                }
                 Downstream::TurnInterrupted(id) => {
                     if let Some(flag) = interrupts.get(&id) {
                         flag.send_replace(true);
                     }
                 }
                 Downstream::ProcessingStarted(turn) => {
-                    let buffer = buffers
-                        .remove(&turn.id)
-                        .unwrap_or_else(|| TurnBuffer::new(cap));
-                    measure(&entry, &turn, &buffer);
+                    let Some(p) = pending.remove(&turn.id) else {
+                        tracing::warn!(turn = %turn.id, "Processing of a turn never started.");
+                        continue;
+                    };
+                    measure(&entry, &turn, &p.buffer);
+                    if let (Some(first), Some(last)) =
+                        (p.buffer.frames.first(), p.buffer.frames.last())
+                    {
+                        let (dropped, undecodable) = p.losses_at_end.unwrap_or_else(losses);
+                        p.trace.audio(&AudioStats {
+                            frames: p.buffer.frames.len() as u64,
+                            samples: p
+                                .buffer
+                                .frames
+                                .iter()
+                                .map(|f| f.value.pcm.len() as u64)
+                                .sum(),
+                            concealed_samples: p
+                                .buffer
+                                .frames
+                                .iter()
+                                .map(|f| u64::from(f.value.concealed_samples))
+                                .sum(),
+                            dropped: dropped - p.losses_at_start.0,
+                            undecodable: undecodable - p.losses_at_start.1,
+                            first: wall(first.at),
+                            last: wall(last.at),
+                        });
+                    }
                     let (flag, interrupted) = watch::channel(false);
                     interrupts.retain(|_, f| !f.is_closed());
                     interrupts.insert(turn.id, flag);
                     let (app, entry, processing) =
                         (Arc::clone(&app), Arc::clone(&entry), processing.clone());
                     let session_id = shared.id;
+                    app.processing.fetch_add(1, Ordering::AcqRel);
                     tokio::spawn(async move {
+                        let images = p.buffer.blobs.len();
                         let completed = orchestrate::run(
-                            &app.backends,
+                            &app,
                             &entry,
                             session_id,
                             &turn,
-                            buffer,
-                            interrupted,
+                            &p.trace,
+                            p.buffer,
+                            interrupted.clone(),
                         )
                         .await;
+                        let status = match &completed {
+                            ServerEvent::TurnCompleted { status, .. } => snake(status),
+                            _ => String::new(),
+                        };
                         entry.shared.send_event(completed).await;
                         let _ = processing.send(turn.id);
+                        let mut done = turn.clone();
+                        done.state = TurnState::Completed;
+                        done.interrupted |= *interrupted.borrow();
+                        p.trace.end(&done, &status, images, SystemTime::now());
+                        app.metrics
+                            .turns_completed
+                            .inc([&snake(&turn.cause), &status]);
+                        app.processing.fetch_sub(1, Ordering::AcqRel);
                     });
                 }
             }

@@ -1,13 +1,13 @@
 //! The sessions of this node: live ones by WHIP resource id and by session id, and
 //! recently ended ones (kept in memory, bounded by count and age).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use turngate_core::{SessionId, TurnId};
-use turngate_media::session::SessionShared;
+use turngate_media::session::{SessionCounters, SessionShared};
 
 /// Audio of one turn as downstream received it.
 #[derive(Clone, Copy, Debug, Default)]
@@ -47,6 +47,48 @@ struct Maps {
     by_resource: HashMap<String, SessionId>,
     by_id: HashMap<SessionId, Arc<Entry>>,
     ended: VecDeque<(Instant, SessionId)>,
+    /// What the sessions no longer held counted.
+    forgotten: Totals,
+}
+
+/// Counters summed over sessions, for `/metrics`.
+#[derive(Clone, Debug, Default)]
+pub struct Totals {
+    /// Sessions ever registered.
+    pub sessions: u64,
+    /// Sessions live now.
+    pub live: u64,
+    pub frames_received: u64,
+    pub frames_in_turns: u64,
+    pub idle_frames_discarded: u64,
+    pub frames_dropped_backpressure: u64,
+    pub frames_undecodable: u64,
+    pub images_accepted: u64,
+    pub image_bytes_accepted: u64,
+    pub upload_bytes_freed: u64,
+    /// Uploads refused, by error code.
+    pub images_rejected: BTreeMap<&'static str, u64>,
+}
+
+impl Totals {
+    fn add(&mut self, c: &SessionCounters) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.sessions += 1;
+        // Fates before receipt, as in the session API: `received` never trails the fates.
+        self.frames_in_turns += c.frames_in_turns.load(Relaxed);
+        self.idle_frames_discarded += c.idle_frames_discarded.load(Relaxed);
+        self.frames_dropped_backpressure += c.frames_dropped_backpressure.load(Relaxed);
+        self.frames_undecodable += c.frames_undecodable.load(Relaxed);
+        self.frames_received += c.frames_received.load(Relaxed);
+        self.images_accepted += c.images_accepted.load(Relaxed);
+        self.image_bytes_accepted += c.image_bytes_accepted.load(Relaxed);
+        self.upload_bytes_freed += c.upload_bytes_freed.load(Relaxed);
+        if let Ok(rejected) = c.images_rejected.lock() {
+            for (code, n) in rejected.iter() {
+                *self.images_rejected.entry(code).or_default() += n;
+            }
+        }
+    }
 }
 
 /// All sessions of this node.
@@ -158,8 +200,22 @@ impl Registry {
                 break;
             }
             maps.ended.pop_front();
-            maps.by_id.remove(&id);
+            if let Some(entry) = maps.by_id.remove(&id) {
+                maps.forgotten.add(&entry.shared.counters);
+            }
         }
+    }
+
+    /// Counters summed over every session this node ever had: monotonic, since a
+    /// session's counters move into the forgotten totals when it is pruned.
+    pub fn totals(&self) -> Totals {
+        let maps = self.lock();
+        let mut totals = maps.forgotten.clone();
+        for entry in maps.by_id.values() {
+            totals.add(&entry.shared.counters);
+        }
+        totals.live = maps.by_resource.len() as u64;
+        totals
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Maps> {

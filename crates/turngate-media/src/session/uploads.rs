@@ -262,6 +262,7 @@ impl Driver {
             width: info.width,
             height: info.height,
             bytes: received.bytes,
+            began_at: received.began_at,
         };
         let record = BlobRecord {
             turn_id: received.turn_id,

@@ -1,0 +1,130 @@
+//! Setting up the pipeline: the tracer provider with the turn id generator, the
+//! sampler and resource the `OTEL_*` variables ask for, the export queue, and the
+//! `tracing` layer that exports turngate's spans (target [`TARGET`]) and nothing else.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use opentelemetry::KeyValue;
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider};
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::{Layer, registry::LookupSpan};
+
+use crate::config::{OtelConfig, Protocol, SamplerChoice};
+use crate::error::Error;
+use crate::export::{self, SpanCounters, Worker};
+use crate::ids::TurnIdGenerator;
+use crate::names::TARGET;
+
+/// The telemetry of one gateway process.
+pub struct Telemetry {
+    provider: Option<SdkTracerProvider>,
+    pub(crate) tracer: Option<SdkTracer>,
+    worker: Mutex<Option<Worker>>,
+    /// What happened to ended spans.
+    pub spans: Arc<SpanCounters>,
+    /// Whether content (transcripts, prompts, answers, images) goes into spans.
+    pub capture_content: bool,
+}
+
+impl Telemetry {
+    /// Telemetry as configured. Exports only if `otel.export`; otherwise spans cost
+    /// next to nothing and nothing is sent anywhere. Call from within the tokio runtime:
+    /// the export queue runs as a task.
+    pub fn new(otel: &OtelConfig, capture_content: bool) -> Result<Self, Error> {
+        let spans = Arc::new(SpanCounters::default());
+        if !otel.export {
+            return Ok(Self {
+                provider: None,
+                tracer: None,
+                worker: Mutex::new(None),
+                spans,
+                capture_content,
+            });
+        }
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut exporter = match otel.protocol {
+            Protocol::HttpProtobuf => opentelemetry_otlp::SpanExporter::builder()
+                .with_http()
+                .build(),
+            Protocol::Grpc => opentelemetry_otlp::SpanExporter::builder()
+                .with_tonic()
+                .build(),
+        }
+        .map_err(|e| Error::Exporter(e.to_string()))?;
+        let mut resource = Resource::builder()
+            .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")));
+        if !otel.service_name_set {
+            resource = resource.with_service_name("turngate");
+        }
+        let resource = resource.build();
+        opentelemetry_sdk::trace::SpanExporter::set_resource(&mut exporter, &resource);
+        let (processor, worker) = export::start(exporter, otel.queue, Arc::clone(&spans));
+        let provider = SdkTracerProvider::builder()
+            .with_span_processor(processor)
+            .with_id_generator(TurnIdGenerator::default())
+            .with_sampler(sampler(otel.sampler))
+            .with_resource(resource)
+            .build();
+        let tracer = provider.tracer("turngate");
+        Ok(Self {
+            provider: Some(provider),
+            tracer: Some(tracer),
+            worker: Mutex::new(Some(worker)),
+            spans,
+            capture_content,
+        })
+    }
+
+    /// Whether spans are exported.
+    pub fn exporting(&self) -> bool {
+        self.tracer.is_some()
+    }
+
+    /// The `tracing` layer that turns turngate's spans into OpenTelemetry spans, if
+    /// exporting.
+    pub fn layer<S>(&self) -> Option<impl Layer<S> + use<S>>
+    where
+        S: tracing::Subscriber + for<'a> LookupSpan<'a>,
+    {
+        let tracer = self.tracer.clone()?;
+        Some(
+            tracing_opentelemetry::layer()
+                .with_tracer(tracer)
+                .with_location(false)
+                .with_threads(false)
+                .with_level(false)
+                .with_target(false)
+                .with_tracked_inactivity(false)
+                .with_filter(Targets::new().with_target(TARGET, tracing::Level::INFO)),
+        )
+    }
+
+    /// Exports the spans still queued and stops the exporter, waiting at most `timeout`.
+    pub async fn shutdown(&self, timeout: Duration) {
+        let worker = self.worker.lock().ok().and_then(|mut w| w.take());
+        if let Some(worker) = worker
+            && !worker.finish(timeout).await
+        {
+            tracing::warn!("Spans were still being exported at shutdown; the rest are lost.");
+        }
+        if let Some(provider) = &self.provider {
+            let _ = provider.shutdown();
+        }
+    }
+}
+
+fn sampler(choice: SamplerChoice) -> Sampler {
+    match choice {
+        SamplerChoice::AlwaysOn => Sampler::AlwaysOn,
+        SamplerChoice::AlwaysOff => Sampler::AlwaysOff,
+        SamplerChoice::TraceIdRatio(r) => Sampler::TraceIdRatioBased(r),
+        SamplerChoice::ParentBasedAlwaysOn => Sampler::ParentBased(Box::new(Sampler::AlwaysOn)),
+        SamplerChoice::ParentBasedAlwaysOff => Sampler::ParentBased(Box::new(Sampler::AlwaysOff)),
+        SamplerChoice::ParentBasedTraceIdRatio(r) => {
+            Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(r)))
+        }
+    }
+}

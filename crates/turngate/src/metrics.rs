@@ -1,0 +1,107 @@
+//! `GET /metrics`: the Prometheus text exposition of this node — sessions, frames by
+//! fate (the accounting terms), uploads by outcome, turns, backend latency, and spans
+//! exported and dropped.
+
+use std::sync::atomic::Ordering::Relaxed;
+
+use turngate_telemetry::metrics::Exposition;
+
+use crate::api::App;
+
+/// The exposition text.
+pub fn render(app: &App) -> String {
+    let t = app.registry.totals();
+    let mut out = Exposition::default();
+    out.single(
+        "turngate_sessions",
+        "Sessions live now.",
+        "gauge",
+        t.live as f64,
+    );
+    out.single(
+        "turngate_sessions_started_total",
+        "Sessions created.",
+        "counter",
+        t.sessions as f64,
+    );
+    out.single(
+        "turngate_frames_received_total",
+        "RTP packets of audio received; each gets one fate in turngate_frames_total.",
+        "counter",
+        t.frames_received as f64,
+    );
+    out.family(
+        "turngate_frames_total",
+        "Received frames by fate: tagged with a turn, discarded while idle, dropped by \
+         back-pressure, or undecodable.",
+        "counter",
+    );
+    for (fate, n) in [
+        ("in_turns", t.frames_in_turns),
+        ("idle_discarded", t.idle_frames_discarded),
+        ("dropped_backpressure", t.frames_dropped_backpressure),
+        ("undecodable", t.frames_undecodable),
+    ] {
+        out.sample(
+            "turngate_frames_total",
+            &[("fate", fate.to_owned())],
+            n as f64,
+        );
+    }
+    out.family(
+        "turngate_uploads_total",
+        "Image uploads by outcome: accepted, or the error code that refused them.",
+        "counter",
+    );
+    out.sample(
+        "turngate_uploads_total",
+        &[("outcome", "accepted".to_owned())],
+        t.images_accepted as f64,
+    );
+    for (code, n) in &t.images_rejected {
+        out.sample(
+            "turngate_uploads_total",
+            &[("outcome", (*code).to_owned())],
+            *n as f64,
+        );
+    }
+    out.family(
+        "turngate_upload_bytes_total",
+        "Bytes of image uploads: accepted, or freed when refused, timed out or abandoned.",
+        "counter",
+    );
+    for (outcome, n) in [
+        ("accepted", t.image_bytes_accepted),
+        ("freed", t.upload_bytes_freed),
+    ] {
+        out.sample(
+            "turngate_upload_bytes_total",
+            &[("outcome", outcome.to_owned())],
+            n as f64,
+        );
+    }
+    app.metrics.write(&mut out);
+    let spans = &app.telemetry.spans;
+    out.single(
+        "turngate_spans_exported_total",
+        "Spans the OTLP collector accepted.",
+        "counter",
+        spans.exported.load(Relaxed) as f64,
+    );
+    out.family(
+        "turngate_spans_dropped_total",
+        "Spans not exported: the export queue was full, or the export failed.",
+        "counter",
+    );
+    for (reason, n) in [
+        ("queue_full", spans.dropped_queue_full.load(Relaxed)),
+        ("export_failed", spans.dropped_export_failed.load(Relaxed)),
+    ] {
+        out.sample(
+            "turngate_spans_dropped_total",
+            &[("reason", reason.to_owned())],
+            n as f64,
+        );
+    }
+    out.finish()
+}
