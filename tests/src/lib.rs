@@ -7,6 +7,9 @@
 //!   from a WAV fixture, optionally with the `turngate` data channel;
 //! - [`wav`] reads the fixtures under `tests/data/`.
 
+pub mod fake_openai;
+pub mod otlp;
+
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -90,7 +93,8 @@ fn newest_mtime(path: &Path) -> Option<std::time::SystemTime> {
         .max()
 }
 
-fn free_tcp_port() -> u16 {
+/// A loopback TCP port free just now (nothing listens on it).
+pub fn free_tcp_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())

@@ -2,213 +2,11 @@
 //! receive: ASR gets the turn's audio as WAV, vision its image, the LLM both results;
 //! every request carries the turn id; the client gets the streamed answer.
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::Router;
-use axum::extract::{Multipart, State};
-use axum::http::HeaderMap;
-use axum::response::IntoResponse;
-use axum::routing::post;
 use serde_json::{Value, json};
+use turngate_e2e::fake_openai::*;
 use turngate_e2e::*;
-
-const TRANSCRIPT: &str = "please turn on the kitchen lights";
-const DESCRIPTION: &str = "A screenshot of an error dialog saying: disk full.";
-const DELTAS: [&str; 3] = ["Sure", ", turning on", " the kitchen lights."];
-
-/// What the fake backends received.
-#[derive(Default)]
-struct Seen {
-    /// (path, traceparent, baggage) of every request.
-    headers: Vec<(String, String, String)>,
-    /// The WAV files ASR got, with their model field.
-    wavs: Vec<(Vec<u8>, String)>,
-    /// The JSON bodies of chat requests.
-    chats: Vec<Value>,
-    /// How each stage misbehaves now.
-    asr_fault: Fault,
-    vision_fault: Fault,
-    llm_fault: Fault,
-    /// Delay of ASR answers, by the turn id in the request's traceparent.
-    asr_delay: Vec<(String, Duration)>,
-    /// Whether an LLM stream was cut off by its client.
-    llm_cancelled: bool,
-}
-
-/// A way for a fake backend to misbehave.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-enum Fault {
-    #[default]
-    None,
-    Status500,
-    Status400,
-    Malformed,
-    Slow,
-    /// LLM only: the stream stops after a delta, without [DONE].
-    Break,
-    /// LLM only: deltas come slowly, for a barge-in.
-    Trickle,
-}
-
-/// The misbehaviour `fault` as a response, or `None` to answer normally.
-async fn misbehave(fault: Fault) -> Option<axum::response::Response> {
-    match fault {
-        Fault::Status500 => {
-            Some((axum::http::StatusCode::INTERNAL_SERVER_ERROR, "boom").into_response())
-        }
-        Fault::Status400 => {
-            Some((axum::http::StatusCode::BAD_REQUEST, "bad request").into_response())
-        }
-        Fault::Malformed => {
-            Some(([("content-type", "application/json")], "{not json").into_response())
-        }
-        Fault::Slow => {
-            tokio::time::sleep(Duration::from_millis(1500)).await;
-            None
-        }
-        _ => None,
-    }
-}
-
-type Shared = Arc<Mutex<Seen>>;
-
-fn record(seen: &Shared, path: &str, headers: &HeaderMap) {
-    let get = |k: &str| {
-        headers
-            .get(k)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_owned()
-    };
-    seen.lock()
-        .unwrap()
-        .headers
-        .push((path.to_owned(), get("traceparent"), get("baggage")));
-}
-
-async fn transcriptions(
-    State(seen): State<Shared>,
-    headers: HeaderMap,
-    mut form: Multipart,
-) -> axum::response::Response {
-    record(&seen, "audio/transcriptions", &headers);
-    let fault = seen.lock().unwrap().asr_fault;
-    if let Some(response) = misbehave(fault).await {
-        return response;
-    }
-    let traceparent = headers
-        .get("traceparent")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_owned();
-    let turn = traceparent.get(3..35).unwrap_or("").to_owned();
-    let delay = seen
-        .lock()
-        .unwrap()
-        .asr_delay
-        .iter()
-        .find(|(t, _)| *t == turn)
-        .map(|(_, d)| *d);
-    if let Some(delay) = delay {
-        tokio::time::sleep(delay).await;
-    }
-    let (mut wav, mut model, mut format) = (Vec::new(), String::new(), String::new());
-    while let Ok(Some(field)) = form.next_field().await {
-        match field.name().unwrap_or("") {
-            "file" => wav = field.bytes().await.unwrap().to_vec(),
-            "model" => model = field.text().await.unwrap(),
-            "response_format" => format = field.text().await.unwrap(),
-            _ => {}
-        }
-    }
-    assert_eq!(format, "json");
-    seen.lock().unwrap().wavs.push((wav, model));
-    // The text names the turn it heard, so a test can tell answers apart.
-    let named = !seen.lock().unwrap().asr_delay.is_empty();
-    let text = if named {
-        format!("turn {turn}")
-    } else {
-        TRANSCRIPT.to_owned()
-    };
-    axum::Json(json!({ "text": text })).into_response()
-}
-
-async fn chat(
-    State(seen): State<Shared>,
-    headers: HeaderMap,
-    axum::Json(body): axum::Json<Value>,
-) -> axum::response::Response {
-    record(&seen, "chat/completions", &headers);
-    let stream = body["stream"] == true;
-    seen.lock().unwrap().chats.push(body);
-    let fault = if stream {
-        seen.lock().unwrap().llm_fault
-    } else {
-        seen.lock().unwrap().vision_fault
-    };
-    if let Some(response) = misbehave(fault).await {
-        return response;
-    }
-    if fault == Fault::Break || fault == Fault::Trickle {
-        let (tx, rx) = tokio::sync::mpsc::channel::<Result<String, std::io::Error>>(1);
-        let seen = Arc::clone(&seen);
-        tokio::spawn(async move {
-            for i in 0..40 {
-                let chunk = json!({"choices": [{"delta": {"content": format!("word{i} ")}}]});
-                if tx.send(Ok(format!("data: {chunk}\n\n"))).await.is_err() {
-                    seen.lock().unwrap().llm_cancelled = true;
-                    return;
-                }
-                if fault == Fault::Break {
-                    return; // the stream ends here, without [DONE]
-                }
-                tokio::time::sleep(Duration::from_millis(250)).await;
-            }
-            let _ = tx.send(Ok("data: [DONE]\n\n".to_owned())).await;
-        });
-        let body = axum::body::Body::from_stream(tokio_stream_from(rx));
-        return ([("content-type", "text/event-stream")], body).into_response();
-    }
-    if !stream {
-        return axum::Json(
-            json!({"choices": [{"message": {"role": "assistant", "content": DESCRIPTION}}]}),
-        )
-        .into_response();
-    }
-    let mut sse = String::new();
-    for delta in DELTAS {
-        let chunk = json!({"model": "fake-llm", "choices": [{"delta": {"content": delta}, "finish_reason": null}]});
-        sse.push_str(&format!("data: {chunk}\n\n"));
-    }
-    sse.push_str(&format!(
-        "data: {}\n\n",
-        json!({"choices": [{"delta": {}, "finish_reason": "stop"}]})
-    ));
-    sse.push_str("data: [DONE]\n\n");
-    ([("content-type", "text/event-stream")], sse).into_response()
-}
-
-/// A receiver as a stream of body chunks.
-fn tokio_stream_from(
-    rx: tokio::sync::mpsc::Receiver<Result<String, std::io::Error>>,
-) -> impl futures_util::Stream<Item = Result<String, std::io::Error>> {
-    futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|item| (item, rx))
-    })
-}
-
-async fn fake_openai() -> anyhow::Result<(String, Shared)> {
-    let seen = Shared::default();
-    let app = Router::new()
-        .route("/v1/audio/transcriptions", post(transcriptions))
-        .route("/v1/chat/completions", post(chat))
-        .with_state(Arc::clone(&seen));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let base = format!("http://{}/v1", listener.local_addr()?);
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    Ok((base, seen))
-}
 
 /// RMS of each 20 ms (320-sample) block.
 fn envelope(pcm: &[i16]) -> Vec<f64> {
@@ -369,55 +167,6 @@ async fn a_turn_with_speech_and_an_image_reaches_every_backend_with_its_turn_id(
     Ok(())
 }
 
-/// The gateway's environment for backends at `base` (LLM and vision optional).
-fn backend_env(asr: &str, vision: &str, llm: &str) -> Vec<(&'static str, String)> {
-    vec![
-        ("TURNGATE_ASR_URL", asr.to_owned()),
-        ("TURNGATE_ASR_TIMEOUT_MS", "800".to_owned()),
-        ("TURNGATE_VISION_URL", vision.to_owned()),
-        ("TURNGATE_VISION_TIMEOUT_MS", "800".to_owned()),
-        ("TURNGATE_LLM_URL", llm.to_owned()),
-        ("TURNGATE_LLM_TIMEOUT_MS", "5000".to_owned()),
-    ]
-}
-
-async fn start(env: &[(&'static str, String)]) -> anyhow::Result<Gateway> {
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    Gateway::start(&[], &env).await
-}
-
-/// One client turn with a second of speech (and an image, if given); returns its
-/// `turn.completed` and the `error` events that came with it.
-async fn client_turn(
-    client: &Client,
-    n: usize,
-    image: Option<&[u8]>,
-) -> anyhow::Result<(Value, Vec<Value>)> {
-    let errors_before = client.inbox.of("error").len();
-    let (rate, pcm) = wav::read(&data("speech.wav"))?;
-    let packets = encode_opus(rate, &pcm)?;
-    client.send_event(json!({"type": "turn.start"})).await?;
-    client
-        .inbox
-        .wait("turn.started", n, Duration::from_secs(3))
-        .await?;
-    if let Some(image) = image {
-        client
-            .upload(&format!("img-{n}"), "image/png", image, 16 * 1024)
-            .await?;
-    }
-    client.send_packets(&packets[25..75], &[]).await?;
-    client.send_event(json!({"type": "turn.end"})).await?;
-    let completed = client
-        .inbox
-        .wait("turn.completed", n, Duration::from_secs(15))
-        .await?;
-    Ok((
-        completed[n - 1].clone(),
-        client.inbox.of("error")[errors_before..].to_vec(),
-    ))
-}
-
 fn codes(errors: &[Value]) -> Vec<String> {
     errors
         .iter()
@@ -428,7 +177,7 @@ fn codes(errors: &[Value]) -> Vec<String> {
 #[tokio::test]
 async fn asr_faults_fail_their_stage_and_the_session_goes_on() -> anyhow::Result<()> {
     let (base, seen) = fake_openai().await?;
-    let gw = start(&backend_env(&base, "", &base)).await?;
+    let gw = start_with(&backend_env(&base, "", &base)).await?;
     let client = Client::connect(&gw, true).await?;
     client.session_id().await?;
     let cases = [
@@ -492,7 +241,7 @@ async fn asr_faults_fail_their_stage_and_the_session_goes_on() -> anyhow::Result
 #[tokio::test]
 async fn vision_and_llm_faults_fail_their_stage_and_the_session_goes_on() -> anyhow::Result<()> {
     let (base, seen) = fake_openai().await?;
-    let gw = start(&backend_env(&base, &base, &base)).await?;
+    let gw = start_with(&backend_env(&base, &base, &base)).await?;
     let client = Client::connect(&gw, true).await?;
     client.session_id().await?;
     let image = png(64, 48);
@@ -548,7 +297,7 @@ async fn unreachable_backends_fail_fast_and_the_session_goes_on() -> anyhow::Res
         let l = std::net::TcpListener::bind("127.0.0.1:0")?;
         format!("http://{}/v1", l.local_addr()?)
     };
-    let gw = start(&backend_env(&base, &closed, &closed)).await?;
+    let gw = start_with(&backend_env(&base, &closed, &closed)).await?;
     let client = Client::connect(&gw, true).await?;
     client.session_id().await?;
     let image = png(64, 48);
@@ -578,7 +327,7 @@ async fn unreachable_backends_fail_fast_and_the_session_goes_on() -> anyhow::Res
 #[tokio::test]
 async fn a_barge_in_cancels_the_running_answer() -> anyhow::Result<()> {
     let (base, seen) = fake_openai().await?;
-    let gw = start(&backend_env(&base, "", &base)).await?;
+    let gw = start_with(&backend_env(&base, "", &base)).await?;
     let client = Client::connect(&gw, true).await?;
     client.session_id().await?;
     seen.lock().unwrap().llm_fault = Fault::Trickle;
@@ -646,7 +395,7 @@ async fn slow_asr_setup() -> anyhow::Result<(Shared, Gateway, Client, String)> {
     let (base, seen) = fake_openai().await?;
     let mut env = backend_env(&base, "", &base);
     env[1].1 = "5000".to_owned(); // TURNGATE_ASR_TIMEOUT_MS
-    let gw = start(&env).await?;
+    let gw = start_with(&env).await?;
     let client = Client::connect(&gw, true).await?;
     let session_id = client.session_id().await?;
     Ok((seen, gw, client, session_id))

@@ -128,3 +128,42 @@ fn sampler(choice: SamplerChoice) -> Sampler {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use opentelemetry::trace::{SpanKind, TraceId};
+    use opentelemetry_sdk::trace::{SamplingDecision, ShouldSample};
+    use rand::SeedableRng;
+    use turngate_core::TurnId;
+
+    use super::*;
+
+    /// Minted turn ids put their randomness in the low 8 bytes, which the ratio sampler
+    /// reads: even ids minted in the same millisecond are kept at the configured share.
+    #[test]
+    fn traceidratio_keeps_its_share_of_minted_turn_ids() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+        for ratio in [0.1, 0.5, 0.9] {
+            let sampler = sampler(SamplerChoice::TraceIdRatio(ratio));
+            let n = 20_000;
+            let kept = (0..n)
+                .filter(|_| {
+                    let id = TurnId::mint(1_790_000_000_000, &mut rng);
+                    let decision = sampler
+                        .should_sample(
+                            None,
+                            TraceId::from_bytes(id.to_bytes()),
+                            "turn",
+                            &SpanKind::Server,
+                            &[],
+                            &[],
+                        )
+                        .decision;
+                    decision == SamplingDecision::RecordAndSample
+                })
+                .count();
+            let share = kept as f64 / f64::from(n);
+            assert!((share - ratio).abs() < 0.02, "{ratio}: kept {share}");
+        }
+    }
+}

@@ -148,12 +148,17 @@ pub async fn run(
     mut interrupted: watch::Receiver<bool>,
 ) -> ServerEvent {
     let backends = &app.backends;
-    let ctx = TurnContext {
+    let mut ctx = TurnContext {
         session_id,
         turn_id: turn.id,
         parent: turn.root_span_id,
-        flags: trace.span_context().trace_flags().to_u8() | turn.traceparent().flags,
+        flags: turn.traceparent().flags,
     };
+    // With spans exported, requests say whether the turn was sampled.
+    let root = trace.span_context();
+    if root.is_valid() {
+        ctx.flags = root.trace_flags().to_u8();
+    }
     let content = trace.capture_content();
     let shared = &entry.shared;
     // Each failure is recorded on the turn and told to the client.

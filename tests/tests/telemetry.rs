@@ -1,0 +1,563 @@
+//! Telemetry end to end: the real gateway exports its spans to in-process OTLP
+//! receivers (HTTP/protobuf and gRPC) while turns go through in-process backends. One
+//! trace per turn, trace id = turn id, the documented span tree, backend requests
+//! parented on their client spans, links between turns, content only on opt-in,
+//! sampling, a dead collector, and `/metrics`.
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use turngate_e2e::fake_openai::*;
+use turngate_e2e::otlp::{Collector, Span};
+use turngate_e2e::*;
+
+/// What every span of a turn carries.
+fn assert_ids(span: &Span, turn_id: &str, session_id: &str) {
+    assert_eq!(span.trace_id, turn_id, "{span:?}");
+    assert_eq!(span.attr("turngate.turn.id"), turn_id, "{span:?}");
+    for key in [
+        "turngate.session.id",
+        "gen_ai.conversation.id",
+        "session.id",
+    ] {
+        assert_eq!(span.attr(key), session_id, "{key} on {span:?}");
+    }
+}
+
+fn one<'a>(spans: &'a [Span], name: &str) -> &'a Span {
+    let found: Vec<_> = spans.iter().filter(|s| s.name == name).collect();
+    assert_eq!(found.len(), 1, "one {name} span in {spans:#?}");
+    found[0]
+}
+
+async fn gateway(
+    collector: &Collector,
+    backends: &str,
+    extra: &[(&'static str, String)],
+) -> anyhow::Result<Gateway> {
+    let mut env = backend_env(backends, backends, backends);
+    env.extend(collector.env());
+    env.extend(extra.iter().cloned());
+    start_with(&env).await
+}
+
+/// A root span named `turn` of `trace_id` has arrived.
+fn has_root(trace_id: &str) -> impl Fn(&[Span]) -> bool + '_ {
+    move |spans| {
+        spans
+            .iter()
+            .any(|s| s.trace_id == trace_id && s.name == "turn")
+    }
+}
+
+/// A `/metrics` sample's value: `name{labels}` as written, or `name` alone.
+async fn metric(gw: &Gateway, sample: &str) -> anyhow::Result<f64> {
+    let text = gw
+        .http
+        .get(format!("{}/metrics", gw.base))
+        .send()
+        .await?
+        .text()
+        .await?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("{sample} not in\n{text}"))
+}
+
+#[tokio::test]
+async fn a_vad_turn_with_speech_and_an_image_is_one_trace_over_otlp_http() -> anyhow::Result<()> {
+    let collector = Collector::http().await?;
+    let (base, seen) = fake_openai().await?;
+    let gw = gateway(&collector, &base, &[]).await?;
+    let client = Client::connect(&gw, true).await?;
+    let session_id = client.session_id().await?;
+    let (rate, pcm) = wav::read(&data("speech.wav"))?;
+    let packets = encode_opus(rate, &pcm)?;
+    let image = png(640, 360);
+    client.send_packets(&packets[..50], &[]).await?;
+    let started = client
+        .inbox
+        .wait("turn.started", 1, Duration::from_secs(2))
+        .await?;
+    client
+        .upload("shot-1", "image/png", &image, 16 * 1024)
+        .await?;
+    client.send_packets(&packets[50..], &[]).await?;
+    let completed = client
+        .inbox
+        .wait("turn.completed", 1, Duration::from_secs(15))
+        .await?;
+    assert_eq!(completed[0]["status"], "ok", "{completed:?}");
+    let turn_id = started[0]["turn_id"].as_str().unwrap().to_owned();
+    let announced_root = started[0]["traceparent"].as_str().unwrap()[36..52].to_owned();
+
+    let all = collector
+        .wait(Duration::from_secs(10), has_root(&turn_id))
+        .await?;
+    // Every span exported is this turn's, with its ids.
+    for span in &all {
+        assert_ids(span, &turn_id, &session_id);
+        assert_eq!(span.resource["service.name"], "turngate");
+    }
+    // Exactly one root: the span `turn.started` announced, a true root.
+    let roots: Vec<_> = all.iter().filter(|s| s.parent_id.is_empty()).collect();
+    assert_eq!(roots.len(), 1, "{all:#?}");
+    let root = roots[0];
+    assert_eq!(
+        (root.name.as_str(), root.span_id.as_str()),
+        ("turn", announced_root.as_str())
+    );
+    assert_eq!(root.kind, 2, "server");
+    assert_eq!(root.attr("turngate.turn.cause"), "vad");
+    assert_eq!(root.attr("turngate.turn.number"), 1);
+    assert_eq!(root.attr("turngate.turn.state"), "completed");
+    assert_eq!(root.attr("turngate.turn.reason"), "end_of_speech");
+    assert_eq!(root.attr("turngate.turn.interrupted"), false);
+    assert_eq!(root.attr("turngate.turn.status"), "ok");
+    assert_eq!(root.attr("turngate.turn.images"), 1);
+    assert!(
+        root.attr("turngate.turn.frames").as_i64().unwrap() > 50,
+        "{root:?}"
+    );
+    assert!(
+        root.attr("turngate.turn.duration_ms").as_i64().unwrap() > 500,
+        "{root:?}"
+    );
+    assert!(
+        root.links.is_empty(),
+        "the session's first turn links nowhere"
+    );
+    let events: Vec<_> = root.events.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(events, ["vad.speech_start", "vad.speech_end"]);
+    assert!(
+        root.events
+            .iter()
+            .all(|(_, t)| (root.start_ns..=root.end_ns).contains(t))
+    );
+
+    // The tree: every other span is a child of the root, with the documented names.
+    let names: BTreeSet<_> = all.iter().map(|s| s.name.as_str()).collect();
+    let expected: BTreeSet<_> = [
+        "turn",
+        "audio.ingest",
+        "image.upload",
+        "asr",
+        "vision",
+        "llm",
+        "response.delivery",
+    ]
+    .into();
+    assert_eq!(names, expected);
+    for span in all.iter().filter(|s| s.name != "turn") {
+        assert_eq!(span.parent_id, root.span_id, "{span:?}");
+        assert!(
+            span.start_ns >= root.start_ns && span.end_ns <= root.end_ns,
+            "{span:?} within {root:?}"
+        );
+    }
+
+    // The audio: from the root's start (pre-roll included), every frame.
+    let audio = one(&all, "audio.ingest");
+    assert_eq!(
+        audio.start_ns, root.start_ns,
+        "the turn starts at its first frame"
+    );
+    assert_eq!(
+        audio.attr("turngate.audio.frames"),
+        root.attr("turngate.turn.frames")
+    );
+    assert_eq!(audio.attr("turngate.audio.frames_dropped"), 0);
+    assert!(audio.attr("turngate.audio.first_frame_time").is_string());
+
+    // The image.
+    let upload = one(&all, "image.upload");
+    assert_eq!(upload.attr("turngate.blob.id"), sha256_hex(&image).as_str());
+    assert_eq!(upload.attr("turngate.image.bytes"), image.len() as i64);
+    assert_eq!(upload.attr("turngate.image.mime"), "image/png");
+    assert_eq!(
+        (
+            upload.attr("turngate.image.width"),
+            upload.attr("turngate.image.height")
+        ),
+        (&json!(640), &json!(360))
+    );
+
+    // Backend client spans; the LLM's after the GenAI conventions.
+    let (asr, vision, llm) = (one(&all, "asr"), one(&all, "vision"), one(&all, "llm"));
+    for span in [asr, vision, llm] {
+        assert_eq!(span.kind, 3, "client: {span:?}");
+        assert_eq!(span.attr("turngate.backend.outcome"), "ok");
+        assert_eq!(span.attr("gen_ai.provider.name"), "openai");
+        assert_eq!(span.attr("server.address"), "127.0.0.1");
+    }
+    assert_eq!(llm.attr("gen_ai.operation.name"), "chat");
+    assert_eq!(llm.attr("gen_ai.response.model"), "fake-llm");
+    assert_eq!(llm.attr("gen_ai.usage.input_tokens"), PROMPT_TOKENS as i64);
+    assert_eq!(llm.attr("gen_ai.usage.output_tokens"), DELTAS.len() as i64);
+    assert_eq!(llm.attr("gen_ai.response.finish_reasons"), &json!(["stop"]));
+    assert!(llm.attr("turngate.llm.time_to_first_token_ms").is_i64());
+    assert_eq!(
+        llm.events
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .collect::<Vec<_>>(),
+        ["gen_ai.first_token"]
+    );
+    assert!(
+        asr.end_ns <= llm.start_ns && vision.end_ns <= llm.start_ns,
+        "the LLM comes after ASR and vision"
+    );
+    let delivery = one(&all, "response.delivery");
+    assert_eq!(
+        delivery.attr("turngate.delivery.deltas"),
+        DELTAS.len() as i64
+    );
+
+    // The backends saw traceparents naming their client spans.
+    let headers = seen.lock().unwrap().headers.clone();
+    let parents: HashMap<&str, Vec<String>> =
+        headers.iter().fold(HashMap::new(), |mut m, (path, tp, _)| {
+            assert_eq!(&tp[3..35], turn_id, "{tp}");
+            assert!(tp.ends_with("-01"), "sampled: {tp}");
+            m.entry(path.as_str())
+                .or_default()
+                .push(tp[36..52].to_owned());
+            m
+        });
+    assert_eq!(
+        parents["audio/transcriptions"],
+        std::slice::from_ref(&asr.span_id)
+    );
+    let mut chats = parents["chat/completions"].clone();
+    chats.sort();
+    let mut expected = vec![vision.span_id.clone(), llm.span_id.clone()];
+    expected.sort();
+    assert_eq!(chats, expected);
+
+    // No content by default: nothing the user said or the models answered.
+    for span in &all {
+        for key in [
+            "gen_ai.input.messages",
+            "gen_ai.output.messages",
+            "turngate.asr.transcript",
+        ] {
+            assert!(!span.attrs.contains_key(key), "{key} on {span:?}");
+        }
+        let text = serde_json::to_string(&span.attrs)?;
+        for content in [TRANSCRIPT, DESCRIPTION, DELTAS[1]] {
+            assert!(!text.contains(content), "{content:?} in {span:?}");
+        }
+    }
+
+    // Metrics.
+    assert!(metric(&gw, "turngate_spans_exported_total").await? >= all.len() as f64);
+    assert_eq!(
+        metric(
+            &gw,
+            "turngate_turns_completed_total{cause=\"vad\",status=\"ok\"}"
+        )
+        .await?,
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &gw,
+            "turngate_backend_request_duration_seconds_count{stage=\"asr\",outcome=\"ok\"}"
+        )
+        .await?,
+        1.0
+    );
+    assert_eq!(
+        metric(&gw, "turngate_uploads_total{outcome=\"accepted\"}").await?,
+        1.0
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn client_turns_over_grpc_join_the_client_trace_link_in_order_and_capture_content_on_opt_in()
+-> anyhow::Result<()> {
+    let collector = Collector::grpc().await?;
+    let (base, _seen) = fake_openai().await?;
+    let capture = [("TURNGATE_TELEMETRY_CAPTURE_CONTENT", "true".to_owned())];
+    let gw = gateway(&collector, &base, &capture).await?;
+    let client = Client::connect(&gw, true).await?;
+    let session_id = client.session_id().await?;
+    let (rate, pcm) = wav::read(&data("speech.wav"))?;
+    let packets = encode_opus(rate, &pcm)?;
+
+    // Turn 1 joins the client's own trace; turns 2 and 3 are minted by the gateway.
+    let client_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let client_span = "00f067aa0ba902b7";
+    let mut turn_ids = Vec::new();
+    for n in 1..=3 {
+        let mut start = json!({"type": "turn.start"});
+        if n == 1 {
+            start["traceparent"] = json!(format!("00-{client_trace}-{client_span}-01"));
+        }
+        client.send_event(start).await?;
+        let started = client
+            .inbox
+            .wait("turn.started", n, Duration::from_secs(3))
+            .await?;
+        if n == 1 {
+            client
+                .upload("shot", "image/png", &png(320, 200), 16 * 1024)
+                .await?;
+        }
+        client.send_packets(&packets[25..75], &[]).await?;
+        client.send_event(json!({"type": "turn.end"})).await?;
+        client
+            .inbox
+            .wait("turn.completed", n, Duration::from_secs(15))
+            .await?;
+        turn_ids.push(started[n - 1]["turn_id"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(turn_ids[0], client_trace);
+    let all = collector
+        .wait(Duration::from_secs(10), |s| {
+            turn_ids.iter().all(|t| has_root(t)(s))
+        })
+        .await?;
+    let roots: Vec<&Span> = turn_ids
+        .iter()
+        .map(|t| {
+            let trace: Vec<_> = all.iter().filter(|s| &s.trace_id == t).collect();
+            for span in &trace {
+                assert_ids(span, t, &session_id);
+            }
+            let roots: Vec<_> = trace.into_iter().filter(|s| s.name == "turn").collect();
+            assert_eq!(roots.len(), 1);
+            roots[0]
+        })
+        .collect();
+    // The client turn's root is a child of the client's span; the others are roots.
+    assert_eq!(roots[0].parent_id, client_span);
+    assert_eq!(roots[0].attr("turngate.turn.cause"), "client");
+    assert!(roots[1].parent_id.is_empty() && roots[2].parent_id.is_empty());
+    // Each turn links to the one before, in order.
+    assert!(roots[0].links.is_empty());
+    for i in 1..3 {
+        assert_eq!(
+            roots[i].links,
+            [(roots[i - 1].trace_id.clone(), roots[i - 1].span_id.clone())]
+        );
+        assert_eq!(roots[i].attr("turngate.turn.number"), (i + 1) as i64);
+    }
+
+    // With the opt-in, the spans carry what the models were given and returned.
+    let first: Vec<_> = all.iter().filter(|s| s.trace_id == client_trace).collect();
+    let span = |name: &str| *first.iter().find(|s| s.name == name).unwrap();
+    assert_eq!(span("asr").attr("turngate.asr.transcript"), TRANSCRIPT);
+    let vision_input = span("vision")
+        .attr("gen_ai.input.messages")
+        .as_str()
+        .unwrap();
+    assert!(
+        vision_input.contains("data:image/png;base64,"),
+        "{vision_input}"
+    );
+    assert!(
+        span("vision")
+            .attr("gen_ai.output.messages")
+            .as_str()
+            .unwrap()
+            .contains(DESCRIPTION)
+    );
+    let prompt = span("llm").attr("gen_ai.input.messages").as_str().unwrap();
+    assert!(
+        prompt.contains(TRANSCRIPT) && prompt.contains(DESCRIPTION),
+        "{prompt}"
+    );
+    let answer: Value =
+        serde_json::from_str(span("llm").attr("gen_ai.output.messages").as_str().unwrap())?;
+    assert_eq!(answer[0]["parts"][0]["content"], DELTAS.concat());
+    Ok(())
+}
+
+#[tokio::test]
+async fn traceidratio_half_keeps_about_half_of_200_turns_whole() -> anyhow::Result<()> {
+    let collector = Collector::http().await?;
+    let env: Vec<(&str, String)> = collector
+        .env()
+        .into_iter()
+        .chain([
+            ("OTEL_TRACES_SAMPLER", "traceidratio".to_owned()),
+            ("OTEL_TRACES_SAMPLER_ARG", "0.5".to_owned()),
+        ])
+        .collect();
+    let gw = start_with(&env).await?;
+    let client = Client::connect(&gw, true).await?;
+    client.session_id().await?;
+    const TURNS: usize = 200;
+    for n in 1..=TURNS {
+        client.send_event(json!({"type": "turn.start"})).await?;
+        client.send_event(json!({"type": "turn.end"})).await?;
+        client
+            .inbox
+            .wait("turn.completed", n, Duration::from_secs(5))
+            .await?;
+    }
+    let turns: BTreeSet<String> = client
+        .inbox
+        .of("turn.started")
+        .iter()
+        .map(|t| t["turn_id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(turns.len(), TURNS);
+    // The last turn's fate decides nothing: wait until the queue has surely drained.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let spans = collector.spans();
+    let kept: BTreeSet<_> = spans.iter().map(|s| s.trace_id.clone()).collect();
+    assert!(kept.is_subset(&turns), "only turns are traced");
+    // A kept turn is kept whole: its root is there.
+    for t in &kept {
+        assert!(has_root(t)(&spans), "{t} has spans but no root");
+    }
+    // Binomial(200, 0.5): ±30 is more than four standard deviations.
+    assert!(
+        (70..=130).contains(&kept.len()),
+        "kept {} of {TURNS}",
+        kept.len()
+    );
+    // And the decision is the trace id's, as the ratio sampler defines it.
+    for t in &turns {
+        let low = u64::from_str_radix(&t[16..], 16)? >> 1;
+        assert_eq!(kept.contains(t), low < 1u64 << 62, "{t}");
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_dead_collector_leaves_media_and_turns_alone_and_counts_dropped_spans()
+-> anyhow::Result<()> {
+    let dead = format!("http://127.0.0.1:{}", free_tcp_port());
+    let env = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", dead.as_str()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ("OTEL_BSP_EXPORT_TIMEOUT", "2000"),
+    ];
+    let gw = Gateway::start(&[], &env).await?;
+    let client = Client::connect(&gw, true).await?;
+    let session_id = client.session_id().await?;
+    client.send_wav("two-utterances.wav").await?;
+    client
+        .inbox
+        .wait("turn.completed", 2, Duration::from_secs(10))
+        .await?;
+    let session = client.finish(&gw, &session_id).await?;
+    let received = assert_balanced(&session);
+    assert_eq!(received, client.packets_sent());
+    assert_eq!(session["counters"]["frames_dropped_backpressure"], 0);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while metric(
+        &gw,
+        "turngate_spans_dropped_total{reason=\"export_failed\"}",
+    )
+    .await?
+        < 1.0
+    {
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "no dropped spans counted"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(metric(&gw, "turngate_spans_exported_total").await?, 0.0);
+    assert_eq!(
+        metric(&gw, "turngate_frames_received_total").await?,
+        received as f64
+    );
+    assert_eq!(
+        metric(
+            &gw,
+            "turngate_turns_completed_total{cause=\"vad\",status=\"ok\"}"
+        )
+        .await?,
+        2.0
+    );
+    // One warning for the outage, not one per export.
+    assert_eq!(
+        gw.log().matches("Span export failed").count(),
+        1,
+        "{}",
+        gw.log()
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn spans_still_queued_are_exported_at_shutdown() -> anyhow::Result<()> {
+    let collector = Collector::http().await?;
+    // Without shutdown, nothing would be sent for a minute.
+    let env = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", collector.endpoint.as_str()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "60000"),
+    ];
+    let mut gw = Gateway::start(&[], &env).await?;
+    let client = Client::connect(&gw, true).await?;
+    client.session_id().await?;
+    client.send_event(json!({"type": "turn.start"})).await?;
+    let started = client
+        .inbox
+        .wait("turn.started", 1, Duration::from_secs(3))
+        .await?;
+    // The turn is still open: shutdown closes it, completes it and exports its spans.
+    assert!(gw.terminate().await?.success());
+    let turn_id = started[0]["turn_id"].as_str().unwrap();
+    let spans = collector.trace(turn_id);
+    let root = one(&spans, "turn");
+    assert_eq!(root.attr("turngate.turn.reason"), "session_closed");
+    Ok(())
+}
+
+#[tokio::test]
+async fn without_an_endpoint_nothing_is_exported_and_metrics_still_count() -> anyhow::Result<()> {
+    let gw = Gateway::start(&[], &[]).await?;
+    let client = Client::connect(&gw, true).await?;
+    let session_id = client.session_id().await?;
+    client.send_event(json!({"type": "turn.start"})).await?;
+    client.send_event(json!({"type": "turn.end"})).await?;
+    client
+        .inbox
+        .wait("turn.completed", 1, Duration::from_secs(5))
+        .await?;
+    client.finish(&gw, &session_id).await?;
+    let response = gw.http.get(format!("{}/metrics", gw.base)).send().await?;
+    assert_eq!(
+        response.headers()["content-type"],
+        "text/plain; version=0.0.4; charset=utf-8"
+    );
+    let text = response.text().await?;
+    for line in [
+        "# TYPE turngate_sessions gauge",
+        "turngate_sessions 0",
+        "turngate_sessions_started_total 1",
+        "turngate_turns_started_total{cause=\"client\"} 1",
+        "turngate_turns_completed_total{cause=\"client\",status=\"ok\"} 1",
+        "turngate_spans_exported_total 0",
+        "turngate_spans_dropped_total{reason=\"queue_full\"} 0",
+        "# TYPE turngate_backend_request_duration_seconds histogram",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line:?} not in\n{text}");
+    }
+    // Every sample line is `name{labels} value` with a family declared before it.
+    let mut families = BTreeSet::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            families.insert(rest.split(' ').next().unwrap().to_owned());
+        } else if !line.starts_with('#') {
+            let (name, value) = line.rsplit_once(' ').unwrap();
+            value.parse::<f64>()?;
+            let base = name.split('{').next().unwrap();
+            let family = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| base.strip_suffix(s).filter(|f| families.contains(*f)))
+                .unwrap_or(base);
+            assert!(families.contains(family), "{line} has no TYPE");
+        }
+    }
+    assert!(!gw.log().contains("export"), "{}", gw.log());
+    Ok(())
+}
