@@ -216,6 +216,8 @@ pub async fn fake_openai() -> anyhow::Result<(String, Shared)> {
     Ok((base, seen))
 }
 
+/// The gateway environment for ASR, vision and LLM backends at these base URLs (empty:
+/// not configured), with short timeouts.
 pub fn backend_env(asr: &str, vision: &str, llm: &str) -> Vec<(&'static str, String)> {
     vec![
         ("TURNGATE_ASR_URL", asr.to_owned()),

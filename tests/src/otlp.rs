@@ -68,11 +68,17 @@ pub struct Collector {
 impl Collector {
     /// An OTLP/HTTP (protobuf) receiver on loopback.
     pub async fn http() -> anyhow::Result<Self> {
+        Self::http_answering_after(Duration::ZERO).await
+    }
+
+    /// An OTLP/HTTP receiver that takes `delay` to answer each request: a slow collector.
+    pub async fn http_answering_after(delay: Duration) -> anyhow::Result<Self> {
         let spans = Store::default();
         let store = Arc::clone(&spans);
         let app = axum::Router::new().route(
             "/v1/traces",
             post(move |body: Bytes| async move {
+                tokio::time::sleep(delay).await;
                 match ExportTraceServiceRequest::decode(body) {
                     Ok(request) => {
                         keep(&store, request);

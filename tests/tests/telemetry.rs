@@ -488,6 +488,33 @@ async fn a_dead_collector_leaves_media_and_turns_alone_and_counts_dropped_spans(
 }
 
 #[tokio::test]
+async fn a_slow_collector_fills_the_queue_and_drops_are_counted_not_waited_for()
+-> anyhow::Result<()> {
+    let collector = Collector::http_answering_after(Duration::from_secs(30)).await?;
+    let env = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", collector.endpoint.as_str()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "50"),
+        ("OTEL_BSP_MAX_QUEUE_SIZE", "1"),
+        ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "1"),
+    ];
+    let gw = Gateway::start(&[], &env).await?;
+    let client = Client::connect(&gw, true).await?;
+    let session_id = client.session_id().await?;
+    client.send_wav("two-utterances.wav").await?;
+    // Two turns of two spans each: one export hangs, one span waits, the rest drop.
+    client
+        .inbox
+        .wait("turn.completed", 2, Duration::from_secs(10))
+        .await?;
+    let session = client.finish(&gw, &session_id).await?;
+    assert_eq!(assert_balanced(&session), client.packets_sent());
+    assert_eq!(session["counters"]["frames_dropped_backpressure"], 0);
+    assert!(metric(&gw, "turngate_spans_dropped_total{reason=\"queue_full\"}").await? >= 1.0);
+    assert_eq!(metric(&gw, "turngate_spans_exported_total").await?, 0.0);
+    Ok(())
+}
+
+#[tokio::test]
 async fn spans_still_queued_are_exported_at_shutdown() -> anyhow::Result<()> {
     let collector = Collector::http().await?;
     // Without shutdown, nothing would be sent for a minute.

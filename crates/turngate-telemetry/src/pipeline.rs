@@ -8,7 +8,7 @@ use std::time::Duration;
 use opentelemetry::KeyValue;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider};
+use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider, SpanExporter};
 use tracing_subscriber::filter::Targets;
 use tracing_subscriber::{Layer, registry::LookupSpan};
 
@@ -34,18 +34,17 @@ impl Telemetry {
     /// next to nothing and nothing is sent anywhere. Call from within the tokio runtime:
     /// the export queue runs as a task.
     pub fn new(otel: &OtelConfig, capture_content: bool) -> Result<Self, Error> {
-        let spans = Arc::new(SpanCounters::default());
         if !otel.export {
             return Ok(Self {
                 provider: None,
                 tracer: None,
                 worker: Mutex::new(None),
-                spans,
+                spans: Arc::default(),
                 capture_content,
             });
         }
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let mut exporter = match otel.protocol {
+        let exporter = match otel.protocol {
             Protocol::HttpProtobuf => opentelemetry_otlp::SpanExporter::builder()
                 .with_http()
                 .build(),
@@ -54,13 +53,24 @@ impl Telemetry {
                 .build(),
         }
         .map_err(|e| Error::Exporter(e.to_string()))?;
+        Ok(Self::with_exporter(exporter, otel, capture_content))
+    }
+
+    /// Telemetry exporting through `exporter` (the OTLP one in production), with the
+    /// sampler, resource and queue `otel` describes. Call from within the tokio runtime.
+    pub fn with_exporter<E: SpanExporter + 'static>(
+        mut exporter: E,
+        otel: &OtelConfig,
+        capture_content: bool,
+    ) -> Self {
+        let spans = Arc::new(SpanCounters::default());
         let mut resource = Resource::builder()
             .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")));
         if !otel.service_name_set {
             resource = resource.with_service_name("turngate");
         }
         let resource = resource.build();
-        opentelemetry_sdk::trace::SpanExporter::set_resource(&mut exporter, &resource);
+        exporter.set_resource(&resource);
         let (processor, worker) = export::start(exporter, otel.queue, Arc::clone(&spans));
         let provider = SdkTracerProvider::builder()
             .with_span_processor(processor)
@@ -69,13 +79,13 @@ impl Telemetry {
             .with_resource(resource)
             .build();
         let tracer = provider.tracer("turngate");
-        Ok(Self {
+        Self {
             provider: Some(provider),
             tracer: Some(tracer),
             worker: Mutex::new(Some(worker)),
             spans,
             capture_content,
-        })
+        }
     }
 
     /// Whether spans are exported.

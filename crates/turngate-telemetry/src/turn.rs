@@ -124,6 +124,9 @@ impl TurnTrace {
 
     /// The `audio.ingest` span, first frame to last.
     pub fn audio(&self, audio: &AudioStats) {
+        if self.tracer.is_none() {
+            return;
+        }
         let mut attributes = self.common.to_vec();
         attributes.extend([
             KeyValue::new(attr::AUDIO_FRAMES, audio.frames as i64),
@@ -142,6 +145,9 @@ impl TurnTrace {
 
     /// An `image.upload` span, from the upload's first byte to its acceptance.
     pub fn image(&self, blob: &Blob, began: SystemTime, accepted: SystemTime) {
+        if self.tracer.is_none() {
+            return;
+        }
         let mut attributes = self.common.to_vec();
         attributes.extend([
             KeyValue::new(attr::BLOB_ID, blob.blob_id.to_string()),
