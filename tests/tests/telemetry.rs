@@ -280,8 +280,15 @@ async fn client_turns_over_grpc_join_the_client_trace_link_in_order_and_capture_
 -> anyhow::Result<()> {
     let collector = Collector::grpc().await?;
     let (base, _seen) = fake_openai().await?;
-    let capture = [("TURNGATE_TELEMETRY_CAPTURE_CONTENT", "true".to_owned())];
-    let gw = gateway(&collector, &base, &capture).await?;
+    let extra = [
+        ("TURNGATE_TELEMETRY_CAPTURE_CONTENT", "true".to_owned()),
+        ("OTEL_SERVICE_NAME", "voice-gateway".to_owned()),
+        (
+            "OTEL_RESOURCE_ATTRIBUTES",
+            "deployment.environment.name=test".to_owned(),
+        ),
+    ];
+    let gw = gateway(&collector, &base, &extra).await?;
     let client = Client::connect(&gw, true).await?;
     let session_id = client.session_id().await?;
     let (rate, pcm) = wav::read(&data("speech.wav"))?;
@@ -332,6 +339,9 @@ async fn client_turns_over_grpc_join_the_client_trace_link_in_order_and_capture_
             roots[0]
         })
         .collect();
+    // The resource the standard variables describe.
+    assert_eq!(roots[0].resource["service.name"], "voice-gateway");
+    assert_eq!(roots[0].resource["deployment.environment.name"], "test");
     // The client turn's root is a child of the client's span; the others are roots.
     assert_eq!(roots[0].parent_id, client_span);
     assert_eq!(roots[0].attr("turngate.turn.cause"), "client");
