@@ -431,10 +431,18 @@ async fn traceidratio_half_keeps_about_half_of_200_turns_whole() -> anyhow::Resu
         "kept {} of {TURNS}",
         kept.len()
     );
-    // And the decision is the trace id's, as the ratio sampler defines it.
-    for t in &turns {
+    // The decision is the trace id's, as the ratio sampler defines it, and
+    // `turn.started` announced it in its traceparent's flags.
+    for started in client.inbox.of("turn.started") {
+        let t = started["turn_id"].as_str().unwrap();
         let low = u64::from_str_radix(&t[16..], 16)? >> 1;
         assert_eq!(kept.contains(t), low < 1u64 << 62, "{t}");
+        let flags = &started["traceparent"].as_str().unwrap()[53..];
+        assert_eq!(
+            flags,
+            if kept.contains(t) { "01" } else { "00" },
+            "{started}"
+        );
     }
     Ok(())
 }

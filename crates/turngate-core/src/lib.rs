@@ -24,5 +24,6 @@ pub use event::{ClientEvent, CompletionStatus, ServerEvent, StageStatus, Stages}
 pub use id::{SessionId, SpanId, TraceParent, TurnId};
 pub use tag::{AudioFrame, Blob, BlobId, Tagged};
 pub use turn::{
-    Cause, EndReason, EngineCounters, Output, TurnConfig, TurnEngine, TurnInfo, TurnState,
+    Cause, EndReason, EngineCounters, Output, TurnConfig, TurnEngine, TurnInfo, TurnSampler,
+    TurnState,
 };

@@ -26,6 +26,7 @@
 //!   turns are not completed marks them `interrupted` (barge-in).
 
 use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rand_core::Rng;
@@ -149,16 +150,51 @@ pub struct TurnInfo {
     pub completed_at: Option<Duration>,
     /// Frames tagged with it.
     pub frames: u32,
+    /// Whether its trace is recorded, as the session's [`TurnSampler`] decided when it
+    /// opened; `None` without a sampler.
+    pub sampled: Option<bool>,
 }
 
 impl TurnInfo {
-    /// The context of the turn's root span, as announced in `turn.started`.
+    /// The context of the turn's root span, as announced in `turn.started`: its flags
+    /// are the client's (or `01`), with the sampled bit as decided, if decided.
     pub fn traceparent(&self) -> TraceParent {
+        let flags = self.client_parent.map_or(1, |p| p.flags);
         TraceParent {
             trace_id: self.id,
             parent_id: self.root_span_id,
-            flags: self.client_parent.map_or(1, |p| p.flags),
+            flags: match self.sampled {
+                Some(true) => flags | 1,
+                Some(false) => flags & !1,
+                None => flags,
+            },
         }
+    }
+}
+
+/// Decides, when a turn opens, whether its trace will be recorded: the tracer's sampler
+/// applied to the turn id and the client's span context. The decision is announced in
+/// `turn.started`.
+#[derive(Clone)]
+pub struct TurnSampler(Arc<dyn Fn(TurnId, Option<TraceParent>) -> bool + Send + Sync>);
+
+impl TurnSampler {
+    /// A sampler from its decision function.
+    pub fn new(
+        decide: impl Fn(TurnId, Option<TraceParent>) -> bool + Send + Sync + 'static,
+    ) -> Self {
+        Self(Arc::new(decide))
+    }
+
+    /// The decision for a turn.
+    pub fn sampled(&self, turn_id: TurnId, client_parent: Option<TraceParent>) -> bool {
+        (self.0)(turn_id, client_parent)
+    }
+}
+
+impl std::fmt::Debug for TurnSampler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TurnSampler")
     }
 }
 
@@ -209,6 +245,7 @@ pub struct TurnEngine<R> {
     counters: EngineCounters,
     outputs: VecDeque<Output>,
     closed: bool,
+    sampler: Option<TurnSampler>,
 }
 
 impl<R: Rng> TurnEngine<R> {
@@ -239,7 +276,14 @@ impl<R: Rng> TurnEngine<R> {
             counters: EngineCounters::default(),
             outputs: VecDeque::new(),
             closed: false,
+            sampler: None,
         }
+    }
+
+    /// Decides with `sampler` whether each new turn's trace is recorded.
+    pub fn with_sampler(mut self, sampler: Option<TurnSampler>) -> Self {
+        self.sampler = sampler;
+        self
     }
 
     /// The session id frames are tagged with.
@@ -621,6 +665,7 @@ impl<R: Rng> TurnEngine<R> {
             uploads_tagged: 0,
             completed_at: None,
             frames: 0,
+            sampled: self.sampler.as_ref().map(|s| s.sampled(id, client_parent)),
         };
         self.outputs.push_back(Output::TurnStarted(info.clone()));
         self.turns.push(info);

@@ -182,6 +182,50 @@ fn client_turn_uses_client_id_and_ignores_vad() {
 }
 
 #[test]
+fn the_sampler_decides_each_turns_sampled_flag_when_it_opens() {
+    // Sample turns whose id ends in an odd digit; the client's flag is overridden.
+    let mut h = Harness::new();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = std::sync::Arc::clone(&seen);
+    h.engine = engine().with_sampler(Some(TurnSampler::new(move |id, parent| {
+        record.lock().unwrap().push((id, parent));
+        id.to_bytes()[15] % 2 == 1
+    })));
+    let tp: TraceParent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+        .parse()
+        .unwrap();
+    let mut t = ms(0);
+    h.engine.handle_turn_start(t, None, Some(tp)).unwrap();
+    for _ in 0..20 {
+        t += ms(10);
+        h.engine.handle_turn_end(t, None).unwrap();
+        h.engine.handle_turn_start(t, None, None).unwrap();
+    }
+    h.drain();
+    let started = h.started();
+    assert_eq!(started.len(), 21);
+    assert_eq!(seen.lock().unwrap()[0], (tp.trace_id, Some(tp)));
+    for turn in &started {
+        let sampled = turn.id.to_bytes()[15] % 2 == 1;
+        assert_eq!(turn.sampled, Some(sampled));
+        assert_eq!(turn.traceparent().flags, u8::from(sampled), "{turn:?}");
+    }
+    // Without a sampler, the client's flags (or 01) are announced.
+    let mut h = Harness::new();
+    let unsampled: TraceParent = "00-1af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00"
+        .parse()
+        .unwrap();
+    h.engine
+        .handle_turn_start(ms(0), None, Some(unsampled))
+        .unwrap();
+    h.drain();
+    assert_eq!(
+        (h.started()[0].sampled, h.started()[0].traceparent().flags),
+        (None, 0)
+    );
+}
+
+#[test]
 fn traceparent_sets_the_turn_id_and_parent() {
     let mut h = Harness::new();
     let tp: TraceParent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"

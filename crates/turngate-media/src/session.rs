@@ -26,7 +26,7 @@ use tokio::time::Instant;
 use turngate_core::upload::{Reassembler, UploadLimits};
 use turngate_core::{
     AudioFrame, ClientEvent, Error, ErrorCode, Output, ServerEvent, SessionId, Tagged, TurnConfig,
-    TurnEngine, TurnId, TurnInfo,
+    TurnEngine, TurnId, TurnInfo, TurnSampler,
 };
 use webrtc::data_channel::{DataChannel, DataChannelEvent};
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
@@ -80,6 +80,9 @@ pub struct SessionConfig {
     pub outbox: usize,
     /// A peer must connect (ICE + DTLS) within this time of the answer.
     pub connect_timeout: Duration,
+    /// Decides whether each turn's trace is recorded (telemetry's sampler); `None`
+    /// when spans are not exported.
+    pub sampler: Option<TurnSampler>,
 }
 
 impl Default for SessionConfig {
@@ -95,6 +98,7 @@ impl Default for SessionConfig {
             downstream_queue: 500,
             outbox: 64,
             connect_timeout: Duration::from_secs(30),
+            sampler: None,
         }
     }
 }
@@ -349,7 +353,8 @@ pub fn start(
         id,
         started_unix_ms,
         StdRng::from_rng(rng),
-    );
+    )
+    .with_sampler(config.sampler.clone());
     let uploads = Reassembler::new(config.uploads.clone());
     let driver = Driver {
         decoder,

@@ -44,6 +44,7 @@ fn turn(n: u32) -> TurnInfo {
         uploads_tagged: 1,
         completed_at: None,
         frames: 100,
+        sampled: Some(true),
     }
 }
 

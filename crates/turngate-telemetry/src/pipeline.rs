@@ -6,22 +6,27 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use opentelemetry::KeyValue;
-use opentelemetry::trace::TracerProvider as _;
+use opentelemetry::trace::{SpanKind, TraceId, TracerProvider as _};
 use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider, SpanExporter};
+use opentelemetry_sdk::trace::{
+    Sampler, SamplingDecision, SdkTracer, SdkTracerProvider, ShouldSample, SpanExporter,
+};
 use tracing_subscriber::filter::Targets;
 use tracing_subscriber::{Layer, registry::LookupSpan};
+use turngate_core::TurnSampler;
 
 use crate::config::{OtelConfig, Protocol, SamplerChoice};
 use crate::error::Error;
 use crate::export::{self, SpanCounters, Worker};
 use crate::ids::TurnIdGenerator;
-use crate::names::TARGET;
+use crate::names::{TARGET, span};
+use crate::turn::remote_parent;
 
 /// The telemetry of one gateway process.
 pub struct Telemetry {
     provider: Option<SdkTracerProvider>,
     pub(crate) tracer: Option<SdkTracer>,
+    sampler: Option<Sampler>,
     worker: Mutex<Option<Worker>>,
     /// What happened to ended spans.
     pub spans: Arc<SpanCounters>,
@@ -38,6 +43,7 @@ impl Telemetry {
             return Ok(Self {
                 provider: None,
                 tracer: None,
+                sampler: None,
                 worker: Mutex::new(None),
                 spans: Arc::default(),
                 capture_content,
@@ -82,10 +88,32 @@ impl Telemetry {
         Self {
             provider: Some(provider),
             tracer: Some(tracer),
+            sampler: Some(sampler(otel.sampler)),
             worker: Mutex::new(Some(worker)),
             spans,
             capture_content,
         }
+    }
+
+    /// The tracer's sampling decision for a turn's root span, made when the turn opens
+    /// so that `turn.started` can announce it; `None` when spans are not exported. The
+    /// root span is then sampled by the same sampler on the same inputs.
+    pub fn turn_sampler(&self) -> Option<TurnSampler> {
+        let sampler = self.sampler.clone()?;
+        Some(TurnSampler::new(move |turn_id, client_parent| {
+            let parent = client_parent.map(remote_parent).unwrap_or_default();
+            let decision = sampler
+                .should_sample(
+                    Some(&parent),
+                    TraceId::from_bytes(turn_id.to_bytes()),
+                    span::TURN,
+                    &SpanKind::Server,
+                    &[],
+                    &[],
+                )
+                .decision;
+            decision == SamplingDecision::RecordAndSample
+        }))
     }
 
     /// Whether spans are exported.
@@ -141,8 +169,6 @@ fn sampler(choice: SamplerChoice) -> Sampler {
 
 #[cfg(test)]
 mod tests {
-    use opentelemetry::trace::{SpanKind, TraceId};
-    use opentelemetry_sdk::trace::{SamplingDecision, ShouldSample};
     use rand::SeedableRng;
     use turngate_core::TurnId;
 

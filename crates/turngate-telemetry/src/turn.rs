@@ -13,7 +13,7 @@ use opentelemetry::trace::{
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_sdk::trace::SdkTracer;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
-use turngate_core::{Blob, SessionId, TurnInfo};
+use turngate_core::{Blob, SessionId, TraceParent, TurnInfo};
 
 use crate::names::{TARGET, attr, span};
 use crate::pipeline::Telemetry;
@@ -75,16 +75,7 @@ impl Telemetry {
         let Some(tracer) = &self.tracer else {
             return trace;
         };
-        let parent = match turn.client_parent {
-            Some(p) => Context::new().with_remote_span_context(SpanContext::new(
-                TraceId::from_bytes(p.trace_id.to_bytes()),
-                SpanId::from_bytes(p.parent_id.to_bytes()),
-                TraceFlags::new(p.flags),
-                true,
-                TraceState::default(),
-            )),
-            None => Context::new(),
-        };
+        let parent = turn.client_parent.map(remote_parent).unwrap_or_default();
         let mut attributes = trace.common.to_vec();
         attributes.push(KeyValue::new(attr::TURN_CAUSE, snake(&turn.cause)));
         attributes.push(KeyValue::new(attr::TURN_NUMBER, i64::from(turn.number)));
@@ -245,6 +236,17 @@ pub fn parent_id(span: &tracing::Span) -> Option<[u8; 8]> {
     let cx = span.context();
     let sc = cx.span().span_context().clone();
     sc.is_valid().then(|| sc.span_id().to_bytes())
+}
+
+/// The context of a client's span, as a remote parent.
+pub(crate) fn remote_parent(p: TraceParent) -> Context {
+    Context::new().with_remote_span_context(SpanContext::new(
+        TraceId::from_bytes(p.trace_id.to_bytes()),
+        SpanId::from_bytes(p.parent_id.to_bytes()),
+        TraceFlags::new(p.flags),
+        true,
+        TraceState::default(),
+    ))
 }
 
 /// Marks a live span failed, with the error's kind.

@@ -56,7 +56,10 @@ impl App {
             ),
             ports: PortPool::new(config.media.port_min..=config.media.port_max),
             peer: config.peer(),
-            session: config.session(),
+            session: SessionConfig {
+                sampler: telemetry.turn_sampler(),
+                ..config.session()
+            },
             max_offer_bytes: config.max_offer_bytes,
             max_image_bytes: config.uploads.max_image_bytes,
             upload_timeout: Duration::from_millis(config.uploads.timeout_ms),

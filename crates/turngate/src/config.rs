@@ -648,6 +648,7 @@ impl Config {
             downstream_queue: self.media.downstream_queue,
             outbox: self.media.outbox,
             connect_timeout: Duration::from_millis(self.media.connect_timeout_ms),
+            sampler: None,
         }
     }
 }
