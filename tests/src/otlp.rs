@@ -43,6 +43,8 @@ pub struct Span {
     pub links: Vec<(String, String)>,
     /// The OTLP status code (2 = error).
     pub status: i32,
+    /// The status message.
+    pub status_message: String,
     /// The resource's attributes.
     pub resource: BTreeMap<String, Value>,
 }
@@ -99,10 +101,11 @@ impl Collector {
         })
     }
 
-    /// An OTLP/gRPC receiver on loopback.
+    /// An OTLP/gRPC receiver on loopback (accepting gzip).
     pub async fn grpc() -> anyhow::Result<Self> {
         let spans = Store::default();
-        let service = TraceServiceServer::new(Receiver(Arc::clone(&spans)));
+        let service = TraceServiceServer::new(Receiver(Arc::clone(&spans)))
+            .accept_compressed(tonic::codec::CompressionEncoding::Gzip);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let endpoint = format!("http://{}", listener.local_addr()?);
         let incoming = tonic::transport::server::TcpIncoming::from(listener);
@@ -207,7 +210,8 @@ fn keep(store: &Store, request: ExportTraceServiceRequest) {
                         .into_iter()
                         .map(|l| (hex(&l.trace_id), hex(&l.span_id)))
                         .collect(),
-                    status: s.status.map_or(0, |st| st.code),
+                    status: s.status.as_ref().map_or(0, |st| st.code),
+                    status_message: s.status.map(|st| st.message).unwrap_or_default(),
                     resource: resource.clone(),
                 });
             }

@@ -208,7 +208,10 @@ async fn a_vad_turn_with_speech_and_an_image_is_one_trace_over_otlp_http() -> an
         asr.end_ns <= llm.start_ns && vision.end_ns <= llm.start_ns,
         "the LLM comes after ASR and vision"
     );
+    // The LLM span lasts until the stream ends: past its first token and the delivery.
+    assert!(llm.events[0].1 <= llm.end_ns, "{llm:?}");
     let delivery = one(&all, "response.delivery");
+    assert!(delivery.end_ns <= llm.end_ns && delivery.start_ns >= llm.start_ns);
     assert_eq!(
         delivery.attr("turngate.delivery.deltas"),
         DELTAS.len() as i64
@@ -383,6 +386,46 @@ async fn client_turns_over_grpc_join_the_client_trace_link_in_order_and_capture_
     let answer: Value =
         serde_json::from_str(span("llm").attr("gen_ai.output.messages").as_str().unwrap())?;
     assert_eq!(answer[0]["parts"][0]["content"], DELTAS.concat());
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_failed_call_marks_its_span_without_the_backends_answer() -> anyhow::Result<()> {
+    let collector = Collector::http().await?;
+    let (base, seen) = fake_openai().await?;
+    seen.lock().unwrap().asr_fault = Fault::Status500;
+    let gw = gateway(&collector, &base, &[]).await?;
+    let client = Client::connect(&gw, true).await?;
+    client.session_id().await?;
+    let (completed, errors) = client_turn(&client, 1, None).await?;
+    assert_eq!(completed["stages"]["asr"], "failed", "{completed}");
+    assert_eq!(errors.len(), 1);
+    let turn_id = completed["turn_id"].as_str().unwrap();
+    let spans = collector
+        .wait(Duration::from_secs(10), has_root(turn_id))
+        .await?;
+    let asr = one(&spans, "asr");
+    assert_eq!(
+        (asr.status, asr.attr("error.type")),
+        (2, &json!("backend_status"))
+    );
+    assert_eq!(asr.attr("turngate.backend.outcome"), "failed");
+    assert!(asr.status_message.contains("500"), "{asr:?}");
+    // The backend's body ("boom") could echo the prompt: not without the opt-in.
+    assert!(!format!("{spans:?}").contains("boom"));
+    let root = one(&spans, "turn");
+    assert_eq!(
+        (root.status, root.attr("turngate.turn.status")),
+        (2, &json!("failed"))
+    );
+    assert_eq!(
+        metric(
+            &gw,
+            "turngate_backend_request_duration_seconds_count{stage=\"asr\",outcome=\"failed\"}"
+        )
+        .await?,
+        1.0
+    );
     Ok(())
 }
 
@@ -604,5 +647,50 @@ async fn without_an_endpoint_nothing_is_exported_and_metrics_still_count() -> an
         }
     }
     assert!(!gw.log().contains("export"), "{}", gw.log());
+    Ok(())
+}
+
+#[tokio::test]
+async fn https_and_gzip_over_grpc_start_and_unusable_values_warn() -> anyhow::Result<()> {
+    // Nothing listens there: the gateway starts, and exports fail and are counted.
+    let endpoint = format!("https://127.0.0.1:{}", free_tcp_port());
+    let env = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip"),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ("OTEL_TRACES_SAMPLER", "sometimes"),
+        ("OTEL_SDK_DISABLED", "no"),
+    ];
+    let gw = Gateway::start(&[], &env).await?;
+    let client = Client::connect(&gw, true).await?;
+    client.session_id().await?;
+    client.send_event(json!({"type": "turn.start"})).await?;
+    client.send_event(json!({"type": "turn.end"})).await?;
+    client
+        .inbox
+        .wait("turn.completed", 1, Duration::from_secs(5))
+        .await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while metric(
+        &gw,
+        "turngate_spans_dropped_total{reason=\"export_failed\"}",
+    )
+    .await?
+        < 1.0
+    {
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "no export was tried"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let log = gw.log();
+    for var in ["OTEL_TRACES_SAMPLER", "OTEL_SDK_DISABLED"] {
+        assert!(
+            log.contains(&format!("{var}=")),
+            "no warning about {var}:\n{log}"
+        );
+    }
     Ok(())
 }

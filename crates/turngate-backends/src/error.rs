@@ -66,6 +66,17 @@ impl BackendError {
         }
     }
 
+    /// The error without anything the backend said: a status error's body may echo
+    /// the request (the prompt), so it is left out.
+    pub fn summary(&self) -> String {
+        match self {
+            Self::Status {
+                backend, status, ..
+            } => format!("{backend} answered {status}"),
+            other => other.to_string(),
+        }
+    }
+
     /// Whether trying again may help (and repeating the request is harmless).
     pub fn retryable(&self) -> bool {
         match self {

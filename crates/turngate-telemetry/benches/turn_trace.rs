@@ -77,12 +77,14 @@ fn bench(c: &mut Criterion) {
     let otel = OtelConfig {
         export: true,
         protocol: Protocol::HttpProtobuf,
+        https: false,
         sampler: SamplerChoice::ParentBasedAlwaysOn,
         service_name_set: false,
         queue: QueueConfig {
             max_queue: 65_536,
             ..QueueConfig::default()
         },
+        warnings: Vec::new(),
     };
     let on = Telemetry::with_exporter(Counting(Arc::clone(&exported)), &otel, false);
     let off = Telemetry::new(

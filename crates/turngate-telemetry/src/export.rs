@@ -1,7 +1,8 @@
 //! The export queue: a span processor whose `on_end` never blocks. Ended spans go into
 //! a bounded queue; a task sends them in batches through the OTLP exporter. When the
 //! queue is full, or an export fails or times out, the spans are dropped — and
-//! counted, which the SDK's own batch processor does not let anyone see.
+//! counted, which the SDK's own batch processor does not let anyone see; so are spans
+//! still queued when shutdown stops waiting for the collector.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,6 +25,10 @@ pub struct SpanCounters {
     pub dropped_queue_full: AtomicU64,
     /// Spans dropped because their export failed or timed out.
     pub dropped_export_failed: AtomicU64,
+    /// Spans still queued when shutdown gave up waiting, or that ended after it.
+    pub dropped_shutdown: AtomicU64,
+    /// Spans queued and not yet exported or dropped.
+    queued: AtomicU64,
 }
 
 /// Asks of the exporting task.
@@ -47,6 +52,7 @@ pub struct QueueProcessor {
 pub struct Worker {
     control: mpsc::UnboundedSender<Control>,
     task: JoinHandle<()>,
+    counters: Arc<SpanCounters>,
 }
 
 impl Worker {
@@ -57,6 +63,10 @@ impl Worker {
         let _ = self.control.send(Control::Finish(done));
         let flushed = tokio::time::timeout(timeout, finished).await.is_ok();
         self.task.abort();
+        let lost = self.counters.queued.swap(0, Ordering::Relaxed);
+        self.counters
+            .dropped_shutdown
+            .fetch_add(lost, Ordering::Relaxed);
         flushed
     }
 }
@@ -74,11 +84,12 @@ pub fn start<E: SpanExporter + 'static>(
     let processor = QueueProcessor {
         spans: spans_tx,
         control: control_tx.clone(),
-        counters,
+        counters: Arc::clone(&counters),
     };
     let worker = Worker {
         control: control_tx,
         task,
+        counters,
     };
     (processor, worker)
 }
@@ -90,10 +101,17 @@ impl SpanProcessor for QueueProcessor {
         if !span.span_context.is_sampled() {
             return;
         }
-        if self.spans.try_send(span).is_err() {
-            self.counters
-                .dropped_queue_full
-                .fetch_add(1, Ordering::Relaxed);
+        let counters = &self.counters;
+        match self.spans.try_send(span) {
+            Ok(()) => {
+                counters.queued.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                counters.dropped_queue_full.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                counters.dropped_shutdown.fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
 
@@ -176,12 +194,10 @@ impl<E: SpanExporter> Batcher<'_, E> {
         }
         let n = self.batch.len() as u64;
         let sent = std::mem::replace(&mut self.batch, Vec::with_capacity(self.config.max_batch));
-        let error = match tokio::time::timeout(
-            self.config.export_timeout,
-            self.exporter.export(sent),
-        )
-        .await
-        {
+        let result =
+            tokio::time::timeout(self.config.export_timeout, self.exporter.export(sent)).await;
+        self.counters.queued.fetch_sub(n, Ordering::Relaxed);
+        let error = match result {
             Ok(Ok(())) => {
                 self.counters.exported.fetch_add(n, Ordering::Relaxed);
                 if std::mem::take(&mut self.failing) {

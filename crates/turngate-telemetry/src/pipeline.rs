@@ -7,10 +7,12 @@ use std::time::Duration;
 
 use opentelemetry::KeyValue;
 use opentelemetry::trace::{SpanKind, TraceId, TracerProvider as _};
+use opentelemetry_otlp::WithTonicConfig;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::{
     Sampler, SamplingDecision, SdkTracer, SdkTracerProvider, ShouldSample, SpanExporter,
 };
+use tonic::transport::ClientTlsConfig;
 use tracing_subscriber::filter::Targets;
 use tracing_subscriber::{Layer, registry::LookupSpan};
 use turngate_core::TurnSampler;
@@ -53,6 +55,10 @@ impl Telemetry {
         let exporter = match otel.protocol {
             Protocol::HttpProtobuf => opentelemetry_otlp::SpanExporter::builder()
                 .with_http()
+                .build(),
+            Protocol::Grpc if otel.https => opentelemetry_otlp::SpanExporter::builder()
+                .with_tonic()
+                .with_tls_config(ClientTlsConfig::new().with_enabled_roots())
                 .build(),
             Protocol::Grpc => opentelemetry_otlp::SpanExporter::builder()
                 .with_tonic()

@@ -74,7 +74,7 @@ async fn serve(config: config::Config) -> anyhow::Result<()> {
     });
     // Logs go to stderr; colours only on a terminal. Spans go to OTLP when configured.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let otel = turngate_telemetry::OtelConfig::from_vars(|name| std::env::var(name).ok())?;
+    let otel = turngate_telemetry::OtelConfig::from_vars(|name| std::env::var(name).ok());
     let telemetry = turngate_telemetry::Telemetry::new(&otel, config.telemetry.capture_content)?;
     let logs = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
@@ -84,6 +84,9 @@ async fn serve(config: config::Config) -> anyhow::Result<()> {
         .with(logs)
         .with(telemetry.layer())
         .init();
+    for warning in &otel.warnings {
+        tracing::warn!("{warning}");
+    }
     if telemetry.exporting() {
         tracing::info!(protocol = ?otel.protocol, sampler = ?otel.sampler, "Exporting spans over OTLP.");
     }

@@ -90,12 +90,14 @@ pub fn render(app: &App) -> String {
     );
     out.family(
         "turngate_spans_dropped_total",
-        "Spans not exported: the export queue was full, or the export failed.",
+        "Spans not exported: the export queue was full, the export failed, or shutdown \
+         did not wait for them.",
         "counter",
     );
     for (reason, n) in [
         ("queue_full", spans.dropped_queue_full.load(Relaxed)),
         ("export_failed", spans.dropped_export_failed.load(Relaxed)),
+        ("shutdown", spans.dropped_shutdown.load(Relaxed)),
     ] {
         out.sample(
             "turngate_spans_dropped_total",

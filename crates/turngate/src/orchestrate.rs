@@ -114,11 +114,13 @@ impl<'a> Call<'a> {
 
     /// Records the outcome on the span and in the latency histogram; returns the
     /// call's milliseconds. The span ends when the call is dropped.
-    fn finish(&self, outcome: Result<(), &BackendError>) -> u32 {
+    fn finish(&self, outcome: Result<(), &BackendError>, content: bool) -> u32 {
         let label = match outcome {
             Ok(()) => "ok",
             Err(e) => {
-                record_error(&self.span, e.code().as_str(), e.to_string());
+                // A backend's error body may echo the prompt: only with the opt-in.
+                let message = if content { e.to_string() } else { e.summary() };
+                record_error(&self.span, e.code().as_str(), message);
                 "failed"
             }
         };
@@ -126,6 +128,9 @@ impl<'a> Call<'a> {
     }
 
     fn finish_as(&self, outcome: &'static str) -> u32 {
+        // The span ends now: `tracing-opentelemetry` dates a span's end at its last
+        // exit, and the LLM's stream is read outside of it.
+        self.span.in_scope(|| {});
         self.attr(attr::OUTCOME, outcome);
         let elapsed = self.started.elapsed();
         self.metrics
@@ -198,7 +203,7 @@ pub async fn run(
                 if content {
                     call.attr(attr::TRANSCRIPT, text.clone());
                 }
-                let took = call.finish(Ok(()));
+                let took = call.finish(Ok(()), content);
                 shared
                     .send_event(ServerEvent::Transcript {
                         turn_id: turn.id,
@@ -208,7 +213,7 @@ pub async fn run(
                 (StageStatus::Ok, Some(text), Some(took))
             }
             Err(e) => {
-                let took = call.finish(Err(&e));
+                let took = call.finish(Err(&e), content);
                 tracing::warn!(turn = %turn.id, error = %e, "ASR failed.");
                 shared.send_event(fail(&e)).await;
                 (StageStatus::Failed, None, Some(took))
@@ -246,10 +251,10 @@ pub async fn run(
                     if content {
                         call.attr(attr::GEN_AI_OUTPUT_MESSAGES, output_messages(description));
                     }
-                    call.finish(Ok(()));
+                    call.finish(Ok(()), content);
                 }
                 Err(e) => {
-                    call.finish(Err(e));
+                    call.finish(Err(e), content);
                 }
             }
             (blob, result)
@@ -377,7 +382,7 @@ pub async fn run(
                 StageStatus::Cancelled
             }
             Ok(StageStatus::Ok) => {
-                call.finish(Ok(()));
+                call.finish(Ok(()), content);
                 StageStatus::Ok
             }
             Ok(_) => {
@@ -385,7 +390,7 @@ pub async fn run(
                 StageStatus::Failed
             }
             Err(e) => {
-                call.finish(Err(&e));
+                call.finish(Err(&e), content);
                 StageStatus::Failed
             }
         };
