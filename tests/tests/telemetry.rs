@@ -359,33 +359,47 @@ async fn client_turns_over_grpc_join_the_client_trace_link_in_order_and_capture_
         assert_eq!(roots[i].attr("turngate.turn.number"), (i + 1) as i64);
     }
 
-    // With the opt-in, the spans carry what the models were given and returned.
+    // With the opt-in, the spans carry what the models were given and returned, in the
+    // GenAI conventions' message format.
     let first: Vec<_> = all.iter().filter(|s| s.trace_id == client_trace).collect();
     let span = |name: &str| *first.iter().find(|s| s.name == name).unwrap();
+    let json_attr = |name: &str, key: &str| -> Value {
+        serde_json::from_str(span(name).attr(key).as_str().unwrap_or("null")).unwrap()
+    };
     assert_eq!(span("asr").attr("turngate.asr.transcript"), TRANSCRIPT);
-    let vision_input = span("vision")
-        .attr("gen_ai.input.messages")
-        .as_str()
-        .unwrap();
-    assert!(
-        vision_input.contains("data:image/png;base64,"),
-        "{vision_input}"
+    let vision_input = json_attr("vision", "gen_ai.input.messages");
+    let image_part = &vision_input[0]["parts"][1];
+    assert_eq!(vision_input[0]["role"], "user");
+    assert_eq!(
+        (&image_part["type"], &image_part["mime_type"]),
+        (&json!("blob"), &json!("image/png"))
     );
     assert!(
-        span("vision")
-            .attr("gen_ai.output.messages")
-            .as_str()
-            .unwrap()
-            .contains(DESCRIPTION)
+        image_part["content"].as_str().unwrap().starts_with("iVBOR"),
+        "{image_part}"
     );
-    let prompt = span("llm").attr("gen_ai.input.messages").as_str().unwrap();
+    let vision_output = json_attr("vision", "gen_ai.output.messages");
+    assert_eq!(vision_output[0]["parts"][0]["content"], DESCRIPTION);
+    let system = json_attr("llm", "gen_ai.system_instructions");
+    assert_eq!(system[0]["type"], "text");
+    let prompt = json_attr("llm", "gen_ai.input.messages");
+    let last = prompt.as_array().unwrap().last().unwrap();
+    let said = last["parts"][0]["content"].as_str().unwrap();
     assert!(
-        prompt.contains(TRANSCRIPT) && prompt.contains(DESCRIPTION),
+        said.contains(TRANSCRIPT) && said.contains(DESCRIPTION),
         "{prompt}"
     );
-    let answer: Value =
-        serde_json::from_str(span("llm").attr("gen_ai.output.messages").as_str().unwrap())?;
+    let answer = json_attr("llm", "gen_ai.output.messages");
     assert_eq!(answer[0]["parts"][0]["content"], DELTAS.concat());
+    assert_eq!(answer[0]["finish_reason"], "stop");
+    // Later turns' prompts hold the earlier exchanges.
+    let third: Vec<_> = all
+        .iter()
+        .filter(|s| s.trace_id == turn_ids[2] && s.name == "llm")
+        .collect();
+    let history: Value =
+        serde_json::from_str(third[0].attr("gen_ai.input.messages").as_str().unwrap())?;
+    assert_eq!(history.as_array().unwrap().len(), 5, "{history}");
     Ok(())
 }
 

@@ -8,9 +8,11 @@
 //! - [`export`]: the bounded export queue that counts what it drops;
 //! - [`turn`]: a turn's trace and the spans under it;
 //! - [`names`]: every span name and attribute key;
+//! - [`content`]: opt-in content in the GenAI message format;
 //! - [`metrics`]: the Prometheus text format.
 
 pub mod config;
+pub mod content;
 pub mod error;
 pub mod export;
 pub mod ids;

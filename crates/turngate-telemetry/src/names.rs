@@ -126,6 +126,8 @@ pub mod attr {
     pub const GEN_AI_OUTPUT_TOKENS: &str = "gen_ai.usage.output_tokens";
     /// GenAI: why the model stopped.
     pub const GEN_AI_FINISH_REASONS: &str = "gen_ai.response.finish_reasons";
+    /// GenAI, opt-in content: the system prompt, as JSON parts.
+    pub const GEN_AI_SYSTEM_INSTRUCTIONS: &str = "gen_ai.system_instructions";
     /// GenAI, opt-in content: the messages sent, as JSON.
     pub const GEN_AI_INPUT_MESSAGES: &str = "gen_ai.input.messages";
     /// GenAI, opt-in content: the answer, as JSON messages.

@@ -16,10 +16,10 @@ use turngate_backends::{Backend, BackendError, TurnContext, asr, llm, vision};
 use turngate_core::{
     CompletionStatus, ServerEvent, SessionId, SpanId, StageStatus, Stages, TurnInfo,
 };
-use turngate_telemetry::TurnTrace;
 use turngate_telemetry::metrics::Metrics;
 use turngate_telemetry::names::{self, attr, span};
 use turngate_telemetry::turn::{parent_id, record_error};
+use turngate_telemetry::{TurnTrace, content};
 
 use crate::api::App;
 use crate::config::Config;
@@ -110,6 +110,15 @@ impl<'a> Call<'a> {
 
     fn attr(&self, key: &'static str, value: impl Into<opentelemetry::Value>) {
         self.span.set_attribute(key, value);
+    }
+
+    /// Opt-in content: the request's messages, in the GenAI format.
+    fn input(&self, messages: &[Value]) {
+        let (system, input) = content::input_messages(messages);
+        if let Some(system) = system {
+            self.attr(attr::GEN_AI_SYSTEM_INSTRUCTIONS, system);
+        }
+        self.attr(attr::GEN_AI_INPUT_MESSAGES, input);
     }
 
     /// Records the outcome on the span and in the latency histogram; returns the
@@ -234,8 +243,7 @@ pub async fn run(
             call.attr(attr::BLOB_ID, blob.value.blob_id.to_string());
             call.attr(attr::REQUEST_BYTES, blob.value.bytes.len() as i64);
             if content {
-                let input = vision::messages(&blob.value, &backends.vision_instruction);
-                call.attr(attr::GEN_AI_INPUT_MESSAGES, Value::Array(input).to_string());
+                call.input(&vision::messages(&blob.value, &backends.vision_instruction));
             }
             let result = vision::describe(
                 backend,
@@ -249,7 +257,8 @@ pub async fn run(
                 Ok(description) => {
                     call.attr(attr::RESPONSE_BYTES, description.len() as i64);
                     if content {
-                        call.attr(attr::GEN_AI_OUTPUT_MESSAGES, output_messages(description));
+                        let output = content::output_messages(description, None);
+                        call.attr(attr::GEN_AI_OUTPUT_MESSAGES, output);
                     }
                     call.finish(Ok(()), content);
                 }
@@ -298,9 +307,10 @@ pub async fn run(
         let prompt_json = Value::Array(messages.clone()).to_string();
         call.attr(attr::REQUEST_BYTES, prompt_json.len() as i64);
         if content {
-            call.attr(attr::GEN_AI_INPUT_MESSAGES, prompt_json);
+            call.input(&messages);
         }
         let mut delivery = Delivery::default();
+        let mut finish = None;
         let outcome = match llm::stream(backend, &call.ctx, messages)
             .instrument(call.span.clone())
             .await
@@ -342,6 +352,7 @@ pub async fn run(
                         if let Some(model) = model {
                             call.attr(attr::GEN_AI_RESPONSE_MODEL, model);
                         }
+                        finish.clone_from(&finish_reason);
                         if let Some(reason) = finish_reason {
                             call.attr(
                                 attr::GEN_AI_FINISH_REASONS,
@@ -374,7 +385,8 @@ pub async fn run(
         delivery.finish();
         call.attr(attr::RESPONSE_BYTES, answer.len() as i64);
         if content {
-            call.attr(attr::GEN_AI_OUTPUT_MESSAGES, output_messages(&answer));
+            let output = content::output_messages(&answer, finish.as_deref());
+            call.attr(attr::GEN_AI_OUTPUT_MESSAGES, output);
         }
         llm_status = match outcome {
             Ok(StageStatus::Cancelled) => {
@@ -464,11 +476,6 @@ impl Delivery {
             span.set_attribute(attr::DELIVERY_BYTES, self.bytes);
         }
     }
-}
-
-/// An answer as GenAI output messages JSON.
-fn output_messages(text: &str) -> String {
-    json!([{"role": "assistant", "parts": [{"type": "text", "content": text}]}]).to_string()
 }
 
 /// Resolves on barge-in. If the flag's sender is gone (the session's downstream has
