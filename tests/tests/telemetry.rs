@@ -135,6 +135,10 @@ async fn a_vad_turn_with_speech_and_an_image_is_one_trace_over_otlp_http() -> an
             .iter()
             .all(|(_, t)| (root.start_ns..=root.end_ns).contains(t))
     );
+    // Speech began after the pre-roll the turn starts with, and ended a hangover
+    // (700 ms) before the turn's last frame.
+    let (speech_start, speech_end) = (root.events[0].1, root.events[1].1);
+    let ms = |a: u64, b: u64| (a as f64 - b as f64) / 1e6;
 
     // The tree: every other span is a child of the root, with the documented names.
     let names: BTreeSet<_> = all.iter().map(|s| s.name.as_str()).collect();
@@ -168,6 +172,10 @@ async fn a_vad_turn_with_speech_and_an_image_is_one_trace_over_otlp_http() -> an
         root.attr("turngate.turn.frames")
     );
     assert_eq!(audio.attr("turngate.audio.frames_dropped"), 0);
+    let after_start = ms(speech_start, audio.start_ns);
+    assert!((100.0..=400.0).contains(&after_start), "{after_start} ms");
+    let before_end = ms(audio.end_ns, speech_end);
+    assert!((600.0..=800.0).contains(&before_end), "{before_end} ms");
     assert!(audio.attr("turngate.audio.first_frame_time").is_string());
 
     // The image.

@@ -153,6 +153,10 @@ pub struct TurnInfo {
     /// Whether its trace is recorded, as the session's [`TurnSampler`] decided when it
     /// opened; `None` without a sampler.
     pub sampled: Option<bool>,
+    /// VAD turns: session time the voiced run that opened it began.
+    pub speech_started_at: Option<Duration>,
+    /// Turns ended by end of speech: session time of the last voiced frame.
+    pub speech_ended_at: Option<Duration>,
 }
 
 impl TurnInfo {
@@ -666,6 +670,11 @@ impl<R: Rng> TurnEngine<R> {
             completed_at: None,
             frames: 0,
             sampled: self.sampler.as_ref().map(|s| s.sampled(id, client_parent)),
+            // Speech onset opened it (not a follow-on of a long turn).
+            speech_started_at: (cause == Cause::Vad && user_action)
+                .then_some(self.voiced_since)
+                .flatten(),
+            speech_ended_at: None,
         };
         self.outputs.push_back(Output::TurnStarted(info.clone()));
         self.turns.push(info);
@@ -696,6 +705,9 @@ impl<R: Rng> TurnEngine<R> {
         turn.state = TurnState::Ended;
         turn.reason = Some(reason);
         turn.ended_at = Some(at);
+        if reason == EndReason::EndOfSpeech {
+            turn.speech_ended_at = self.last_voiced;
+        }
         self.outputs.push_back(Output::TurnEnded(turn.clone()));
         self.maybe_start_processing(i, at);
     }

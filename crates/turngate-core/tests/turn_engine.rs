@@ -182,6 +182,38 @@ fn client_turn_uses_client_id_and_ignores_vad() {
 }
 
 #[test]
+fn a_vad_turn_knows_when_speech_began_and_ended() {
+    let mut h = Harness::new();
+    let t = h.audio(ms(0), ms(1000), false);
+    let speech = t;
+    let t = h.audio(t, ms(800), true);
+    let last_voiced = t - FRAME;
+    let t = h.audio(t, ms(1500), false);
+    h.tick(t);
+    let (started, ended) = (h.started(), h.ended());
+    assert_eq!((started.len(), ended.len()), (1, 1));
+    // The turn starts with its pre-roll, before the speech that opened it.
+    assert_eq!(started[0].speech_started_at, Some(speech));
+    assert!(started[0].started_at < speech);
+    assert_eq!(ended[0].reason, Some(EndReason::EndOfSpeech));
+    assert_eq!(ended[0].speech_ended_at, Some(last_voiced));
+    assert_eq!(
+        ended[0].ended_at,
+        Some(last_voiced + TurnConfig::default().hangover)
+    );
+    // Client turns have neither.
+    let mut h = Harness::new();
+    h.engine.handle_turn_start(ms(0), None, None).unwrap();
+    let t = h.audio(ms(0), ms(500), true);
+    h.engine.handle_turn_end(t, None).unwrap();
+    h.drain();
+    assert_eq!(
+        (h.ended()[0].speech_started_at, h.ended()[0].speech_ended_at),
+        (None, None)
+    );
+}
+
+#[test]
 fn the_sampler_decides_each_turns_sampled_flag_when_it_opens() {
     // Sample turns whose id ends in an odd digit; the client's flag is overridden.
     let mut h = Harness::new();

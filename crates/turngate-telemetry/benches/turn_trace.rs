@@ -45,6 +45,8 @@ fn turn(n: u32) -> TurnInfo {
         completed_at: None,
         frames: 100,
         sampled: Some(true),
+        speech_started_at: None,
+        speech_ended_at: None,
     }
 }
 

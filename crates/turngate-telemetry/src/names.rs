@@ -25,9 +25,9 @@ pub mod span {
 
 /// Span event names.
 pub mod event {
-    /// On the turn span: the voice activity detector heard speech begin.
+    /// On the turn span, at the start of the voiced run whose onset opened a VAD turn.
     pub const SPEECH_START: &str = "vad.speech_start";
-    /// On the turn span: the voice activity detector heard speech end.
+    /// On the turn span, at the last voiced frame of a turn ended by end of speech.
     pub const SPEECH_END: &str = "vad.speech_end";
     /// On the LLM span: its first token arrived.
     pub const FIRST_TOKEN: &str = "gen_ai.first_token";

@@ -15,9 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
-use turngate_core::{
-    AudioFrame, Blob, Cause, EndReason, ServerEvent, Tagged, TurnId, TurnInfo, TurnState,
-};
+use turngate_core::{AudioFrame, Blob, ServerEvent, Tagged, TurnId, TurnInfo, TurnState};
 use turngate_media::session::{Downstream, Session};
 use turngate_telemetry::{AudioStats, TurnTrace, names, snake};
 
@@ -103,8 +101,8 @@ pub fn spawn(app: Arc<App>, resource: String, entry: Arc<Entry>, session: Sessio
                         wall(turn.started_at),
                         previous_root.take(),
                     );
-                    if turn.cause == Cause::Vad {
-                        trace.event(names::event::SPEECH_START, SystemTime::now());
+                    if let Some(speech) = turn.speech_started_at {
+                        trace.event(names::event::SPEECH_START, wall(speech));
                     }
                     previous_root = Some(trace.span_context());
                     app.metrics.turns_started.inc([&snake(&turn.cause)]);
@@ -131,10 +129,8 @@ pub fn spawn(app: Arc<App>, resource: String, entry: Arc<Entry>, session: Sessio
                 Downstream::TurnEnded(turn) => {
                     if let Some(p) = pending.get_mut(&turn.id) {
                         p.losses_at_end = Some(losses());
-                        if turn.reason == Some(EndReason::EndOfSpeech)
-                            && let Some(ended) = turn.ended_at
-                        {
-                            p.trace.event(names::event::SPEECH_END, wall(ended));
+                        if let Some(speech) = turn.speech_ended_at {
+                            p.trace.event(names::event::SPEECH_END, wall(speech));
                         }
                     }
                 }
