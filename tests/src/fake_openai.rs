@@ -38,6 +38,21 @@ pub struct Seen {
     pub llm_cancelled: bool,
 }
 
+impl Seen {
+    /// Transcription requests received.
+    pub fn transcriptions(&self) -> usize {
+        self.headers
+            .iter()
+            .filter(|h| h.0 == "audio/transcriptions")
+            .count()
+    }
+
+    /// Streamed chat (LLM) requests received.
+    pub fn streams(&self) -> usize {
+        self.chats.iter().filter(|c| c["stream"] == true).count()
+    }
+}
+
 /// A way for a fake backend to misbehave.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Fault {

@@ -557,6 +557,23 @@ impl Client {
             .await
     }
 
+    /// Speaks `speech.wav` (speech begins 0.5 s in) and, once the VAD turn has started
+    /// (1 s in), uploads a PNG over the data channel while the speech goes on. Returns
+    /// the turn's `turn.started` event.
+    pub async fn speak_with_upload(&self, upload_id: &str, image: &[u8]) -> anyhow::Result<Value> {
+        let (rate, pcm) = wav::read(&data("speech.wav"))?;
+        let packets = encode_opus(rate, &pcm)?;
+        self.send_packets(&packets[..50], &[]).await?;
+        let started = self
+            .inbox
+            .wait("turn.started", 1, Duration::from_secs(2))
+            .await?;
+        self.upload(upload_id, "image/png", image, 16 * 1024)
+            .await?;
+        self.send_packets(&packets[50..], &[]).await?;
+        Ok(started[0].clone())
+    }
+
     /// Sends Opus packets in real time (20 ms apart), skipping the indices in `lose`.
     pub async fn send_packets(&self, packets: &[Vec<u8>], lose: &[usize]) -> anyhow::Result<()> {
         let start = tokio::time::Instant::now();

@@ -46,14 +46,9 @@ async fn a_turn_with_speech_and_an_image_reaches_every_backend_with_its_turn_id(
     let gw = Gateway::start(&[], &env).await?;
     let client = Client::connect(&gw, true).await?;
     let session_id = client.session_id().await?;
-    let (rate, source) = wav::read(&data("speech.wav"))?;
-    let packets = encode_opus(rate, &source)?;
+    let (_, source) = wav::read(&data("speech.wav"))?;
     let image = png(320, 200);
-    client.send_packets(&packets[..50], &[]).await?;
-    client
-        .upload("shot", "image/png", &image, 16 * 1024)
-        .await?;
-    client.send_packets(&packets[50..], &[]).await?;
+    client.speak_with_upload("shot", &image).await?;
     let completed = client
         .inbox
         .wait("turn.completed", 1, Duration::from_secs(10))
@@ -189,21 +184,9 @@ async fn asr_faults_fail_their_stage_and_the_session_goes_on() -> anyhow::Result
     ];
     for (n, (fault, code, calls)) in cases.into_iter().enumerate() {
         seen.lock().unwrap().asr_fault = fault;
-        let before = seen
-            .lock()
-            .unwrap()
-            .headers
-            .iter()
-            .filter(|h| h.0 == "audio/transcriptions")
-            .count();
+        let before = seen.lock().unwrap().transcriptions();
         let (completed, errors) = client_turn(&client, n + 1, None).await?;
-        let after = seen
-            .lock()
-            .unwrap()
-            .headers
-            .iter()
-            .filter(|h| h.0 == "audio/transcriptions")
-            .count();
+        let after = seen.lock().unwrap().transcriptions();
         assert_eq!(after - before, calls, "{fault:?}: ASR calls");
         if fault == Fault::None {
             assert_eq!(completed["status"], "ok", "{completed:#}");
@@ -267,21 +250,9 @@ async fn vision_and_llm_faults_fail_their_stage_and_the_session_goes_on() -> any
     ];
     for (i, (fault, code, calls)) in llm_cases.into_iter().enumerate() {
         seen.lock().unwrap().llm_fault = fault;
-        let before = seen
-            .lock()
-            .unwrap()
-            .chats
-            .iter()
-            .filter(|c| c["stream"] == true)
-            .count();
+        let before = seen.lock().unwrap().streams();
         let (completed, errors) = client_turn(&client, 3 + i, None).await?;
-        let after = seen
-            .lock()
-            .unwrap()
-            .chats
-            .iter()
-            .filter(|c| c["stream"] == true)
-            .count();
+        let after = seen.lock().unwrap().streams();
         assert_eq!(codes(&errors), vec![code], "{fault:?}");
         assert_eq!(after - before, calls, "{fault:?}: LLM calls");
         assert_eq!(completed["status"], "failed", "{fault:?}: {completed:#}");

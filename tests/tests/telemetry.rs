@@ -65,6 +65,20 @@ async fn metric(gw: &Gateway, sample: &str) -> anyhow::Result<f64> {
         .ok_or_else(|| anyhow::anyhow!("{sample} not in\n{text}"))
 }
 
+/// Waits until the gateway has counted spans whose export failed.
+async fn wait_for_dropped_exports(gw: &Gateway) -> anyhow::Result<()> {
+    let sample = "turngate_spans_dropped_total{reason=\"export_failed\"}";
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while metric(gw, sample).await? < 1.0 {
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "no dropped spans counted"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_vad_turn_with_speech_and_an_image_is_one_trace_over_otlp_http() -> anyhow::Result<()> {
     let collector = Collector::http().await?;
@@ -72,25 +86,15 @@ async fn a_vad_turn_with_speech_and_an_image_is_one_trace_over_otlp_http() -> an
     let gw = gateway(&collector, &base, &[]).await?;
     let client = Client::connect(&gw, true).await?;
     let session_id = client.session_id().await?;
-    let (rate, pcm) = wav::read(&data("speech.wav"))?;
-    let packets = encode_opus(rate, &pcm)?;
     let image = png(640, 360);
-    client.send_packets(&packets[..50], &[]).await?;
-    let started = client
-        .inbox
-        .wait("turn.started", 1, Duration::from_secs(2))
-        .await?;
-    client
-        .upload("shot-1", "image/png", &image, 16 * 1024)
-        .await?;
-    client.send_packets(&packets[50..], &[]).await?;
+    let started = client.speak_with_upload("shot-1", &image).await?;
     let completed = client
         .inbox
         .wait("turn.completed", 1, Duration::from_secs(15))
         .await?;
     assert_eq!(completed[0]["status"], "ok", "{completed:?}");
-    let turn_id = started[0]["turn_id"].as_str().unwrap().to_owned();
-    let announced_root = started[0]["traceparent"].as_str().unwrap()[36..52].to_owned();
+    let turn_id = started["turn_id"].as_str().unwrap().to_owned();
+    let announced_root = started["traceparent"].as_str().unwrap()[36..52].to_owned();
 
     let all = collector
         .wait(Duration::from_secs(10), has_root(&turn_id))
@@ -512,16 +516,10 @@ async fn traceidratio_half_keeps_about_half_of_200_turns_whole() -> anyhow::Resu
     Ok(())
 }
 
-#[tokio::test]
-async fn a_dead_collector_leaves_media_and_turns_alone_and_counts_dropped_spans()
--> anyhow::Result<()> {
-    let dead = format!("http://127.0.0.1:{}", free_tcp_port());
-    let env = [
-        ("OTEL_EXPORTER_OTLP_ENDPOINT", dead.as_str()),
-        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
-        ("OTEL_BSP_EXPORT_TIMEOUT", "2000"),
-    ];
-    let gw = Gateway::start(&[], &env).await?;
+/// Two VAD turns on a gateway started with `env` complete, and every packet sent is
+/// accounted for, none dropped. Returns the gateway and the packets received.
+async fn two_vad_turns_unharmed(env: &[(&str, &str)]) -> anyhow::Result<(Gateway, u64)> {
+    let gw = Gateway::start(&[], env).await?;
     let client = Client::connect(&gw, true).await?;
     let session_id = client.session_id().await?;
     client.send_wav("two-utterances.wav").await?;
@@ -533,20 +531,20 @@ async fn a_dead_collector_leaves_media_and_turns_alone_and_counts_dropped_spans(
     let received = assert_balanced(&session);
     assert_eq!(received, client.packets_sent());
     assert_eq!(session["counters"]["frames_dropped_backpressure"], 0);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while metric(
-        &gw,
-        "turngate_spans_dropped_total{reason=\"export_failed\"}",
-    )
-    .await?
-        < 1.0
-    {
-        anyhow::ensure!(
-            tokio::time::Instant::now() < deadline,
-            "no dropped spans counted"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    Ok((gw, received))
+}
+
+#[tokio::test]
+async fn a_dead_collector_leaves_media_and_turns_alone_and_counts_dropped_spans()
+-> anyhow::Result<()> {
+    let dead = format!("http://127.0.0.1:{}", free_tcp_port());
+    let env = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", dead.as_str()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ("OTEL_BSP_EXPORT_TIMEOUT", "2000"),
+    ];
+    let (gw, received) = two_vad_turns_unharmed(&env).await?;
+    wait_for_dropped_exports(&gw).await?;
     assert_eq!(metric(&gw, "turngate_spans_exported_total").await?, 0.0);
     assert_eq!(
         metric(&gw, "turngate_frames_received_total").await?,
@@ -580,18 +578,8 @@ async fn a_slow_collector_fills_the_queue_and_drops_are_counted_not_waited_for()
         ("OTEL_BSP_MAX_QUEUE_SIZE", "1"),
         ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "1"),
     ];
-    let gw = Gateway::start(&[], &env).await?;
-    let client = Client::connect(&gw, true).await?;
-    let session_id = client.session_id().await?;
-    client.send_wav("two-utterances.wav").await?;
     // Two turns of two spans each: one export hangs, one span waits, the rest drop.
-    client
-        .inbox
-        .wait("turn.completed", 2, Duration::from_secs(10))
-        .await?;
-    let session = client.finish(&gw, &session_id).await?;
-    assert_eq!(assert_balanced(&session), client.packets_sent());
-    assert_eq!(session["counters"]["frames_dropped_backpressure"], 0);
+    let (gw, _) = two_vad_turns_unharmed(&env).await?;
     assert!(metric(&gw, "turngate_spans_dropped_total{reason=\"queue_full\"}").await? >= 1.0);
     assert_eq!(metric(&gw, "turngate_spans_exported_total").await?, 0.0);
     Ok(())
@@ -693,20 +681,7 @@ async fn https_and_gzip_over_grpc_start_and_unusable_values_warn() -> anyhow::Re
         .inbox
         .wait("turn.completed", 1, Duration::from_secs(5))
         .await?;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while metric(
-        &gw,
-        "turngate_spans_dropped_total{reason=\"export_failed\"}",
-    )
-    .await?
-        < 1.0
-    {
-        anyhow::ensure!(
-            tokio::time::Instant::now() < deadline,
-            "no export was tried"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for_dropped_exports(&gw).await?;
     let log = gw.log();
     for var in ["OTEL_TRACES_SAMPLER", "OTEL_SDK_DISABLED"] {
         assert!(

@@ -64,19 +64,8 @@ async fn a_png_uploaded_mid_utterance_lands_in_that_turn() -> anyhow::Result<()>
     let gw = Gateway::start(&[], &[]).await?;
     let client = Client::connect(&gw, true).await?;
     let session_id = client.session_id().await?;
-    let (rate, pcm) = wav::read(&data("speech.wav"))?;
-    let packets = encode_opus(rate, &pcm)?;
     let image = png(1280, 720);
-    // Speech starts 0.5 s into the file: send 1 s of it, upload, send the rest.
-    client.send_packets(&packets[..50], &[]).await?;
-    let started = client
-        .inbox
-        .wait("turn.started", 1, Duration::from_secs(2))
-        .await?;
-    client
-        .upload("screenshot-1", "image/png", &image, 16 * 1024)
-        .await?;
-    client.send_packets(&packets[50..], &[]).await?;
+    let started = client.speak_with_upload("screenshot-1", &image).await?;
     let accepted = client
         .inbox
         .wait("image.accepted", 1, Duration::from_secs(5))
@@ -84,7 +73,7 @@ async fn a_png_uploaded_mid_utterance_lands_in_that_turn() -> anyhow::Result<()>
     let a = &accepted[0];
     assert_eq!(a["upload_id"], "screenshot-1");
     assert_eq!(a["blob_id"], sha256_hex(&image));
-    assert_eq!(a["turn_id"], started[0]["turn_id"]);
+    assert_eq!(a["turn_id"], started["turn_id"]);
     assert_eq!(
         (a["width"].as_u64(), a["height"].as_u64()),
         (Some(1280), Some(720))
@@ -99,7 +88,7 @@ async fn a_png_uploaded_mid_utterance_lands_in_that_turn() -> anyhow::Result<()>
         .wait("turn.ended", 1, Duration::from_secs(3))
         .await?;
     let session = client.finish(&gw, &session_id).await?;
-    let blobs = blobs_of(&session, &started[0]["turn_id"]);
+    let blobs = blobs_of(&session, &started["turn_id"]);
     assert_eq!(blobs.len(), 1, "{session:#}");
     assert_eq!(blobs[0]["blob_id"], sha256_hex(&image));
     assert_eq!(session["counters"]["images_accepted"], 1);

@@ -10,17 +10,16 @@ use crate::client::Backend;
 use crate::context::TurnContext;
 use crate::error::BackendError;
 
-/// Asks the vision model to describe one image.
+/// Asks the vision model to describe one image, given its [`messages`].
 pub async fn describe(
     backend: &Backend,
     ctx: &TurnContext,
-    blob: &Blob,
-    instruction: &str,
+    messages: Vec<serde_json::Value>,
 ) -> Result<String, BackendError> {
     let body = json!({
         "model": backend.config().model,
         "user": ctx.turn_id.to_string(),
-        "messages": messages(blob, instruction),
+        "messages": messages,
     });
     let url = backend.url("/chat/completions");
     let (response, _permit) = backend

@@ -12,7 +12,9 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::{SpanData, SpanExporter};
 use tracing_subscriber::prelude::*;
-use turngate_core::{Blob, BlobId, Cause, SessionId, SpanId, TurnId, TurnInfo, TurnState};
+use turngate_core::{
+    Blob, BlobId, Cause, CompletionStatus, SessionId, SpanId, TurnId, TurnInfo, TurnState,
+};
 use turngate_telemetry::config::{OtelConfig, Protocol, QueueConfig, SamplerChoice};
 use turngate_telemetry::names::span;
 use turngate_telemetry::{AudioStats, Telemetry};
@@ -69,7 +71,7 @@ fn one_turn(telemetry: &Telemetry, info: &TurnInfo, blob: &Blob) {
         std::hint::black_box(turngate_telemetry::turn::parent_id(&call));
     }
     drop(trace.delivery_span());
-    trace.end(info, "ok", 1, now);
+    trace.end(info, CompletionStatus::Ok, 1, now);
 }
 
 fn bench(c: &mut Criterion) {

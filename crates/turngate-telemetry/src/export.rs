@@ -101,18 +101,16 @@ impl SpanProcessor for QueueProcessor {
         if !span.span_context.is_sampled() {
             return;
         }
+        // Counted queued before it is, so that the task never subtracts it first.
         let counters = &self.counters;
-        match self.spans.try_send(span) {
-            Ok(()) => {
-                counters.queued.fetch_add(1, Ordering::Relaxed);
-            }
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                counters.dropped_queue_full.fetch_add(1, Ordering::Relaxed);
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => {
-                counters.dropped_shutdown.fetch_add(1, Ordering::Relaxed);
-            }
-        }
+        counters.queued.fetch_add(1, Ordering::Relaxed);
+        let dropped = match self.spans.try_send(span) {
+            Ok(()) => return,
+            Err(mpsc::error::TrySendError::Full(_)) => &counters.dropped_queue_full,
+            Err(mpsc::error::TrySendError::Closed(_)) => &counters.dropped_shutdown,
+        };
+        counters.queued.fetch_sub(1, Ordering::Relaxed);
+        dropped.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Asks the task to export what is queued; does not wait (it may be called from

@@ -39,14 +39,10 @@ impl<const N: usize> CounterVec<N> {
     }
 
     fn write(&self, out: &mut Exposition) {
-        let samples: Vec<_> = self
-            .values
-            .lock()
-            .map(|m| m.iter().map(|(k, v)| (k.clone(), *v)).collect())
-            .unwrap_or_default();
         out.family(self.name, self.help, "counter");
-        for (values, n) in samples {
-            out.sample(self.name, &pairs(&self.labels, &values), n as f64);
+        let Ok(map) = self.values.lock() else { return };
+        for (values, n) in map.iter() {
+            out.sample(self.name, &pairs(&self.labels, values), *n as f64);
         }
     }
 }
@@ -109,25 +105,28 @@ impl<const N: usize> HistogramVec<N> {
         let bucket = format!("{}_bucket", self.name);
         for (values, h) in map.iter() {
             let labels = pairs(&self.labels, values);
-            for (bound, n) in self.buckets.iter().zip(&h.counts) {
+            let bounds = self.buckets.iter().map(f64::to_string);
+            let counts = h.counts.iter().copied();
+            for (le, n) in bounds.zip(counts).chain([("+Inf".to_owned(), h.count)]) {
                 let mut with_le = labels.clone();
-                with_le.push(("le", bound.to_string()));
-                out.sample(&bucket, &with_le, *n as f64);
+                with_le.push(("le", &le));
+                out.sample(&bucket, &with_le, n as f64);
             }
-            let mut inf = labels.clone();
-            inf.push(("le", "+Inf".to_owned()));
-            out.sample(&bucket, &inf, h.count as f64);
             out.sample(&format!("{}_sum", self.name), &labels, h.sum);
             out.sample(&format!("{}_count", self.name), &labels, h.count as f64);
         }
     }
 }
 
-fn pairs<const N: usize>(
+fn pairs<'a, const N: usize>(
     names: &[&'static str; N],
-    values: &[String; N],
-) -> Vec<(&'static str, String)> {
-    names.iter().copied().zip(values.iter().cloned()).collect()
+    values: &'a [String; N],
+) -> Vec<(&'static str, &'a str)> {
+    names
+        .iter()
+        .copied()
+        .zip(values.iter().map(String::as_str))
+        .collect()
 }
 
 /// What is counted as it happens.
@@ -202,7 +201,7 @@ impl Exposition {
     }
 
     /// One sample.
-    pub fn sample(&mut self, name: &str, labels: &[(&str, String)], value: f64) {
+    pub fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
         self.text.push_str(name);
         if !labels.is_empty() {
             self.text.push('{');

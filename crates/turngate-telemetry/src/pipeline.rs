@@ -15,7 +15,7 @@ use opentelemetry_sdk::trace::{
 use tonic::transport::ClientTlsConfig;
 use tracing_subscriber::filter::Targets;
 use tracing_subscriber::{Layer, registry::LookupSpan};
-use turngate_core::TurnSampler;
+use turngate_core::{TraceParent, TurnId, TurnSampler};
 
 use crate::config::{OtelConfig, Protocol, SamplerChoice};
 use crate::error::Error;
@@ -107,18 +107,7 @@ impl Telemetry {
     pub fn turn_sampler(&self) -> Option<TurnSampler> {
         let sampler = self.sampler.clone()?;
         Some(TurnSampler::new(move |turn_id, client_parent| {
-            let parent = client_parent.map(remote_parent).unwrap_or_default();
-            let decision = sampler
-                .should_sample(
-                    Some(&parent),
-                    TraceId::from_bytes(turn_id.to_bytes()),
-                    span::TURN,
-                    &SpanKind::Server,
-                    &[],
-                    &[],
-                )
-                .decision;
-            decision == SamplingDecision::RecordAndSample
+            samples(&sampler, turn_id, client_parent)
         }))
     }
 
@@ -160,6 +149,23 @@ impl Telemetry {
     }
 }
 
+/// Whether `sampler` records a turn's root span: the decision the SDK makes when
+/// [`Telemetry::start_turn`] starts it (same parent, trace id, name and kind).
+fn samples(sampler: &Sampler, turn_id: TurnId, client_parent: Option<TraceParent>) -> bool {
+    let parent = client_parent.map(remote_parent).unwrap_or_default();
+    let decision = sampler
+        .should_sample(
+            Some(&parent),
+            TraceId::from_bytes(turn_id.to_bytes()),
+            span::TURN,
+            &SpanKind::Server,
+            &[],
+            &[],
+        )
+        .decision;
+    decision == SamplingDecision::RecordAndSample
+}
+
 fn sampler(choice: SamplerChoice) -> Sampler {
     match choice {
         SamplerChoice::AlwaysOn => Sampler::AlwaysOn,
@@ -176,7 +182,6 @@ fn sampler(choice: SamplerChoice) -> Sampler {
 #[cfg(test)]
 mod tests {
     use rand::SeedableRng;
-    use turngate_core::TurnId;
 
     use super::*;
 
@@ -189,20 +194,7 @@ mod tests {
             let sampler = sampler(SamplerChoice::TraceIdRatio(ratio));
             let n = 20_000;
             let kept = (0..n)
-                .filter(|_| {
-                    let id = TurnId::mint(1_790_000_000_000, &mut rng);
-                    let decision = sampler
-                        .should_sample(
-                            None,
-                            TraceId::from_bytes(id.to_bytes()),
-                            "turn",
-                            &SpanKind::Server,
-                            &[],
-                            &[],
-                        )
-                        .decision;
-                    decision == SamplingDecision::RecordAndSample
-                })
+                .filter(|_| samples(&sampler, TurnId::mint(1_790_000_000_000, &mut rng), None))
                 .count();
             let share = kept as f64 / f64::from(n);
             assert!((share - ratio).abs() < 0.02, "{ratio}: kept {share}");

@@ -13,7 +13,7 @@ use opentelemetry::trace::{
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_sdk::trace::SdkTracer;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
-use turngate_core::{Blob, SessionId, TraceParent, TurnInfo};
+use turngate_core::{Blob, CompletionStatus, SessionId, TraceParent, TurnInfo};
 
 use crate::names::{TARGET, attr, span};
 use crate::pipeline::Telemetry;
@@ -209,7 +209,7 @@ impl TurnTrace {
     }
 
     /// Ends the root span at `at` with the turn's final state.
-    pub fn end(&self, turn: &TurnInfo, status: &str, images: usize, at: SystemTime) {
+    pub fn end(&self, turn: &TurnInfo, status: CompletionStatus, images: usize, at: SystemTime) {
         let span = self.cx.span();
         span.set_attribute(KeyValue::new(attr::TURN_STATE, snake(&turn.state)));
         if let Some(reason) = turn.reason {
@@ -218,12 +218,12 @@ impl TurnTrace {
         span.set_attribute(KeyValue::new(attr::TURN_INTERRUPTED, turn.interrupted));
         span.set_attribute(KeyValue::new(attr::TURN_FRAMES, i64::from(turn.frames)));
         span.set_attribute(KeyValue::new(attr::TURN_IMAGES, images as i64));
-        span.set_attribute(KeyValue::new(attr::TURN_STATUS, status.to_owned()));
+        span.set_attribute(KeyValue::new(attr::TURN_STATUS, snake(&status)));
         if let Some(ended) = turn.ended_at {
             let ms = ended.saturating_sub(turn.started_at).as_millis() as i64;
             span.set_attribute(KeyValue::new(attr::TURN_DURATION_MS, ms));
         }
-        if status == "failed" {
+        if status == CompletionStatus::Failed {
             span.set_status(Status::error("turn processing failed"));
         }
         span.end_with_timestamp(at);

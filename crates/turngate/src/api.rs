@@ -1,7 +1,7 @@
 //! The HTTP API: WHIP-shaped signaling, session queries, health, CORS.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
 use axum::Router;
@@ -38,8 +38,8 @@ pub struct App {
     pub telemetry: turngate_telemetry::Telemetry,
     /// Counted as it happens, for `/metrics`.
     pub metrics: turngate_telemetry::metrics::Metrics,
-    /// Turns being processed now; shutdown waits for them.
-    pub processing: AtomicUsize,
+    /// The tasks processing turns; shutdown waits for them.
+    pub processing: tokio_util::task::TaskTracker,
 }
 
 impl App {
@@ -67,7 +67,7 @@ impl App {
             shutting_down: AtomicBool::new(false),
             telemetry,
             metrics: Default::default(),
-            processing: AtomicUsize::new(0),
+            processing: tokio_util::task::TaskTracker::new(),
         }))
     }
 }
@@ -484,16 +484,8 @@ fn time(t: SystemTime) -> String {
 
 /// A session as JSON: counters always, turns when `detail`.
 fn session_json(entry: &Entry, detail: bool) -> Value {
-    use std::sync::atomic::Ordering::Relaxed;
     let s = &entry.shared;
-    let c = &s.counters;
-    // Fates first, then receipt: a frame is counted received before it gets its fate, so
-    // read in this order `received` is never below the sum of the fates.
-    let in_turns = c.frames_in_turns.load(Relaxed);
-    let idle = c.idle_frames_discarded.load(Relaxed);
-    let dropped = c.frames_dropped_backpressure.load(Relaxed);
-    let undecodable = c.frames_undecodable.load(Relaxed);
-    let received = c.frames_received.load(Relaxed);
+    let c = s.counters.read();
     let ended = s.ended();
     let mut v = json!({
         "session_id": s.id,
@@ -503,21 +495,21 @@ fn session_json(entry: &Entry, detail: bool) -> Value {
         "end_reason": ended.map(|(_, why)| why),
         "data_channel": s.has_data_channel(),
         "counters": {
-            "frames_received": received,
-            "frames_in_turns": in_turns,
-                        "idle_frames_discarded": idle,
-            "frames_dropped_backpressure": dropped,
-            "frames_undecodable": undecodable,
+            "frames_received": c.frames_received,
+            "frames_in_turns": c.frames_in_turns,
+            "idle_frames_discarded": c.idle_frames_discarded,
+            "frames_dropped_backpressure": c.frames_dropped_backpressure,
+            "frames_undecodable": c.frames_undecodable,
             // Received but not yet given a fate (queued, or in the pre-roll ring).
-            "frames_pending": received.saturating_sub(in_turns + idle + dropped + undecodable),
-            "packets_lost": c.packets_lost.load(Relaxed),
-            "concealed_ms": c.samples_concealed.load(Relaxed) / 16,
-            "events_dropped": c.events_dropped.load(Relaxed),
-                        "messages_refused": c.messages_refused.load(Relaxed),
-            "images_accepted": c.images_accepted.load(Relaxed),
-            "image_bytes_accepted": c.image_bytes_accepted.load(Relaxed),
-            "images_rejected": c.images_rejected.lock().map(|m| m.clone()).unwrap_or_default(),
-            "upload_bytes_freed": c.upload_bytes_freed.load(Relaxed),
+            "frames_pending": c.frames_received.saturating_sub(c.frames_with_fate()),
+            "packets_lost": c.packets_lost,
+            "concealed_ms": c.samples_concealed / 16,
+            "events_dropped": c.events_dropped,
+            "messages_refused": c.messages_refused,
+            "images_accepted": c.images_accepted,
+            "image_bytes_accepted": c.image_bytes_accepted,
+            "images_rejected": c.images_rejected,
+            "upload_bytes_freed": c.upload_bytes_freed,
         },
     });
     if detail {

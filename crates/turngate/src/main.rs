@@ -125,9 +125,8 @@ async fn close_all(app: &api::App) {
         for entry in &live {
             entry.shared.wait_ended().await;
         }
-        while app.processing.load(Ordering::Acquire) > 0 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        app.processing.close();
+        app.processing.wait().await;
     };
     if tokio::time::timeout(SHUTDOWN_GRACE, all_ended)
         .await

@@ -11,6 +11,7 @@ use crate::api::App;
 /// The exposition text.
 pub fn render(app: &App) -> String {
     let t = app.registry.totals();
+    let c = &t.counts;
     let mut out = Exposition::default();
     out.single(
         "turngate_sessions",
@@ -28,7 +29,7 @@ pub fn render(app: &App) -> String {
         "turngate_frames_received_total",
         "RTP packets of audio received; each gets one fate in turngate_frames_total.",
         "counter",
-        t.frames_received as f64,
+        c.frames_received as f64,
     );
     out.family(
         "turngate_frames_total",
@@ -37,16 +38,12 @@ pub fn render(app: &App) -> String {
         "counter",
     );
     for (fate, n) in [
-        ("in_turns", t.frames_in_turns),
-        ("idle_discarded", t.idle_frames_discarded),
-        ("dropped_backpressure", t.frames_dropped_backpressure),
-        ("undecodable", t.frames_undecodable),
+        ("in_turns", c.frames_in_turns),
+        ("idle_discarded", c.idle_frames_discarded),
+        ("dropped_backpressure", c.frames_dropped_backpressure),
+        ("undecodable", c.frames_undecodable),
     ] {
-        out.sample(
-            "turngate_frames_total",
-            &[("fate", fate.to_owned())],
-            n as f64,
-        );
+        out.sample("turngate_frames_total", &[("fate", fate)], n as f64);
     }
     out.family(
         "turngate_uploads_total",
@@ -55,15 +52,11 @@ pub fn render(app: &App) -> String {
     );
     out.sample(
         "turngate_uploads_total",
-        &[("outcome", "accepted".to_owned())],
-        t.images_accepted as f64,
+        &[("outcome", "accepted")],
+        c.images_accepted as f64,
     );
-    for (code, n) in &t.images_rejected {
-        out.sample(
-            "turngate_uploads_total",
-            &[("outcome", (*code).to_owned())],
-            *n as f64,
-        );
+    for (code, n) in &c.images_rejected {
+        out.sample("turngate_uploads_total", &[("outcome", code)], *n as f64);
     }
     out.family(
         "turngate_upload_bytes_total",
@@ -71,12 +64,12 @@ pub fn render(app: &App) -> String {
         "counter",
     );
     for (outcome, n) in [
-        ("accepted", t.image_bytes_accepted),
-        ("freed", t.upload_bytes_freed),
+        ("accepted", c.image_bytes_accepted),
+        ("freed", c.upload_bytes_freed),
     ] {
         out.sample(
             "turngate_upload_bytes_total",
-            &[("outcome", outcome.to_owned())],
+            &[("outcome", outcome)],
             n as f64,
         );
     }
@@ -101,7 +94,7 @@ pub fn render(app: &App) -> String {
     ] {
         out.sample(
             "turngate_spans_dropped_total",
-            &[("reason", reason.to_owned())],
+            &[("reason", reason)],
             n as f64,
         );
     }

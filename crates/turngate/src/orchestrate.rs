@@ -83,6 +83,8 @@ struct Call<'a> {
     ctx: TurnContext,
     started: Instant,
     metrics: &'a Metrics,
+    /// Whether content goes into the span (`telemetry.capture_content`).
+    content: bool,
 }
 
 impl<'a> Call<'a> {
@@ -105,6 +107,7 @@ impl<'a> Call<'a> {
             ctx,
             started: Instant::now(),
             metrics: &app.metrics,
+            content: trace.capture_content(),
         }
     }
 
@@ -112,8 +115,18 @@ impl<'a> Call<'a> {
         self.span.set_attribute(key, value);
     }
 
+    /// Opt-in content: an attribute made only if content is captured.
+    fn content(&self, key: &'static str, value: impl FnOnce() -> String) {
+        if self.content {
+            self.attr(key, value());
+        }
+    }
+
     /// Opt-in content: the request's messages, in the GenAI format.
     fn input(&self, messages: &[Value]) {
+        if !self.content {
+            return;
+        }
         let (system, input) = content::input_messages(messages);
         if let Some(system) = system {
             self.attr(attr::GEN_AI_SYSTEM_INSTRUCTIONS, system);
@@ -123,12 +136,16 @@ impl<'a> Call<'a> {
 
     /// Records the outcome on the span and in the latency histogram; returns the
     /// call's milliseconds. The span ends when the call is dropped.
-    fn finish(&self, outcome: Result<(), &BackendError>, content: bool) -> u32 {
+    fn finish(&self, outcome: Result<(), &BackendError>) -> u32 {
         let label = match outcome {
             Ok(()) => "ok",
             Err(e) => {
                 // A backend's error body may echo the prompt: only with the opt-in.
-                let message = if content { e.to_string() } else { e.summary() };
+                let message = if self.content {
+                    e.to_string()
+                } else {
+                    e.summary()
+                };
                 record_error(&self.span, e.code().as_str(), message);
                 "failed"
             }
@@ -149,7 +166,7 @@ impl<'a> Call<'a> {
     }
 }
 
-/// Processes one turn; returns its `turn.completed` event. `interrupted` turns true on
+/// Processes one turn; returns its status and `turn.completed` event. `interrupted` turns true on
 /// barge-in, which cancels a running LLM stream. Each backend call gets a client span
 /// under the turn's root span.
 pub async fn run(
@@ -160,20 +177,16 @@ pub async fn run(
     trace: &TurnTrace,
     buffer: TurnBuffer,
     mut interrupted: watch::Receiver<bool>,
-) -> ServerEvent {
+) -> (CompletionStatus, ServerEvent) {
     let backends = &app.backends;
-    let mut ctx = TurnContext {
+    // Each call's client span replaces the root as its requests' parent; the flags say
+    // whether the sampler kept the turn.
+    let ctx = TurnContext {
         session_id,
         turn_id: turn.id,
         parent: turn.root_span_id,
         flags: turn.traceparent().flags,
     };
-    // With spans exported, requests say whether the turn was sampled.
-    let root = trace.span_context();
-    if root.is_valid() {
-        ctx.flags = root.trace_flags().to_u8();
-    }
-    let content = trace.capture_content();
     let shared = &entry.shared;
     // Each failure is recorded on the turn and told to the client.
     let errors = std::sync::Mutex::new(Vec::new());
@@ -209,10 +222,8 @@ pub async fn run(
         match result {
             Ok(text) => {
                 call.attr(attr::RESPONSE_BYTES, text.len() as i64);
-                if content {
-                    call.attr(attr::TRANSCRIPT, text.clone());
-                }
-                let took = call.finish(Ok(()), content);
+                call.content(attr::TRANSCRIPT, || text.clone());
+                let took = call.finish(Ok(()));
                 shared
                     .send_event(ServerEvent::Transcript {
                         turn_id: turn.id,
@@ -222,7 +233,7 @@ pub async fn run(
                 (StageStatus::Ok, Some(text), Some(took))
             }
             Err(e) => {
-                let took = call.finish(Err(&e), content);
+                let took = call.finish(Err(&e));
                 tracing::warn!(turn = %turn.id, error = %e, "ASR failed.");
                 shared.send_event(fail(&e)).await;
                 (StageStatus::Failed, None, Some(took))
@@ -242,28 +253,21 @@ pub async fn run(
             let call = Call::start(app, trace, &ctx, span::VISION, backend);
             call.attr(attr::BLOB_ID, blob.value.blob_id.to_string());
             call.attr(attr::REQUEST_BYTES, blob.value.bytes.len() as i64);
-            if content {
-                call.input(&vision::messages(&blob.value, &backends.vision_instruction));
-            }
-            let result = vision::describe(
-                backend,
-                &call.ctx,
-                &blob.value,
-                &backends.vision_instruction,
-            )
-            .instrument(call.span.clone())
-            .await;
+            let messages = vision::messages(&blob.value, &backends.vision_instruction);
+            call.input(&messages);
+            let result = vision::describe(backend, &call.ctx, messages)
+                .instrument(call.span.clone())
+                .await;
             match &result {
                 Ok(description) => {
                     call.attr(attr::RESPONSE_BYTES, description.len() as i64);
-                    if content {
-                        let output = content::output_messages(description, None);
-                        call.attr(attr::GEN_AI_OUTPUT_MESSAGES, output);
-                    }
-                    call.finish(Ok(()), content);
+                    call.content(attr::GEN_AI_OUTPUT_MESSAGES, || {
+                        content::output_messages(description, None)
+                    });
+                    call.finish(Ok(()));
                 }
                 Err(e) => {
-                    call.finish(Err(e), content);
+                    call.finish(Err(e));
                 }
             }
             (blob, result)
@@ -304,11 +308,9 @@ pub async fn run(
     if let Some(backend) = backends.llm.as_ref().filter(|_| !user.is_empty()) {
         let messages = prompt(backends, entry, &user, &descriptions);
         let call = Call::start(app, trace, &ctx, span::LLM, backend);
-        let prompt_json = Value::Array(messages.clone()).to_string();
-        call.attr(attr::REQUEST_BYTES, prompt_json.len() as i64);
-        if content {
-            call.input(&messages);
-        }
+        let prompt_bytes = serde_json::to_vec(&messages).map_or(0, |b| b.len());
+        call.attr(attr::REQUEST_BYTES, prompt_bytes as i64);
+        call.input(&messages);
         let mut delivery = Delivery::default();
         let mut finish = None;
         let outcome = match llm::stream(backend, &call.ctx, messages)
@@ -384,17 +386,16 @@ pub async fn run(
         };
         delivery.finish();
         call.attr(attr::RESPONSE_BYTES, answer.len() as i64);
-        if content {
-            let output = content::output_messages(&answer, finish.as_deref());
-            call.attr(attr::GEN_AI_OUTPUT_MESSAGES, output);
-        }
+        call.content(attr::GEN_AI_OUTPUT_MESSAGES, || {
+            content::output_messages(&answer, finish.as_deref())
+        });
         llm_status = match outcome {
             Ok(StageStatus::Cancelled) => {
                 call.finish_as("cancelled");
                 StageStatus::Cancelled
             }
             Ok(StageStatus::Ok) => {
-                call.finish(Ok(()), content);
+                call.finish(Ok(()));
                 StageStatus::Ok
             }
             Ok(_) => {
@@ -402,7 +403,7 @@ pub async fn run(
                 StageStatus::Failed
             }
             Err(e) => {
-                call.finish(Err(&e), content);
+                call.finish(Err(&e));
                 StageStatus::Failed
             }
         };
@@ -452,7 +453,7 @@ pub async fn run(
     if let Ok(mut results) = entry.results.lock() {
         results.insert(turn.id, result);
     }
-    completed
+    (status, completed)
 }
 
 /// The answer's relay to the client: a span from its first delta to its end.

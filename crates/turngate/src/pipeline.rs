@@ -15,7 +15,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
-use turngate_core::{AudioFrame, Blob, ServerEvent, Tagged, TurnId, TurnInfo, TurnState};
+use opentelemetry::trace::SpanContext;
+use turngate_core::{AudioFrame, Blob, Tagged, TurnId, TurnInfo, TurnState};
 use turngate_media::session::{Downstream, Session};
 use turngate_telemetry::{AudioStats, TurnTrace, names, snake};
 
@@ -85,34 +86,36 @@ pub fn spawn(app: Arc<App>, resource: String, entry: Arc<Entry>, session: Sessio
                 c.frames_undecodable.load(Ordering::Relaxed),
             )
         };
+        // The root span of the session's latest turn: the next one links to it.
+        let mut previous_root: Option<SpanContext> = None;
+        let mut open = |turn: &TurnInfo| {
+            let trace = app.telemetry.start_turn(
+                turn,
+                shared.id,
+                wall(turn.started_at),
+                previous_root.take(),
+            );
+            if let Some(speech) = turn.speech_started_at {
+                trace.event(names::event::SPEECH_START, wall(speech));
+            }
+            previous_root = Some(trace.span_context());
+            app.metrics.turns_started.inc([&snake(&turn.cause)]);
+            Pending {
+                buffer: TurnBuffer::new(cap),
+                trace,
+                losses_at_start: losses(),
+                losses_at_end: None,
+            }
+        };
         // Turns whose processing has not started: the open one, and ended ones still
         // waiting for an upload.
         let mut pending: HashMap<TurnId, Pending> = HashMap::new();
         // Barge-in flags of turns being processed.
         let mut interrupts: HashMap<TurnId, watch::Sender<bool>> = HashMap::new();
-        // The root span of the session's latest turn: the next one links to it.
-        let mut previous_root = None;
         while let Some(item) = downstream.recv().await {
             match item {
                 Downstream::TurnStarted(turn) => {
-                    let trace = app.telemetry.start_turn(
-                        &turn,
-                        shared.id,
-                        wall(turn.started_at),
-                        previous_root.take(),
-                    );
-                    if let Some(speech) = turn.speech_started_at {
-                        trace.event(names::event::SPEECH_START, wall(speech));
-                    }
-                    previous_root = Some(trace.span_context());
-                    app.metrics.turns_started.inc([&snake(&turn.cause)]);
-                    let turn_pending = Pending {
-                        buffer: TurnBuffer::new(cap),
-                        trace,
-                        losses_at_start: losses(),
-                        losses_at_end: None,
-                    };
-                    pending.insert(turn.id, turn_pending);
+                    pending.insert(turn.id, open(&turn));
                 }
                 Downstream::Frame(frame) => {
                     if let Some(p) = frame.turn_id.and_then(|id| pending.get_mut(&id)) {
@@ -140,29 +143,18 @@ pub fn spawn(app: Arc<App>, resource: String, entry: Arc<Entry>, session: Sessio
                     }
                 }
                 Downstream::ProcessingStarted(turn) => {
-                    let Some(p) = pending.remove(&turn.id) else {
-                        tracing::warn!(turn = %turn.id, "Processing of a turn never started.");
-                        continue;
-                    };
-                    measure(&entry, &turn, &p.buffer);
+                    // A closing session may have lost the turn's start (its queue was
+                    // full): the turn is still processed, with what arrived.
+                    let p = pending.remove(&turn.id).unwrap_or_else(|| open(&turn));
+                    let audio = measure(&entry, &turn, &p.buffer);
                     if let (Some(first), Some(last)) =
                         (p.buffer.frames.first(), p.buffer.frames.last())
                     {
                         let (dropped, undecodable) = p.losses_at_end.unwrap_or_else(losses);
                         p.trace.audio(&AudioStats {
                             frames: p.buffer.frames.len() as u64,
-                            samples: p
-                                .buffer
-                                .frames
-                                .iter()
-                                .map(|f| f.value.pcm.len() as u64)
-                                .sum(),
-                            concealed_samples: p
-                                .buffer
-                                .frames
-                                .iter()
-                                .map(|f| u64::from(f.value.concealed_samples))
-                                .sum(),
+                            samples: audio.samples,
+                            concealed_samples: audio.concealed,
                             dropped: dropped - p.losses_at_start.0,
                             undecodable: undecodable - p.losses_at_start.1,
                             first: wall(first.at),
@@ -175,10 +167,10 @@ pub fn spawn(app: Arc<App>, resource: String, entry: Arc<Entry>, session: Sessio
                     let (app, entry, processing) =
                         (Arc::clone(&app), Arc::clone(&entry), processing.clone());
                     let session_id = shared.id;
-                    app.processing.fetch_add(1, Ordering::AcqRel);
-                    tokio::spawn(async move {
+                    let tasks = app.processing.clone();
+                    tasks.spawn(async move {
                         let images = p.buffer.blobs.len();
-                        let completed = orchestrate::run(
+                        let (status, completed) = orchestrate::run(
                             &app,
                             &entry,
                             session_id,
@@ -188,20 +180,15 @@ pub fn spawn(app: Arc<App>, resource: String, entry: Arc<Entry>, session: Sessio
                             interrupted.clone(),
                         )
                         .await;
-                        let status = match &completed {
-                            ServerEvent::TurnCompleted { status, .. } => snake(status),
-                            _ => String::new(),
-                        };
                         entry.shared.send_event(completed).await;
                         let _ = processing.send(turn.id);
                         let mut done = turn.clone();
                         done.state = TurnState::Completed;
                         done.interrupted |= *interrupted.borrow();
-                        p.trace.end(&done, &status, images, SystemTime::now());
+                        p.trace.end(&done, status, images, SystemTime::now());
                         app.metrics
                             .turns_completed
-                            .inc([&snake(&turn.cause), &status]);
-                        app.processing.fetch_sub(1, Ordering::AcqRel);
+                            .inc([&snake(&turn.cause), &snake(&status)]);
                     });
                 }
             }
@@ -211,8 +198,8 @@ pub fn spawn(app: Arc<App>, resource: String, entry: Arc<Entry>, session: Sessio
     });
 }
 
-/// Records the turn's audio measures for the session API.
-fn measure(entry: &Entry, turn: &TurnInfo, buffer: &TurnBuffer) {
+/// Measures the turn's audio, and records it for the session API.
+fn measure(entry: &Entry, turn: &TurnInfo, buffer: &TurnBuffer) -> TurnAudio {
     let audio = TurnAudio {
         samples: buffer.frames.iter().map(|f| f.value.pcm.len() as u64).sum(),
         concealed: buffer
@@ -227,4 +214,5 @@ fn measure(entry: &Entry, turn: &TurnInfo, buffer: &TurnBuffer) {
     if let Ok(mut map) = entry.audio.lock() {
         map.insert(turn.id, audio);
     }
+    audio
 }

@@ -1,13 +1,13 @@
 //! The sessions of this node: live ones by WHIP resource id and by session id, and
 //! recently ended ones (kept in memory, bounded by count and age).
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use turngate_core::{SessionId, TurnId};
-use turngate_media::session::{SessionCounters, SessionShared};
+use turngate_media::session::{Counts, SessionCounters, SessionShared};
 
 /// Audio of one turn as downstream received it.
 #[derive(Clone, Copy, Debug, Default)]
@@ -58,36 +58,14 @@ pub struct Totals {
     pub sessions: u64,
     /// Sessions live now.
     pub live: u64,
-    pub frames_received: u64,
-    pub frames_in_turns: u64,
-    pub idle_frames_discarded: u64,
-    pub frames_dropped_backpressure: u64,
-    pub frames_undecodable: u64,
-    pub images_accepted: u64,
-    pub image_bytes_accepted: u64,
-    pub upload_bytes_freed: u64,
-    /// Uploads refused, by error code.
-    pub images_rejected: BTreeMap<&'static str, u64>,
+    /// Their counters, summed.
+    pub counts: Counts,
 }
 
 impl Totals {
     fn add(&mut self, c: &SessionCounters) {
-        use std::sync::atomic::Ordering::Relaxed;
         self.sessions += 1;
-        // Fates before receipt, as in the session API: `received` never trails the fates.
-        self.frames_in_turns += c.frames_in_turns.load(Relaxed);
-        self.idle_frames_discarded += c.idle_frames_discarded.load(Relaxed);
-        self.frames_dropped_backpressure += c.frames_dropped_backpressure.load(Relaxed);
-        self.frames_undecodable += c.frames_undecodable.load(Relaxed);
-        self.frames_received += c.frames_received.load(Relaxed);
-        self.images_accepted += c.images_accepted.load(Relaxed);
-        self.image_bytes_accepted += c.image_bytes_accepted.load(Relaxed);
-        self.upload_bytes_freed += c.upload_bytes_freed.load(Relaxed);
-        if let Ok(rejected) = c.images_rejected.lock() {
-            for (code, n) in rejected.iter() {
-                *self.images_rejected.entry(code).or_default() += n;
-            }
-        }
+        self.counts += &c.read();
     }
 }
 
