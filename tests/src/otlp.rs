@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::Bytes;
+use axum::response::IntoResponse;
 use axum::routing::post;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
@@ -164,8 +165,6 @@ impl Collector {
         }
     }
 }
-
-use axum::response::IntoResponse;
 
 struct Receiver(Store);
 
