@@ -66,14 +66,40 @@ pub enum Fault {
     Break,
     /// LLM only: deltas come slowly, for a barge-in.
     Trickle,
+    /// A 500 whose JSON body carries an error message with control characters, and
+    /// the prompt echoed back (as some servers do).
+    Status500Json,
+    /// LLM only: `200`, a delta, then an error inside the stream as llama.cpp and
+    /// proxies send it: a `data:` object with an `error` member.
+    StreamErrorData,
+    /// LLM only: `200`, then an SSE `event: error`.
+    StreamErrorEvent,
 }
+
+/// A marker the fake backends put into error bodies; it must never reach a client or
+/// the gateway's log.
+pub const SECRET_IN_BODY: &str = "SECRET-ECHOED-PROMPT";
 
 /// The misbehaviour `fault` as a response, or `None` to answer normally.
 async fn misbehave(fault: Fault) -> Option<axum::response::Response> {
     match fault {
-        Fault::Status500 => {
-            Some((axum::http::StatusCode::INTERNAL_SERVER_ERROR, "boom").into_response())
-        }
+        Fault::Status500 => Some(
+            (
+                axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                format!("boom: {SECRET_IN_BODY}"),
+            )
+                .into_response(),
+        ),
+        Fault::Status500Json => Some(
+            (
+                axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                axum::Json(json!({
+                    "error": {"message": "model\n\toverloaded\u{7}", "type": "server_error"},
+                    "prompt": SECRET_IN_BODY,
+                })),
+            )
+                .into_response(),
+        ),
         Fault::Status400 => {
             Some((axum::http::StatusCode::BAD_REQUEST, "bad request").into_response())
         }
@@ -167,6 +193,9 @@ async fn chat(
     if let Some(response) = misbehave(fault).await {
         return response;
     }
+    if let Some(sse) = in_stream_error(fault) {
+        return ([("content-type", "text/event-stream")], sse).into_response();
+    }
     if fault == Fault::Break || fault == Fault::Trickle {
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<String, std::io::Error>>(1);
         let seen = Arc::clone(&seen);
@@ -208,6 +237,23 @@ async fn chat(
     ));
     sse.push_str("data: [DONE]\n\n");
     ([("content-type", "text/event-stream")], sse).into_response()
+}
+
+/// A `200` event stream that reports an error after its first delta.
+fn in_stream_error(fault: Fault) -> Option<String> {
+    let delta = json!({"choices": [{"delta": {"content": "Sure"}}]});
+    let error = match fault {
+        Fault::StreamErrorData => format!(
+            "data: {}\n\n",
+            json!({"error": {"message": "the context window is full", "code": 500}})
+        ),
+        Fault::StreamErrorEvent => format!(
+            "event: error\ndata: {}\n\n",
+            json!({"error": {"message": "upstream reset the stream"}})
+        ),
+        _ => return None,
+    };
+    Some(format!("data: {delta}\n\n{error}"))
 }
 
 /// A receiver as a stream of body chunks.

@@ -576,9 +576,40 @@ impl Client {
 
     /// Sends Opus packets in real time (20 ms apart), skipping the indices in `lose`.
     pub async fn send_packets(&self, packets: &[Vec<u8>], lose: &[usize]) -> anyhow::Result<()> {
+        self.send_paced(packets, lose, Duration::from_millis(20))
+            .await
+    }
+
+    /// Sends Opus packets as fast as the stack takes them (their RTP timestamps still
+    /// 20 ms apart), so they queue up in the gateway.
+    pub async fn send_burst(&self, packets: &[Vec<u8>]) -> anyhow::Result<()> {
+        self.send_paced(packets, &[], Duration::ZERO).await
+    }
+
+    /// Opens another data channel; the receiver resolves when the channel closes.
+    pub async fn open_channel(&self, label: &str) -> anyhow::Result<oneshot::Receiver<()>> {
+        let dc = self.pc.create_data_channel(label, None).await?;
+        let (closed_tx, closed) = oneshot::channel();
+        tokio::spawn(async move {
+            while let Some(ev) = dc.poll().await {
+                if matches!(ev, DataChannelEvent::OnClose) {
+                    break;
+                }
+            }
+            let _ = closed_tx.send(());
+        });
+        Ok(closed)
+    }
+
+    async fn send_paced(
+        &self,
+        packets: &[Vec<u8>],
+        lose: &[usize],
+        pace: Duration,
+    ) -> anyhow::Result<()> {
         let start = tokio::time::Instant::now();
         for (i, payload) in packets.iter().enumerate() {
-            tokio::time::sleep_until(start + Duration::from_millis(20 * i as u64)).await;
+            tokio::time::sleep_until(start + pace * i as u32).await;
             let (seq, timestamp) = {
                 let mut rtp = self.rtp.lock().unwrap();
                 let next = (rtp.1, rtp.2);

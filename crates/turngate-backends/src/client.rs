@@ -11,14 +11,19 @@ use reqwest::header::{HeaderMap, HeaderValue};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::context::TurnContext;
-use crate::error::BackendError;
+use crate::error::{self, BackendError, TimeoutKind};
 
 /// Consecutive unreachable answers that open the circuit.
 const BREAKER_THRESHOLD: u32 = 3;
 /// How long an open circuit refuses calls before letting one through.
 const BREAKER_COOLDOWN: Duration = Duration::from_secs(5);
-/// First retry delay; doubled per attempt.
+/// First retry delay; doubled per attempt up to [`MAX_BACKOFF`].
 const BACKOFF: Duration = Duration::from_millis(200);
+/// Longest delay between two attempts, however many retries are configured: a backend
+/// that failed a few times in a row is retried every 2 s, not after minutes.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// Most bytes of an error answer's body read, to find its message.
+const ERROR_BODY_LIMIT: usize = 16 * 1024;
 
 /// An API key: never printed.
 #[derive(Clone, Default, PartialEq, Eq, serde::Deserialize)]
@@ -42,10 +47,12 @@ pub struct BackendConfig {
     pub model: String,
     /// Bearer token, if the backend wants one. Never logged.
     pub api_key: Option<ApiKey>,
-    /// Per-request timeout in milliseconds (for the LLM: until the stream ends).
+    /// ASR and vision: per-request timeout in milliseconds (connection, headers, body).
+    /// All backends: the longest wait for a free call slot, and (up to 10 s) to connect.
+    /// An LLM stream's deadlines are [`crate::llm::StreamTimeouts`] instead.
     pub timeout_ms: u64,
     /// Retries of a failed request where repeating it is safe (never once an LLM stream
-    /// has started), with exponential back-off from 200 ms.
+    /// has started), with exponential back-off from 200 ms capped at 2 s.
     pub retries: u32,
     /// Calls at once; more wait up to the timeout, then fail.
     pub max_concurrent: usize,
@@ -123,21 +130,38 @@ impl Backend {
     }
 
     /// Sends a request built by `build`, with the turn's trace headers, the API key, the
-    /// timeout, bounded concurrency and the circuit breaker; retries where `retry` allows.
+    /// per-request timeout (`timeout_ms`, reported as [`TimeoutKind::Request`]), bounded
+    /// concurrency and the circuit breaker; retries where `retry` allows.
     /// Returns the successful response and the permit to hold while reading it.
+    ///
+    /// Errors: `Timeout`, `Unavailable`, `Status` (with the body's error message, if it
+    /// has one), `Config`.
     pub async fn send(
         &self,
         ctx: &TurnContext,
         retry: bool,
         build: impl Fn(&reqwest::Client) -> reqwest::RequestBuilder,
     ) -> Result<(reqwest::Response, OwnedSemaphorePermit), BackendError> {
+        self.send_with(ctx, retry, Some(self.timeout()), build)
+            .await
+    }
+
+    /// [`send`](Self::send) with the given per-request timeout, or none: a stream's
+    /// reader keeps its own deadlines.
+    pub(crate) async fn send_with(
+        &self,
+        ctx: &TurnContext,
+        retry: bool,
+        timeout: Option<Duration>,
+        build: impl Fn(&reqwest::Client) -> reqwest::RequestBuilder,
+    ) -> Result<(reqwest::Response, OwnedSemaphorePermit), BackendError> {
         let mut attempt = 0;
         loop {
-            let result = self.attempt(ctx, &build).await;
+            let result = self.attempt(ctx, timeout, &build).await;
             match result {
                 Err(e) if retry && e.retryable() && attempt < self.config.retries => {
                     tracing::debug!(backend = self.name, turn = %ctx.turn_id, error = %e, attempt, "Retrying.");
-                    tokio::time::sleep(BACKOFF * 2u32.pow(attempt)).await;
+                    tokio::time::sleep(backoff(attempt)).await;
                     attempt += 1;
                 }
                 other => return other,
@@ -148,6 +172,7 @@ impl Backend {
     async fn attempt(
         &self,
         ctx: &TurnContext,
+        timeout: Option<Duration>,
         build: &impl Fn(&reqwest::Client) -> reqwest::RequestBuilder,
     ) -> Result<(reqwest::Response, OwnedSemaphorePermit), BackendError> {
         let now_ms = self.epoch.elapsed().as_millis() as u64;
@@ -157,17 +182,19 @@ impl Backend {
                 detail: "failing fast: it was unreachable just now".into(),
             });
         }
-        let timeout = self.timeout();
-        let permit = tokio::time::timeout(timeout, Arc::clone(&self.permits).acquire_owned())
-            .await
-            .map_err(|_| BackendError::Unavailable {
-                backend: self.name,
-                detail: "too many calls waiting".into(),
-            })?
-            .map_err(|_| BackendError::Config(format!("{}: closed", self.name)))?;
+        let permit =
+            tokio::time::timeout(self.timeout(), Arc::clone(&self.permits).acquire_owned())
+                .await
+                .map_err(|_| BackendError::Unavailable {
+                    backend: self.name,
+                    detail: "too many calls waiting".into(),
+                })?
+                .map_err(|_| BackendError::Config(format!("{}: closed", self.name)))?;
         let mut headers = HeaderMap::new();
-        let value =
-            |s: String| HeaderValue::from_str(&s).map_err(|e| BackendError::Config(e.to_string()));
+        let value = |s: String| {
+            HeaderValue::from_str(&s)
+                .map_err(|e| BackendError::Config(format!("{}: {e}", self.name)))
+        };
         headers.insert("traceparent", value(ctx.traceparent())?);
         headers.insert("baggage", value(ctx.baggage())?);
         if let Some(key) = &self.config.api_key {
@@ -175,17 +202,18 @@ impl Backend {
             auth.set_sensitive(true);
             headers.insert(reqwest::header::AUTHORIZATION, auth);
         }
-        let sent = build(&self.http)
-            .headers(headers)
-            .timeout(timeout)
-            .send()
-            .await;
-        let response = match sent {
+        let mut request = build(&self.http).headers(headers);
+        if let Some(timeout) = timeout {
+            request = request.timeout(timeout);
+        }
+        let response = match request.send().await {
             Ok(r) => r,
             Err(e) => {
-                let error = if e.is_timeout() {
+                // A connect timeout means unreachable, not slow.
+                let error = if e.is_timeout() && !e.is_connect() {
                     BackendError::Timeout {
                         backend: self.name,
+                        kind: TimeoutKind::Request,
                         ms: self.config.timeout_ms,
                     }
                 } else {
@@ -201,12 +229,10 @@ impl Backend {
         self.failures.store(0, Ordering::Relaxed);
         let status = response.status();
         if !status.is_success() {
-            let body = response.text().await.unwrap_or_default();
-            let detail: String = body.chars().take(300).collect();
             return Err(BackendError::Status {
                 backend: self.name,
                 status: status.as_u16(),
-                detail,
+                message: error::error_message(&error_body(response).await),
             });
         }
         Ok((response, permit))
@@ -222,8 +248,29 @@ impl Backend {
     }
 }
 
-/// A reqwest error's message and causes, without the URL (which may hold credentials).
-fn describe(e: reqwest::Error) -> String {
+/// The delay before retry `attempt` (0 for the first retry): [`BACKOFF`] doubled per
+/// attempt, at most [`MAX_BACKOFF`].
+fn backoff(attempt: u32) -> Duration {
+    BACKOFF
+        .saturating_mul(2u32.saturating_pow(attempt))
+        .min(MAX_BACKOFF)
+}
+
+/// The start of an error answer's body: up to [`ERROR_BODY_LIMIT`] bytes, less if
+/// reading fails.
+async fn error_body(mut response: reqwest::Response) -> Vec<u8> {
+    let mut body = Vec::new();
+    while body.len() < ERROR_BODY_LIMIT
+        && let Ok(Some(chunk)) = response.chunk().await
+    {
+        body.extend_from_slice(&chunk);
+    }
+    body
+}
+
+/// A reqwest error's message and causes, without the URL (which may hold credentials),
+/// [`sanitize`](error::sanitize)d.
+pub(crate) fn describe(e: reqwest::Error) -> String {
     let e = e.without_url();
     let mut msg = e.to_string();
     let mut source = std::error::Error::source(&e);
@@ -232,5 +279,21 @@ fn describe(e: reqwest::Error) -> String {
         msg.push_str(&s.to_string());
         source = s.source();
     }
-    msg
+    error::sanitize(&msg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let ms = |attempt| backoff(attempt).as_millis();
+        assert_eq!([ms(0), ms(1), ms(2), ms(3)], [200, 400, 800, 1600]);
+        assert_eq!(ms(4), 2000);
+        // No overflow, however many retries.
+        for attempt in [31, 32, 33, 64, u32::MAX] {
+            assert_eq!(backoff(attempt), MAX_BACKOFF);
+        }
+    }
 }

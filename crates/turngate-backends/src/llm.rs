@@ -1,15 +1,20 @@
 //! The answer: `POST {base}/chat/completions` (OpenAI-compatible) with `stream: true`,
-//! read as server-sent events by a task of its own.
+//! read as server-sent events by a task of its own, within the deadlines of
+//! [`StreamTimeouts`].
 
-use eventsource_stream::Eventsource;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use eventsource_stream::{Event, EventStreamError, Eventsource};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
-use crate::client::Backend;
+use crate::client::{Backend, describe};
 use crate::context::TurnContext;
-use crate::error::BackendError;
+use crate::error::{self, BackendError, TimeoutKind};
 
 /// Events buffered between the SSE reader and its consumer.
 const STREAM_BUFFER: usize = 64;
@@ -39,6 +44,32 @@ pub struct Usage {
     pub output_tokens: u64,
 }
 
+/// The deadlines of one streamed answer. Each one that passes ends the stream with a
+/// [`BackendError::Timeout`] of its [`TimeoutKind`]. The backend's `timeout_ms` bounds
+/// only the wait for a call slot and the connection (see
+/// [`BackendConfig`](crate::BackendConfig)), never the stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StreamTimeouts {
+    /// From the call's start (connection, retries and headers included) to the first
+    /// content delta; SSE comments and empty chunks do not count. Default 10 s.
+    pub first_token: Duration,
+    /// Once the first delta has arrived, the longest gap between any bytes of the stream
+    /// (SSE comment keep-alives count). Default 10 s.
+    pub idle: Duration,
+    /// The whole call, from its start to the end of the stream. Default 60 s.
+    pub total: Duration,
+}
+
+impl Default for StreamTimeouts {
+    fn default() -> Self {
+        Self {
+            first_token: Duration::from_secs(10),
+            idle: Duration::from_secs(10),
+            total: Duration::from_secs(60),
+        }
+    }
+}
+
 /// A running answer. Dropping it cancels the request.
 pub struct LlmStream {
     events: mpsc::Receiver<Result<LlmEvent, BackendError>>,
@@ -46,7 +77,11 @@ pub struct LlmStream {
 }
 
 impl LlmStream {
-    /// The next event; `None` after `Done` or an error.
+    /// The next event: deltas, then `Done` or an error; `None` after that.
+    ///
+    /// Errors: `Timeout` (first token, idle or total), `StreamError` (the backend reported
+    /// an error in the stream), `StreamBroken` (the stream ended without `[DONE]` or a
+    /// `finish_reason`, or the connection failed), `Malformed` (a chunk is not JSON).
     pub async fn next(&mut self) -> Option<Result<LlmEvent, BackendError>> {
         self.events.recv().await
     }
@@ -58,13 +93,20 @@ impl Drop for LlmStream {
     }
 }
 
-/// Starts a streamed chat completion. Retries (where configured) happen only before the
-/// stream starts; once it has, a failure ends it with `StreamBroken`.
+/// Starts a streamed chat completion of `messages` (OpenAI chat messages) and returns once
+/// the backend has answered with an event stream; read it with [`LlmStream::next`].
+/// Retries (where configured) happen only before the stream starts, within
+/// `timeouts.first_token`.
+///
+/// Errors: `Timeout` (first token or total: no answer in time), `Unavailable`, `Status`,
+/// `Malformed` (the answer is not an event stream), `Config`.
 pub async fn stream(
     backend: &Backend,
     ctx: &TurnContext,
     messages: Vec<Value>,
+    timeouts: StreamTimeouts,
 ) -> Result<LlmStream, BackendError> {
+    let clock = Clock::start(backend.name, timeouts);
     let body = json!({
         "model": backend.config().model,
         "stream": true,
@@ -73,9 +115,11 @@ pub async fn stream(
         "messages": messages,
     });
     let url = backend.url("/chat/completions");
-    let (response, permit) = backend
-        .send(ctx, true, |http| http.post(&url).json(&body))
-        .await?;
+    let send = backend.send_with(ctx, true, None, |http| http.post(&url).json(&body));
+    let (deadline, late) = clock.deadline(false);
+    let (response, permit) = tokio::time::timeout_at(deadline, send)
+        .await
+        .map_err(|_| late)??;
     let name = backend.name;
     let content_type = response
         .headers()
@@ -85,33 +129,104 @@ pub async fn stream(
     if !content_type.starts_with("text/event-stream") {
         return Err(BackendError::Malformed {
             backend: name,
-            detail: format!("expected an event stream, got {content_type:?}"),
+            detail: error::sanitize(&format!("expected an event stream, got {content_type:?}")),
         });
     }
     let (tx, events) = mpsc::channel(STREAM_BUFFER);
     let reader = tokio::spawn(async move {
         let _permit = permit;
-        let result = read(name, response, &tx).await;
-        if let Err(e) = result {
+        if let Err(e) = read(clock, response, &tx).await {
             let _ = tx.send(Err(e)).await;
         }
     });
     Ok(LlmStream { events, reader })
 }
 
+/// A call's deadlines, and when the reader last heard from the backend.
+struct Clock {
+    backend: &'static str,
+    timeouts: StreamTimeouts,
+    start: Instant,
+    /// When bytes last arrived, or the reader last went back to waiting for them (time
+    /// spent handing events to a slow consumer is not the backend's idleness).
+    heard: Arc<Mutex<Instant>>,
+}
+
+impl Clock {
+    fn start(backend: &'static str, timeouts: StreamTimeouts) -> Self {
+        let start = Instant::now();
+        Self {
+            backend,
+            timeouts,
+            start,
+            heard: Arc::new(Mutex::new(start)),
+        }
+    }
+
+    /// The next deadline and the error of missing it: before the first delta the
+    /// first-token deadline, after it the idle one; the total deadline if that is sooner.
+    fn deadline(&self, started: bool) -> (Instant, BackendError) {
+        let t = self.timeouts;
+        let (mut from, mut kind, mut limit) = if started {
+            (heard(&self.heard), TimeoutKind::Idle, t.idle)
+        } else {
+            (self.start, TimeoutKind::FirstToken, t.first_token)
+        };
+        if after(self.start, t.total) <= after(from, limit) {
+            (from, kind, limit) = (self.start, TimeoutKind::Total, t.total);
+        }
+        let error = BackendError::Timeout {
+            backend: self.backend,
+            kind,
+            ms: u64::try_from(limit.as_millis()).unwrap_or(u64::MAX),
+        };
+        (after(from, limit), error)
+    }
+}
+
+/// `from + limit`, or a year from `from` if that is too far to represent.
+fn after(from: Instant, limit: Duration) -> Instant {
+    from.checked_add(limit)
+        .unwrap_or_else(|| from + Duration::from_secs(365 * 24 * 3600))
+}
+
+/// When the backend was last heard from.
+fn heard(heard: &Mutex<Instant>) -> Instant {
+    *heard.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Marks now as a moment the backend was heard from.
+fn touch(heard: &Mutex<Instant>) {
+    *heard.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+}
+
+/// Reads the event stream into `tx` until `[DONE]`, an error or a deadline.
 async fn read(
-    name: &'static str,
+    clock: Clock,
     response: reqwest::Response,
     tx: &mpsc::Sender<Result<LlmEvent, BackendError>>,
 ) -> Result<(), BackendError> {
+    let name = clock.backend;
     let broken = |detail: String| BackendError::StreamBroken {
         backend: name,
         detail,
     };
-    let mut events = response.bytes_stream().eventsource();
+    let heard = Arc::clone(&clock.heard);
+    let mut events = response
+        .bytes_stream()
+        .inspect(move |_| touch(&heard))
+        .eventsource();
+    let mut started = false;
     let (mut model, mut finish_reason, mut usage) = (None, None, None);
-    while let Some(event) = events.next().await {
-        let event = event.map_err(|e| broken(e.to_string()))?;
+    loop {
+        let (deadline, late) = clock.deadline(started);
+        let event = match tokio::time::timeout_at(deadline, events.next()).await {
+            Ok(Some(event)) => event.map_err(|e| broken(transport(e)))?,
+            Ok(None) => break,
+            // Bytes that came without completing an event moved the idle deadline.
+            Err(_) if clock.deadline(started).0 > Instant::now() => continue,
+            Err(_) => return Err(late),
+        };
         if event.data.trim() == "[DONE]" {
             let _ = tx
                 .send(Ok(LlmEvent::Done {
@@ -122,11 +237,7 @@ async fn read(
                 .await;
             return Ok(());
         }
-        let chunk: Value =
-            serde_json::from_str(&event.data).map_err(|e| BackendError::Malformed {
-                backend: name,
-                detail: format!("a stream chunk: {e}"),
-            })?;
+        let chunk = parse(name, &event)?;
         if let Some(m) = chunk["model"].as_str() {
             model = Some(m.to_owned());
         }
@@ -144,10 +255,55 @@ async fn read(
         }
         if let Some(text) = chunk["choices"][0]["delta"]["content"].as_str()
             && !text.is_empty()
-            && tx.send(Ok(LlmEvent::Delta(text.to_owned()))).await.is_err()
         {
-            return Ok(()); // the consumer is gone: cancelled
+            started = true;
+            if tx.send(Ok(LlmEvent::Delta(text.to_owned()))).await.is_err() {
+                return Ok(()); // the consumer is gone: cancelled
+            }
+            touch(&clock.heard);
         }
     }
-    Err(broken("the stream ended without [DONE]".into()))
+    // Some servers end the stream after the last chunk without `[DONE]`.
+    if finish_reason.is_none() {
+        return Err(broken("the stream ended without [DONE]".into()));
+    }
+    let _ = tx
+        .send(Ok(LlmEvent::Done {
+            model,
+            finish_reason,
+            usage,
+        }))
+        .await;
+    Ok(())
+}
+
+/// An event's chunk, or the error the backend reported in it: an `error` event (its data
+/// a JSON error object or plain text), or a chunk with an `error` member.
+fn parse(name: &'static str, event: &Event) -> Result<Value, BackendError> {
+    let chunk: Option<Value> = serde_json::from_str(&event.data).ok();
+    let reported = |message| BackendError::StreamError {
+        backend: name,
+        message,
+    };
+    match chunk {
+        _ if event.event == "error" => Err(reported(match &chunk {
+            Some(value) => error::message_of(value),
+            None => Some(error::sanitize(&event.data)).filter(|m| !m.is_empty()),
+        })),
+        Some(chunk) if !chunk["error"].is_null() => Err(reported(error::message_of(&chunk))),
+        Some(chunk) => Ok(chunk),
+        None => Err(BackendError::Malformed {
+            backend: name,
+            detail: "a stream chunk is not JSON".into(),
+        }),
+    }
+}
+
+/// What broke the event stream, without the backend's bytes or the URL.
+fn transport(e: EventStreamError<reqwest::Error>) -> String {
+    match e {
+        EventStreamError::Transport(e) => describe(e),
+        EventStreamError::Utf8(_) => "the stream is not UTF-8".into(),
+        EventStreamError::Parser(_) => "the stream is not server-sent events".into(),
+    }
 }

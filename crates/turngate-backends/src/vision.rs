@@ -5,12 +5,16 @@ use base64::Engine;
 use serde_json::json;
 use turngate_core::Blob;
 
-use crate::asr::malformed;
+use crate::asr::{body_error, malformed};
 use crate::client::Backend;
 use crate::context::TurnContext;
 use crate::error::BackendError;
 
-/// Asks the vision model to describe one image, given its [`messages`].
+/// Asks the vision model to describe one image, given its [`messages`]: the answer's
+/// `choices[0].message.content`, trimmed.
+///
+/// Errors: those of [`Backend::send`], `Timeout` while reading the answer, `Malformed`
+/// (no string `choices[0].message.content`).
 pub async fn describe(
     backend: &Backend,
     ctx: &TurnContext,
@@ -25,10 +29,7 @@ pub async fn describe(
     let (response, _permit) = backend
         .send(ctx, true, |http| http.post(&url).json(&body))
         .await?;
-    let answer: serde_json::Value = response
-        .json()
-        .await
-        .map_err(|e| malformed(backend, e.to_string()))?;
+    let answer: serde_json::Value = response.json().await.map_err(|e| body_error(backend, e))?;
     answer["choices"][0]["message"]["content"]
         .as_str()
         .map(|t| t.trim().to_owned())

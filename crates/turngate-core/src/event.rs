@@ -191,6 +191,10 @@ pub enum ServerEvent {
         traceparent: TraceParent,
         /// What opened the turn.
         cause: Cause,
+        /// The turn this one continues: the previous piece of a turn split at the
+        /// maximum length.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        continues: Option<TurnId>,
     },
     /// A turn's input has ended.
     #[serde(rename = "turn.ended")]
@@ -201,6 +205,9 @@ pub enum ServerEvent {
         reason: EndReason,
         /// Audio frames (RTP packets) tagged with the turn.
         frames: u32,
+        /// With reason `max_length`: the turn that goes on with the input.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        continued_by: Option<TurnId>,
     },
     /// An image upload was accepted and tagged with a turn.
     #[serde(rename = "image.accepted")]
@@ -271,7 +278,7 @@ pub enum ServerEvent {
     TurnCompleted {
         /// The turn.
         turn_id: TurnId,
-        /// `ok`, `partial` or `failed`.
+        /// `ok`, `partial`, `failed` or `interrupted`.
         status: CompletionStatus,
         /// Each stage's outcome.
         stages: Stages,
@@ -320,6 +327,20 @@ impl ServerEvent {
         }
     }
 
+    /// The turn a result event belongs to: `transcript`, `vision.result`,
+    /// `response.delta`, `response.done` and a turn's `error`. Lifecycle events
+    /// (`turn.*`), uploads and session events are not results.
+    pub fn result_of(&self) -> Option<TurnId> {
+        match self {
+            ServerEvent::Transcript { turn_id, .. }
+            | ServerEvent::VisionResult { turn_id, .. }
+            | ServerEvent::ResponseDelta { turn_id, .. }
+            | ServerEvent::ResponseDone { turn_id, .. } => Some(*turn_id),
+            ServerEvent::Error { turn_id, .. } => *turn_id,
+            _ => None,
+        }
+    }
+
     /// The JSON text of the event.
     pub fn to_json(&self) -> String {
         // Serializing these plain structs cannot fail: no maps with non-string keys, no
@@ -333,16 +354,19 @@ fn parse_turn_id(s: &str) -> Result<TurnId, Error> {
         .map_err(|e| Error::refused(ErrorCode::InvalidTurnId, format!("invalid turn_id: {e}")))
 }
 
-/// How a turn's processing ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// How a turn's processing ended: each turn gets exactly one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CompletionStatus {
-    /// Every configured stage succeeded.
+    /// Every stage that ran succeeded.
     Ok,
-    /// Some stage failed, but the LLM answered.
+    /// ASR or vision failed, but the LLM answered.
     Partial,
-    /// The LLM failed, or there was nothing to send it.
+    /// The LLM failed, or ASR or vision failed and nothing was answered.
     Failed,
+    /// The user spoke over the turn before it completed (barge-in); the stages it had
+    /// not finished were cancelled.
+    Interrupted,
 }
 
 /// The outcome of one processing stage.
@@ -369,6 +393,22 @@ pub struct Stages {
     pub vision: StageStatus,
     /// The answer.
     pub llm: StageStatus,
+}
+
+impl Stages {
+    /// The status of a turn that was not interrupted: `ok` when no stage failed,
+    /// `partial` when the LLM answered despite a failed ASR or vision stage, `failed`
+    /// otherwise. A stage `skipped` (not configured, nothing to give it, or a turn
+    /// answered by its successor) is no failure.
+    pub fn status(&self) -> CompletionStatus {
+        let input_failed = self.asr == StageStatus::Failed || self.vision == StageStatus::Failed;
+        match self.llm {
+            StageStatus::Ok if input_failed => CompletionStatus::Partial,
+            StageStatus::Skipped if input_failed => CompletionStatus::Failed,
+            StageStatus::Ok | StageStatus::Skipped => CompletionStatus::Ok,
+            StageStatus::Failed | StageStatus::Cancelled => CompletionStatus::Failed,
+        }
+    }
 }
 
 fn message_of(error: &Error) -> String {

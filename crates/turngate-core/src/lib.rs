@@ -4,6 +4,7 @@
 //!   strict `traceparent` parser;
 //! - [`event`]: the data-channel wire events;
 //! - [`error`]: the crate's error and the closed list of client-visible error codes;
+//! - [`history`]: a session's exchanges in turn order, for the LLM prompt;
 //! - [`tag`]: [`Tagged`] values and [`AudioFrame`];
 //! - [`turn`]: the turn state machine;
 //! - [`upload`]: reassembly of image uploads from data-channel chunks.
@@ -14,6 +15,7 @@
 
 pub mod error;
 pub mod event;
+pub mod history;
 pub mod id;
 pub mod tag;
 pub mod turn;
@@ -21,6 +23,7 @@ pub mod upload;
 
 pub use error::{Error, ErrorCode};
 pub use event::{ClientEvent, CompletionStatus, ServerEvent, StageStatus, Stages};
+pub use history::History;
 pub use id::{SessionId, SpanId, TraceParent, TurnId};
 pub use tag::{AudioFrame, Blob, BlobId, Tagged};
 pub use turn::{

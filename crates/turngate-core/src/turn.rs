@@ -11,8 +11,14 @@
 //! - a turn is opened by a client `turn.start` (cause `client`), or by VAD speech onset
 //!   while no turn is open (cause `vad`);
 //! - a client turn's input ends on `turn.end`; a VAD turn's after `hangover` without
-//!   voiced frames; any turn's at `max_turn` (a client turn, or a VAD turn whose speech
-//!   goes on, continues as a follow-on turn); any turn's when the session closes;
+//!   voiced frames; any turn's at `max_turn`; any turn's when the session closes;
+//! - **chains**: a turn that reaches `max_turn` while its input goes on (a client turn,
+//!   or a VAD turn whose speech goes on) ends `max_length` and is continued by a new
+//!   turn that names it (`continues`; the ended one names its `continued_by`). A
+//!   `turn.end` naming any turn of a chain ends the chain's open piece;
+//! - **who answers**: a turn ended `superseded`, or split at `max_length` and
+//!   continued, hands its input on to the next turn ([`TurnInfo::successor`]) and gets
+//!   no answer of its own; every other turn is answered;
 //! - an image upload while no turn is open opens a turn (cause `image`); its input ends on
 //!   `turn.end`, or once `hangover + preroll` passed with no upload open or beginning and
 //!   no speech (the detector notices speech up to `preroll` after it began, so speech
@@ -22,10 +28,12 @@
 //! - while idle, frames wait up to `preroll` in a ring; on VAD onset those frames join the
 //!   new turn, older ones leave as idle. A tag is assigned once and never rewritten;
 //! - a turn is `open`, then `ended` (input closed), then `completed` (processing
-//!   finished). A new turn opened by the user (speech or `turn.start`) while earlier
-//!   turns are not completed marks them `interrupted` (barge-in).
+//!   finished), with exactly one [`CompletionStatus`]. A new turn opened by the user
+//!   (speech or `turn.start`) while earlier turns are not completed marks them
+//!   `interrupted` (barge-in): from then on [`TurnEngine::admits_results`] refuses
+//!   their result events, and they complete with status `interrupted`.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,6 +41,7 @@ use rand_core::Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, ErrorCode};
+use crate::event::{CompletionStatus, Stages};
 use crate::id::{SessionId, SpanId, TraceParent, TurnId};
 use crate::tag::{AudioFrame, Tagged};
 
@@ -157,9 +166,28 @@ pub struct TurnInfo {
     pub speech_started_at: Option<Duration>,
     /// Turns ended by end of speech: session time of the last voiced frame.
     pub speech_ended_at: Option<Duration>,
+    /// The turn this one continues (the previous piece of a chain split at `max_turn`).
+    pub continues: Option<TurnId>,
+    /// The turn its input was handed to: the continuation of a turn split at
+    /// `max_turn`, or the client turn that superseded it. Such a turn gets no answer of
+    /// its own; its results go into the successor's prompt.
+    pub successor: Option<TurnId>,
+    /// How its processing ended, once it has.
+    pub status: Option<CompletionStatus>,
 }
 
 impl TurnInfo {
+    /// Whether the turn gets an answer of its own (it handed its input to no successor).
+    pub fn answered(&self) -> bool {
+        self.successor.is_none()
+    }
+
+    /// The continuation of a turn split at `max_turn` (`turn.ended`'s `continued_by`).
+    pub fn continued_by(&self) -> Option<TurnId> {
+        self.successor
+            .filter(|_| self.reason == Some(EndReason::MaxLength))
+    }
+
     /// The context of the turn's root span, as announced in `turn.started`: its flags
     /// are the client's (or `01`), with the sampled bit as decided, if decided.
     pub fn traceparent(&self) -> TraceParent {
@@ -219,6 +247,14 @@ pub enum Output {
     TurnCompleted(TurnInfo),
 }
 
+/// A turn about to open.
+struct NewTurn {
+    cause: Cause,
+    id: TurnId,
+    client_parent: Option<TraceParent>,
+    continues: Option<TurnId>,
+}
+
 /// Frame counts kept by the engine. Frames dropped or undecodable before reaching it
 /// are counted by the driver.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -241,7 +277,8 @@ pub struct TurnEngine<R> {
     next_seq: u64,
     preroll: VecDeque<(u64, Duration, AudioFrame)>,
     turns: Vec<TurnInfo>,
-    used_ids: HashSet<TurnId>,
+    /// Index of each turn by id; an id is never used twice in a session.
+    by_id: HashMap<TurnId, usize>,
     open: Option<usize>,
     voiced_since: Option<Duration>,
     last_voiced: Option<Duration>,
@@ -272,7 +309,7 @@ impl<R: Rng> TurnEngine<R> {
             next_seq: 0,
             preroll: VecDeque::new(),
             turns: Vec::new(),
-            used_ids: HashSet::new(),
+            by_id: HashMap::new(),
             open: None,
             voiced_since: None,
             last_voiced: None,
@@ -363,7 +400,13 @@ impl<R: Rng> TurnEngine<R> {
             .is_some_and(|since| at - since >= self.config.speech_onset);
         if onset && !self.closed && self.turns.len() < self.config.max_turns {
             let started_at = self.preroll.front().map_or(at, |(_, first, _)| *first);
-            self.open_turn_at(started_at, Cause::Vad, None, None, true);
+            let next = NewTurn {
+                cause: Cause::Vad,
+                id: self.mint_id(started_at),
+                client_parent: None,
+                continues: None,
+            };
+            self.open_turn_at(started_at, next, true);
         }
     }
 
@@ -388,7 +431,7 @@ impl<R: Rng> TurnEngine<R> {
         }
         let requested = traceparent.map(|tp| tp.trace_id).or(turn_id);
         if let Some(id) = requested
-            && self.used_ids.contains(&id)
+            && self.by_id.contains_key(&id)
         {
             return Err(Error::refused(
                 ErrorCode::DuplicateTurnId,
@@ -418,19 +461,29 @@ impl<R: Rng> TurnEngine<R> {
                 ),
             ));
         }
-        // The user acts: earlier turns still processing are interrupted; a VAD turn open
-        // now is not interrupted but superseded.
+        // The user acts: earlier turns still processing are interrupted; a VAD or image
+        // turn open now is not interrupted but superseded: its input goes on into the
+        // new turn.
         self.mark_interrupted();
+        let id = requested.unwrap_or_else(|| self.mint_id(at));
         if self.open.is_some() {
-            self.close_open_turn(at, EndReason::Superseded);
+            self.close_open_turn(at, EndReason::Superseded, Some(id));
         }
         self.flush_preroll_idle();
         self.voiced_since = None;
-        Ok(self.open_turn_at(at, Cause::Client, requested, traceparent, false))
+        let next = NewTurn {
+            cause: Cause::Client,
+            id,
+            client_parent: traceparent,
+            continues: None,
+        };
+        Ok(self.open_turn_at(at, next, false))
     }
 
-    /// The client sent `turn.end`, optionally naming the turn it ends. Returns the id of
-    /// the turn it ended.
+    /// The client sent `turn.end`, optionally naming the turn it ends: the open turn,
+    /// or any earlier piece of its chain (a turn split at `max_turn` goes on under a new
+    /// id; naming the id the client knows ends the chain). Returns the id of the turn
+    /// it ended.
     pub fn handle_turn_end(
         &mut self,
         at: Duration,
@@ -438,17 +491,19 @@ impl<R: Rng> TurnEngine<R> {
     ) -> Result<TurnId, Error> {
         let at = self.advance(at);
         match self.open_turn() {
-            Some(open) if turn_id.is_some_and(|id| id != open.id) => Err(Error::refused(
-                ErrorCode::TurnIdMismatch,
-                format!(
-                    "turn.end names {}, but the open turn is {}",
-                    turn_id.unwrap_or(open.id),
-                    open.id
-                ),
-            )),
+            Some(open) if turn_id.is_some_and(|id| !self.chain_contains(open, id)) => {
+                Err(Error::refused(
+                    ErrorCode::TurnIdMismatch,
+                    format!(
+                        "turn.end names {}, but the open turn is {}",
+                        turn_id.unwrap_or(open.id),
+                        open.id
+                    ),
+                ))
+            }
             Some(open) if matches!(open.cause, Cause::Client | Cause::Image) => {
                 let id = open.id;
-                self.close_open_turn(at, EndReason::ClientEnd);
+                self.close_open_turn(at, EndReason::ClientEnd, None);
                 self.voiced_since = None;
                 Ok(id)
             }
@@ -459,33 +514,53 @@ impl<R: Rng> TurnEngine<R> {
         }
     }
 
-    /// Processing of an ended turn finished.
+    /// Whether a result event of `turn_id` (transcript, vision result, answer, error)
+    /// may still reach the client: not once the turn was interrupted or completed. The
+    /// driver asks this for every result event, in the same order as it sends the
+    /// engine's own events, so no result of a turn follows the `turn.started` of the
+    /// turn that interrupted it.
+    pub fn admits_results(&self, turn_id: TurnId) -> bool {
+        self.turn(turn_id)
+            .is_some_and(|t| !t.interrupted && t.state != TurnState::Completed)
+    }
+
+    /// Processing of an ended turn finished with `stages`. Returns the turn's status:
+    /// `interrupted` if it was spoken over before now, else as [`Stages::status`] says.
     pub fn handle_processing_finished(
         &mut self,
         at: Duration,
         turn_id: TurnId,
-    ) -> Result<(), Error> {
+        stages: Stages,
+    ) -> Result<CompletionStatus, Error> {
         let at = self.advance(at);
-        let turn = self
-            .turns
-            .iter_mut()
-            .find(|t| t.id == turn_id)
-            .ok_or_else(|| {
-                Error::refused(
-                    ErrorCode::Internal,
-                    format!("no turn {turn_id} in this session"),
-                )
-            })?;
+        let index = self.by_id.get(&turn_id).copied().ok_or_else(|| {
+            Error::refused(
+                ErrorCode::Internal,
+                format!("no turn {turn_id} in this session"),
+            )
+        })?;
+        let turn = &mut self.turns[index];
         if turn.state != TurnState::Ended || turn.processing_started_at.is_none() {
             return Err(Error::refused(
                 ErrorCode::Internal,
                 format!("turn {turn_id} is {:?} and not yet processing", turn.state),
             ));
         }
+        let status = if turn.interrupted {
+            CompletionStatus::Interrupted
+        } else {
+            stages.status()
+        };
         turn.state = TurnState::Completed;
         turn.completed_at = Some(at);
+        turn.status = Some(status);
         self.outputs.push_back(Output::TurnCompleted(turn.clone()));
-        Ok(())
+        Ok(status)
+    }
+
+    /// A turn of this session.
+    pub fn turn(&self, turn_id: TurnId) -> Option<&TurnInfo> {
+        self.by_id.get(&turn_id).map(|&i| &self.turns[i])
     }
 
     /// An image upload began. It belongs to the turn open now; with none open it opens
@@ -499,7 +574,7 @@ impl<R: Rng> TurnEngine<R> {
         let at = self.advance(at);
         let index = match requested {
             Some(id) => {
-                let index = self.turns.iter().position(|t| t.id == id).ok_or_else(|| {
+                let index = self.by_id.get(&id).copied().ok_or_else(|| {
                     Error::refused(
                         ErrorCode::UnknownTurn,
                         format!("no turn {id} in this session"),
@@ -532,7 +607,13 @@ impl<R: Rng> TurnEngine<R> {
                 }
                 None => {
                     self.flush_preroll_idle();
-                    self.open_turn_at(at, Cause::Image, None, None, false);
+                    let next = NewTurn {
+                        cause: Cause::Image,
+                        id: self.mint_id(at),
+                        client_parent: None,
+                        continues: None,
+                    };
+                    self.open_turn_at(at, next, false);
                     self.turns.len() - 1
                 }
             },
@@ -557,9 +638,10 @@ impl<R: Rng> TurnEngine<R> {
     pub fn handle_upload_finished(&mut self, at: Duration, turn_id: TurnId) -> Result<(), Error> {
         let at = self.advance(at);
         let index = self
-            .turns
-            .iter()
-            .position(|t| t.id == turn_id && t.uploads_pending > 0)
+            .by_id
+            .get(&turn_id)
+            .copied()
+            .filter(|&i| self.turns[i].uploads_pending > 0)
             .ok_or_else(|| {
                 Error::refused(
                     ErrorCode::Internal,
@@ -577,7 +659,7 @@ impl<R: Rng> TurnEngine<R> {
     pub fn handle_close(&mut self, at: Duration) {
         let at = self.advance(at);
         if self.open.is_some() {
-            self.close_open_turn(at, EndReason::SessionClosed);
+            self.close_open_turn(at, EndReason::SessionClosed, None);
         }
         self.flush_preroll_idle();
         self.closed = true;
@@ -594,16 +676,26 @@ impl<R: Rng> TurnEngine<R> {
             if deadline > at {
                 break;
             }
-            let cause = self.turns[i].cause;
-            self.close_open_turn(deadline, reason);
+            let (cause, previous) = (self.turns[i].cause, self.turns[i].id);
             let speech_goes_on = self
                 .last_voiced
                 .is_some_and(|lv| lv + self.config.hangover > deadline);
             let room = self.turns.len() < self.config.max_turns;
-            if reason == EndReason::MaxLength && room && (cause == Cause::Client || speech_goes_on)
-            {
-                self.open_turn_at(deadline, cause, None, None, false);
+            let continues = reason == EndReason::MaxLength
+                && room
+                && (cause == Cause::Client || speech_goes_on);
+            if !continues {
+                self.close_open_turn(deadline, reason, None);
+                continue;
             }
+            let next = NewTurn {
+                cause,
+                id: self.mint_id(deadline),
+                client_parent: None,
+                continues: Some(previous),
+            };
+            self.close_open_turn(deadline, reason, Some(next.id));
+            self.open_turn_at(deadline, next, false);
         }
         self.expire_preroll(at);
         at
@@ -632,27 +724,40 @@ impl<R: Rng> TurnEngine<R> {
         })
     }
 
-    fn open_turn_at(
-        &mut self,
-        at: Duration,
-        cause: Cause,
-        id: Option<TurnId>,
-        client_parent: Option<TraceParent>,
-        user_action: bool,
-    ) -> TurnId {
+    /// A fresh turn id, time-stamped `at` into the session.
+    fn mint_id(&mut self, at: Duration) -> TurnId {
+        loop {
+            let unix_ms = self.started_unix_ms + at.as_millis() as u64;
+            let id = TurnId::mint(unix_ms, &mut self.rng);
+            if !self.by_id.contains_key(&id) {
+                break id;
+            }
+        }
+    }
+
+    /// Whether `id` names `open` or an earlier piece of its chain.
+    fn chain_contains(&self, open: &TurnInfo, id: TurnId) -> bool {
+        let mut piece = Some(open);
+        while let Some(turn) = piece {
+            if turn.id == id {
+                return true;
+            }
+            piece = turn.continues.and_then(|c| self.turn(c));
+        }
+        false
+    }
+
+    fn open_turn_at(&mut self, at: Duration, next: NewTurn, user_action: bool) -> TurnId {
         if user_action {
             self.mark_interrupted();
         }
-        let id = id.unwrap_or_else(|| {
-            loop {
-                let unix_ms = self.started_unix_ms + at.as_millis() as u64;
-                let id = TurnId::mint(unix_ms, &mut self.rng);
-                if !self.used_ids.contains(&id) {
-                    break id;
-                }
-            }
-        });
-        self.used_ids.insert(id);
+        let NewTurn {
+            cause,
+            id,
+            client_parent,
+            continues,
+        } = next;
+        self.by_id.insert(id, self.turns.len());
         let info = TurnInfo {
             id,
             number: self.turns.len() as u32 + 1,
@@ -675,6 +780,9 @@ impl<R: Rng> TurnEngine<R> {
                 .then_some(self.voiced_since)
                 .flatten(),
             speech_ended_at: None,
+            continues,
+            successor: None,
+            status: None,
         };
         self.outputs.push_back(Output::TurnStarted(info.clone()));
         self.turns.push(info);
@@ -699,12 +807,14 @@ impl<R: Rng> TurnEngine<R> {
         }
     }
 
-    fn close_open_turn(&mut self, at: Duration, reason: EndReason) {
+    /// Ends the open turn's input; `successor` is the turn its input goes on into.
+    fn close_open_turn(&mut self, at: Duration, reason: EndReason, successor: Option<TurnId>) {
         let Some(i) = self.open.take() else { return };
         let turn = &mut self.turns[i];
         turn.state = TurnState::Ended;
         turn.reason = Some(reason);
         turn.ended_at = Some(at);
+        turn.successor = successor;
         if reason == EndReason::EndOfSpeech {
             turn.speech_ended_at = self.last_voiced;
         }

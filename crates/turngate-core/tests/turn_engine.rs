@@ -11,6 +11,12 @@ use turngate_core::*;
 
 const FRAME: Duration = Duration::from_millis(20);
 
+const OK: Stages = Stages {
+    asr: StageStatus::Ok,
+    vision: StageStatus::Skipped,
+    llm: StageStatus::Ok,
+};
+
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
@@ -328,7 +334,7 @@ fn barge_in_marks_unfinished_turns_interrupted() {
     let t = h.audio(ms(0), ms(500), true);
     let t = h.audio(t, ms(1000), false);
     let first = h.ended()[0].id;
-    h.engine.handle_processing_finished(t, first).unwrap();
+    h.engine.handle_processing_finished(t, first, OK).unwrap();
     h.audio(t, ms(500), true);
     assert!(!h.engine.turns()[0].interrupted);
     assert_eq!(h.engine.turns()[0].state, TurnState::Completed);
@@ -370,7 +376,10 @@ enum Step {
         with_id: bool,
     },
     End,
-    Finish,
+    Finish {
+        llm_ok: bool,
+    },
+    Result,
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -379,7 +388,8 @@ fn step() -> impl Strategy<Value = Step> {
         2 => (0u64..3000).prop_map(|gap_ms| Step::Tick { gap_ms }),
         1 => any::<bool>().prop_map(|with_id| Step::Start { with_id }),
         1 => Just(Step::End),
-        1 => Just(Step::Finish),
+        1 => any::<bool>().prop_map(|llm_ok| Step::Finish { llm_ok }),
+        1 => Just(Step::Result),
     ]
 }
 
@@ -397,6 +407,9 @@ proptest! {
         let mut at = Duration::ZERO;
         let mut sent = 0u64;
         let mut outputs = Vec::new();
+        let mut statuses = Vec::new();
+        // (outputs emitted before it, turn) of every result the engine let out.
+        let mut admitted: Vec<(usize, TurnId)> = Vec::new();
         let drain = |engine: &mut TurnEngine<StdRng>, outputs: &mut Vec<Output>| {
             while let Some(o) = engine.poll_output() { outputs.push(o); }
         };
@@ -419,10 +432,24 @@ proptest! {
                     let _ = engine.handle_turn_start(at, id, None);
                 }
                 Step::End => { let _ = engine.handle_turn_end(at, None); }
-                Step::Finish => {
-                    if let Some(t) = engine.turns().iter().find(|t| t.state == TurnState::Ended) {
-                        let id = t.id;
-                        engine.handle_processing_finished(at, id).unwrap();
+                Step::Finish { llm_ok } => {
+                    // Any turn whose processing runs may finish first.
+                    let running: Vec<TurnId> = engine.turns().iter()
+                        .filter(|t| t.state == TurnState::Ended && t.processing_started_at.is_some())
+                        .map(|t| t.id).collect();
+                    if let Some(&id) = running.get(sent as usize % running.len().max(1)) {
+                        let llm = if llm_ok { StageStatus::Ok } else { StageStatus::Failed };
+                        let status = engine.handle_processing_finished(at, id, Stages { llm, ..OK }).unwrap();
+                        statuses.push((id, status));
+                    }
+                }
+                Step::Result => {
+                    // Each turn offers a result; the engine decides whether it may go out.
+                    let ids: Vec<TurnId> = engine.turns().iter().map(|t| t.id).collect();
+                    for id in ids {
+                        if engine.admits_results(id) {
+                            admitted.push((outputs.len(), id));
+                        }
                     }
                 }
             }
@@ -435,6 +462,45 @@ proptest! {
             sent += 1;
         }
         drain(&mut engine, &mut outputs);
+        // Every turn's processing ends, in any order.
+        let running: Vec<TurnId> = engine.turns().iter()
+            .filter(|t| t.state == TurnState::Ended).map(|t| t.id).collect();
+        for id in running.into_iter().rev() {
+            let status = engine.handle_processing_finished(at + ms(10), id, OK).unwrap();
+            statuses.push((id, status));
+        }
+        drain(&mut engine, &mut outputs);
+
+        // Every turn reaches exactly one terminal status: `interrupted` exactly when it
+        // was spoken over, and one `TurnCompleted` carrying it.
+        for t in engine.turns() {
+            prop_assert_eq!(t.state, TurnState::Completed);
+            let completions: Vec<_> = outputs.iter().filter_map(|o| match o {
+                Output::TurnCompleted(c) if c.id == t.id => Some(c.status), _ => None }).collect();
+            prop_assert_eq!(&completions, &vec![t.status]);
+            let reported: Vec<_> = statuses.iter().filter(|(id, _)| *id == t.id).map(|(_, s)| *s).collect();
+            prop_assert_eq!(reported, vec![t.status.unwrap()]);
+            prop_assert_eq!(t.status == Some(CompletionStatus::Interrupted), t.interrupted);
+        }
+        // No result of a turn goes out after its interruption, nor after its completion.
+        for (emitted, id) in &admitted {
+            let cut = outputs.iter().position(|o| matches!(o,
+                Output::TurnInterrupted(i) if i == id) || matches!(o, Output::TurnCompleted(t) if t.id == *id));
+            if let Some(cut) = cut {
+                prop_assert!(*emitted <= cut, "a result of {} was admitted after its interruption", id);
+            }
+        }
+        // Who answers: a turn hands its input on exactly when it was superseded or split
+        // and continued, and always to the next turn.
+        let turns = engine.turns();
+        for (i, t) in turns.iter().enumerate() {
+            let hands_on = t.reason == Some(EndReason::Superseded)
+                || (t.reason == Some(EndReason::MaxLength) && turns.get(i + 1).is_some_and(|n| n.continues == Some(t.id)));
+            prop_assert_eq!(!t.answered(), hands_on);
+            if let Some(next) = t.successor {
+                prop_assert_eq!(turns.get(i + 1).map(|n| n.id), Some(next));
+            }
+        }
 
         // Every frame leaves exactly once, in order, and nothing is held at the end.
         let frames: Vec<&Tagged<AudioFrame>> = outputs.iter().filter_map(|o| match o {
@@ -508,6 +574,83 @@ fn a_superseded_turn_is_not_a_barge_in_but_earlier_unfinished_ones_are() {
     assert!(turns[0].interrupted);
     assert_eq!(turns[1].reason, Some(EndReason::Superseded));
     assert!(!turns[1].interrupted, "superseding is not interrupting");
+}
+
+#[test]
+fn a_client_turn_split_at_max_length_is_a_chain_that_turn_end_naming_its_first_piece_ends() {
+    let mut h = Harness::new();
+    let first = h.engine.handle_turn_start(ms(0), None, None).unwrap();
+    // Push-to-talk held for 130 s: two splits at 60 s.
+    let t = h.audio(ms(0), ms(130_000), true);
+    let ended = h.ended();
+    assert_eq!(ended.len(), 2);
+    let started = h.started();
+    assert_eq!(started.len(), 3);
+    for (piece, next) in ended.iter().zip(&started[1..]) {
+        assert_eq!(piece.reason, Some(EndReason::MaxLength));
+        assert_eq!(piece.continued_by(), Some(next.id));
+        assert_eq!(next.continues, Some(piece.id));
+        assert_eq!(next.cause, Cause::Client);
+        assert!(
+            !piece.answered(),
+            "a continued piece is answered by its chain's end"
+        );
+    }
+    assert_eq!(started[0].id, first);
+    assert_eq!(
+        h.engine.handle_turn_end(t, Some(first)).unwrap(),
+        started[2].id
+    );
+    h.drain();
+    let last = h.ended().pop().unwrap();
+    assert_eq!(
+        (last.id, last.reason, last.continued_by()),
+        (started[2].id, Some(EndReason::ClientEnd), None)
+    );
+    assert!(last.answered());
+    // Naming a turn of an earlier chain is still a mismatch.
+    let next = h.engine.handle_turn_start(t, None, None).unwrap();
+    let err = h
+        .engine
+        .handle_turn_end(t + ms(10), Some(first))
+        .unwrap_err();
+    assert_eq!(err.code(), ErrorCode::TurnIdMismatch);
+    assert_eq!(
+        h.engine.handle_turn_end(t + ms(20), Some(next)).unwrap(),
+        next
+    );
+}
+
+#[test]
+fn a_superseded_turn_hands_its_input_to_the_turn_that_replaced_it() {
+    let mut h = Harness::new();
+    let t = h.audio(ms(0), ms(400), true);
+    let client = h.engine.handle_turn_start(t, None, None).unwrap();
+    h.drain();
+    let vad = &h.ended()[0];
+    assert_eq!(vad.reason, Some(EndReason::Superseded));
+    assert_eq!(vad.successor, Some(client));
+    assert_eq!(vad.continued_by(), None, "superseding is not a chain");
+    assert!(!vad.answered());
+}
+
+#[test]
+fn an_interrupted_turn_admits_no_results_and_completes_interrupted() {
+    let mut h = Harness::new();
+    let t = h.audio(ms(0), ms(500), true);
+    let t = h.audio(t, ms(1000), false);
+    let first = h.ended()[0].id;
+    assert!(h.engine.admits_results(first));
+    h.audio(t, ms(500), true); // barge-in
+    assert!(!h.engine.admits_results(first));
+    let status = h.engine.handle_processing_finished(t, first, OK).unwrap();
+    assert_eq!(status, CompletionStatus::Interrupted);
+    assert_eq!(
+        h.engine.turns()[0].status,
+        Some(CompletionStatus::Interrupted)
+    );
+    // A completed turn admits no more results either.
+    assert!(!h.engine.admits_results(first));
 }
 
 #[test]

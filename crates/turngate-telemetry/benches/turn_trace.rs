@@ -49,6 +49,9 @@ fn turn(n: u32) -> TurnInfo {
         sampled: Some(true),
         speech_started_at: None,
         speech_ended_at: None,
+        continues: None,
+        successor: None,
+        status: None,
     }
 }
 

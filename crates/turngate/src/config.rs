@@ -86,6 +86,24 @@ pub struct LlmConfig {
     pub history_turns: usize,
     /// Send the images themselves too, not only their descriptions.
     pub send_images: bool,
+    /// Longest wait from the request to the first token of the answer, in
+    /// milliseconds (connection and headers included). The backend's `timeout_ms` caps
+    /// the whole answer.
+    pub first_token_timeout_ms: u64,
+    /// Longest silence between two pieces of a streaming answer, in milliseconds.
+    pub idle_timeout_ms: u64,
+}
+
+impl LlmConfig {
+    /// The answer's timeouts: to the first token, between pieces, and in total (the
+    /// backend's `timeout_ms`).
+    pub fn timeouts(&self) -> turngate_backends::llm::StreamTimeouts {
+        turngate_backends::llm::StreamTimeouts {
+            first_token: Duration::from_millis(self.first_token_timeout_ms),
+            idle: Duration::from_millis(self.idle_timeout_ms),
+            total: Duration::from_millis(self.backend.timeout_ms),
+        }
+    }
 }
 
 impl Default for LlmConfig {
@@ -97,6 +115,8 @@ impl Default for LlmConfig {
                 .into(),
             history_turns: 10,
             send_images: false,
+            first_token_timeout_ms: 10_000,
+            idle_timeout_ms: 10_000,
         }
     }
 }
@@ -317,6 +337,11 @@ Configuration file keys (TOML; every key optional; defaults shown):
   [llm] system_prompt               the system prompt
   [llm] history_turns = 10          earlier turns of the session in the prompt
   [llm] send_images = false         send the images too, not only their descriptions
+  [llm] timeout_ms = 30000          the whole answer, streamed (for ASR and vision: one request)
+  [llm] first_token_timeout_ms = 10000  request to the answer's first token
+                                    (TURNGATE_LLM_FIRST_TOKEN_TIMEOUT_MS)
+  [llm] idle_timeout_ms = 10000     longest pause within a streamed answer
+                                    (TURNGATE_LLM_IDLE_TIMEOUT_MS)
   max_per_turn = 32                 uploads one turn may take
   [telemetry]
   capture_content = false           transcripts, prompts, answers and images in span attributes
@@ -393,7 +418,13 @@ fn check_flattened_keys(table: &toml::Table) -> Result<(), String> {
         ("vision", &["instruction"][..]),
         (
             "llm",
-            &["system_prompt", "history_turns", "send_images"][..],
+            &[
+                "system_prompt",
+                "history_turns",
+                "send_images",
+                "first_token_timeout_ms",
+                "idle_timeout_ms",
+            ][..],
         ),
     ] {
         if let Some(toml::Value::Table(keys)) = table.get(section)
@@ -500,6 +531,22 @@ impl Config {
         ] {
             backend_from_env(prefix, backend)?;
         }
+        for (name, value) in [
+            (
+                "TURNGATE_LLM_FIRST_TOKEN_TIMEOUT_MS",
+                &mut config.llm.first_token_timeout_ms,
+            ),
+            (
+                "TURNGATE_LLM_IDLE_TIMEOUT_MS",
+                &mut config.llm.idle_timeout_ms,
+            ),
+        ] {
+            if let Ok(v) = std::env::var(name) {
+                *value = v
+                    .parse()
+                    .map_err(|e| anyhow::anyhow!("invalid configuration: {name}={v:?}: {e}"))?;
+            }
+        }
         if let Ok(v) = std::env::var("TURNGATE_TELEMETRY_CAPTURE_CONTENT") {
             config.telemetry.capture_content = v.parse().map_err(|_| {
                 anyhow::anyhow!(
@@ -553,6 +600,11 @@ impl Config {
                 self.uploads.max_in_flight_bytes,
             ),
             ("uploads.timeout_ms", self.uploads.timeout_ms),
+            (
+                "llm.first_token_timeout_ms",
+                self.llm.first_token_timeout_ms,
+            ),
+            ("llm.idle_timeout_ms", self.llm.idle_timeout_ms),
         ] {
             if value == 0 {
                 return fail(format!("{key} must be at least 1"));

@@ -3,13 +3,12 @@
 //! `turngate serve` terminates WebRTC audio (WHIP-shaped signaling), mints turn ids and
 //! tags every frame with its turn. See README.md.
 
-mod api;
+mod app;
 mod config;
-mod metrics;
-mod orchestrate;
-mod pipeline;
+mod http;
 mod problem;
 mod registry;
+mod turn;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -91,8 +90,8 @@ async fn serve(config: config::Config) -> anyhow::Result<()> {
         tracing::info!(protocol = ?otel.protocol, sampler = ?otel.sampler, "Exporting spans over OTLP.");
     }
 
-    let app = api::App::new(&config, telemetry)?;
-    let router = api::router(Arc::clone(&app), &config.cors_origins);
+    let app = app::App::new(&config, telemetry)?;
+    let router = http::router(Arc::clone(&app), &config.cors_origins);
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {} (listen)", config.listen))?;
@@ -108,14 +107,14 @@ async fn serve(config: config::Config) -> anyhow::Result<()> {
             close_all(&shutdown_app).await;
         })
         .await?;
-    app.telemetry.shutdown(TELEMETRY_FLUSH_GRACE).await;
+    app.turns.telemetry.shutdown(TELEMETRY_FLUSH_GRACE).await;
     tracing::info!("Stopped.");
     Ok(())
 }
 
 /// Ends every live session (closing its open turn) and waits for them and for the turns
 /// being processed, within a grace.
-async fn close_all(app: &api::App) {
+async fn close_all(app: &app::App) {
     let live = app.registry.live();
     for entry in &live {
         entry.shared.close(SessionEnd::Shutdown);
@@ -125,8 +124,8 @@ async fn close_all(app: &api::App) {
         for entry in &live {
             entry.shared.wait_ended().await;
         }
-        app.processing.close();
-        app.processing.wait().await;
+        app.turns.tasks.close();
+        app.turns.tasks.wait().await;
     };
     if tokio::time::timeout(SHUTDOWN_GRACE, all_ended)
         .await

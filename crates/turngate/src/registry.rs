@@ -6,38 +6,25 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use turngate_core::{SessionId, TurnId};
+use turngate_core::SessionId;
 use turngate_media::session::{Counts, SessionCounters, SessionShared};
 
-/// Audio of one turn as downstream received it.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct TurnAudio {
-    /// 16 kHz samples of PCM, concealment included.
-    pub samples: u64,
-    /// Of which concealed.
-    pub concealed: u64,
-}
+use crate::turn::Conversation;
 
 /// A session as the API sees it.
 pub struct Entry {
     /// The media side's shared state.
     pub shared: Arc<SessionShared>,
-    /// Per-turn audio collected downstream.
-    pub audio: Mutex<HashMap<TurnId, TurnAudio>>,
-    /// The last exchanges, for the LLM prompt.
-    pub history: Mutex<std::collections::VecDeque<crate::orchestrate::Exchange>>,
-    /// What processing produced, per turn.
-    pub results: Mutex<HashMap<TurnId, crate::orchestrate::TurnResult>>,
+    /// Its turns' history and results, kept by their owners.
+    pub conversation: Arc<Conversation>,
 }
 
 impl Entry {
     /// A new session's entry.
-    pub fn new(shared: Arc<SessionShared>) -> Self {
+    pub fn new(shared: Arc<SessionShared>, conversation: Arc<Conversation>) -> Self {
         Self {
             shared,
-            audio: Mutex::default(),
-            history: Mutex::default(),
-            results: Mutex::default(),
+            conversation,
         }
     }
 }

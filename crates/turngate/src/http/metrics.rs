@@ -2,14 +2,23 @@
 //! fate (the accounting terms), uploads by outcome, turns, backend latency, and spans
 //! exported and dropped.
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
 use turngate_telemetry::metrics::Exposition;
 
-use crate::api::App;
+use crate::app::App;
+
+pub(super) async fn metrics(State(app): State<Arc<App>>) -> Response {
+    let content_type = Exposition::CONTENT_TYPE;
+    ([(header::CONTENT_TYPE, content_type)], render(&app)).into_response()
+}
 
 /// The exposition text.
-pub fn render(app: &App) -> String {
+fn render(app: &App) -> String {
     let t = app.registry.totals();
     let c = &t.counts;
     let mut out = Exposition::default();
@@ -73,8 +82,8 @@ pub fn render(app: &App) -> String {
             n as f64,
         );
     }
-    app.metrics.write(&mut out);
-    let spans = &app.telemetry.spans;
+    app.turns.metrics.write(&mut out);
+    let spans = &app.turns.telemetry.spans;
     out.single(
         "turngate_spans_exported_total",
         "Spans the OTLP collector accepted.",

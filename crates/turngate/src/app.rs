@@ -1,0 +1,123 @@
+//! The application: its state and how the parts are wired. Handlers (`http/`) and the
+//! CLI read it; it knows neither.
+//!
+//! A session's life: `POST /v1/whip` answers the offer ([`App::open_session`]), the
+//! media crate's session driver runs the turn engine, and the session's turns are
+//! owned downstream by [`crate::turn`] until each completes; the [`Registry`] holds
+//! the session for the API until it is pruned.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use turngate_core::ErrorCode;
+use turngate_media::peer::{self, PeerConfig, PortPool};
+use turngate_media::session::{self, SessionConfig};
+
+use crate::config::Config;
+use crate::problem::Problem;
+use crate::registry::{Entry, Registry};
+use crate::turn;
+
+/// Everything the handlers share.
+pub struct App {
+    pub registry: Registry,
+    pub ports: Arc<PortPool>,
+    pub peer: PeerConfig,
+    pub session: SessionConfig,
+    pub max_offer_bytes: usize,
+    pub max_image_bytes: u64,
+    pub upload_timeout: Duration,
+    pub shutting_down: AtomicBool,
+    /// Backends, telemetry and metrics of turn processing, and its running tasks.
+    pub turns: Arc<turn::Services>,
+}
+
+impl App {
+    /// The application state for a validated configuration.
+    pub fn new(
+        config: &Config,
+        telemetry: turngate_telemetry::Telemetry,
+    ) -> anyhow::Result<Arc<Self>> {
+        Ok(Arc::new(Self {
+            registry: Registry::new(
+                config.sessions.max,
+                config.sessions.retain_ended,
+                Duration::from_secs(config.sessions.retain_ended_s),
+            ),
+            ports: PortPool::new(config.media.port_min..=config.media.port_max),
+            peer: config.peer(),
+            session: SessionConfig {
+                sampler: telemetry.turn_sampler(),
+                ..config.session()
+            },
+            max_offer_bytes: config.max_offer_bytes,
+            max_image_bytes: config.uploads.max_image_bytes,
+            upload_timeout: Duration::from_millis(config.uploads.timeout_ms),
+            shutting_down: AtomicBool::new(false),
+            turns: Arc::new(turn::Services::new(config, telemetry)?),
+        }))
+    }
+
+    /// Whether the gateway is shutting down (no new sessions).
+    pub fn shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Relaxed)
+    }
+
+    /// Answers an offer, starts and registers the session, and hands its turns to
+    /// their owners: (answer, resource id).
+    pub async fn open_session(self: Arc<Self>, offer: String) -> Result<(String, String), Problem> {
+        let slot = self.registry.reserve().ok_or_else(|| {
+            Problem::new(
+                ErrorCode::TooManySessions,
+                "the gateway holds its maximum number of sessions; retry later",
+            )
+        })?;
+        let answered = peer::answer(&self.peer, &self.ports, offer)
+            .await
+            .map_err(|e| {
+                if e.code() == ErrorCode::Internal {
+                    tracing::warn!(error = %e, "Could not answer an offer.");
+                }
+                Problem::new(e.code(), e.to_string())
+            })?;
+        if self.shutting_down() {
+            let _ = answered.connection.close().await;
+            return Err(Problem::new(
+                ErrorCode::ShuttingDown,
+                "the gateway is shutting down",
+            ));
+        }
+        let answer = answered.answer.clone();
+        let mut rng = rand::rng();
+        let started = session::start(self.session.clone(), answered, &mut rng)
+            .map_err(|e| Problem::new(e.code(), e.to_string()))?;
+        let resource = resource_id(&mut rng);
+        let conversation = turn::Conversation::new(self.turns.history_turns());
+        let entry = Arc::new(Entry::new(Arc::clone(&started.shared), conversation));
+        self.registry
+            .insert(slot, resource.clone(), Arc::clone(&entry));
+        tracing::info!(session = %entry.shared.id, "Session created.");
+        tracing::debug!(session = %entry.shared.id, resource = %resource, "WHIP resource.");
+        let app = Arc::clone(&self);
+        let retired = resource.clone();
+        tokio::spawn(async move {
+            turn::own_session(
+                Arc::clone(&app.turns),
+                Arc::clone(&entry.conversation),
+                started,
+            )
+            .await;
+            entry.shared.wait_ended().await;
+            app.registry.ended(&retired);
+        });
+        Ok((answer, resource))
+    }
+}
+
+/// A WHIP resource id: 128 random bits, 32 lowercase hex.
+fn resource_id(rng: &mut impl rand::Rng) -> String {
+    let mut bytes = [0u8; 16];
+    rng.fill_bytes(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,21 @@
+//! `GET /healthz` (the process is up) and `GET /readyz` (it takes new sessions).
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use turngate_core::ErrorCode;
+
+use crate::app::App;
+use crate::problem::Problem;
+
+pub(super) async fn live() -> &'static str {
+    "ok"
+}
+
+pub(super) async fn ready(State(app): State<Arc<App>>) -> Response {
+    if app.shutting_down() {
+        return Problem::new(ErrorCode::ShuttingDown, "shutting down").into_response();
+    }
+    "ready".into_response()
+}

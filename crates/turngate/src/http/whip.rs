@@ -1,0 +1,92 @@
+//! WHIP-shaped signaling (RFC 9725): `POST /v1/whip` with an SDP offer creates a
+//! session (`201`, the answer, `Location: /v1/whip/{resource}`); `DELETE` on the
+//! Location ends it.
+
+use std::sync::Arc;
+
+use axum::body::{Body, to_bytes};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use turngate_core::ErrorCode;
+use turngate_media::peer;
+use turngate_media::session::SessionEnd;
+
+use crate::app::App;
+use crate::problem::Problem;
+
+/// `POST /v1/whip`: an SDP offer in, `201 Created` with the answer and `Location` out.
+pub(super) async fn create_session(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, Problem> {
+    if app.shutting_down() {
+        return Err(Problem::new(
+            ErrorCode::ShuttingDown,
+            "the gateway is shutting down",
+        ));
+    }
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let mime = content_type.split(';').next().unwrap_or("").trim();
+    if !mime.eq_ignore_ascii_case("application/sdp") {
+        return Err(Problem::new(
+            ErrorCode::UnsupportedMediaType,
+            format!("the offer must be sent as application/sdp, not {content_type:?}"),
+        ));
+    }
+    let too_large = || {
+        Problem::new(
+            ErrorCode::PayloadTooLarge,
+            format!("the offer exceeds {} bytes", app.max_offer_bytes),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > app.max_offer_bytes) {
+        return Err(too_large());
+    }
+    let body = to_bytes(body, app.max_offer_bytes)
+        .await
+        .map_err(|_| too_large())?;
+    let offer = String::from_utf8(body.to_vec())
+        .map_err(|_| Problem::new(ErrorCode::InvalidSdp, "the offer is not UTF-8 text"))?;
+    peer::check_offer(&offer).map_err(|e| Problem::new(e.code(), e.to_string()))?;
+
+    // Set up in a task of its own: a client that hangs up mid-way must not leave a
+    // half-built peer connection (and its socket) behind.
+    let setup = tokio::spawn(Arc::clone(&app).open_session(offer));
+    let (answer, resource) = setup
+        .await
+        .map_err(|_| Problem::new(ErrorCode::Internal, "session setup failed"))??;
+    let location = format!("/v1/whip/{resource}");
+    Ok((
+        StatusCode::CREATED,
+        [
+            (header::CONTENT_TYPE, "application/sdp".to_owned()),
+            (header::LOCATION, location),
+        ],
+        answer,
+    )
+        .into_response())
+}
+
+/// `DELETE /v1/whip/{resource}`: ends the session and frees what it held.
+pub(super) async fn delete_session(
+    State(app): State<Arc<App>>,
+    Path(resource): Path<String>,
+) -> Result<StatusCode, Problem> {
+    let entry = app.registry.by_resource(&resource).ok_or_else(|| {
+        Problem::new(
+            ErrorCode::NotFound,
+            "no such WHIP resource (or it has ended)",
+        )
+    })?;
+    entry.shared.close(SessionEnd::Deleted);
+    entry.shared.wait_ended().await;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,115 @@
+//! One backend call in progress: its client span under the turn's root span, the trace
+//! context its requests carry (their `traceparent` names the span), its latency metric
+//! and opt-in content capture.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use serde_json::Value;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use turngate_backends::{Backend, BackendError, TurnContext};
+use turngate_core::SpanId;
+use turngate_telemetry::metrics::Metrics;
+use turngate_telemetry::names::attr;
+use turngate_telemetry::turn::{parent_id, record_error};
+use turngate_telemetry::{TurnTrace, content};
+
+use super::ms;
+
+/// A backend call: the span ends when it is dropped; a call dropped before it finished
+/// (its turn was interrupted) ends `cancelled`.
+pub(super) struct Call<'a> {
+    finished: AtomicBool,
+    stage: &'static str,
+    pub span: tracing::Span,
+    pub ctx: TurnContext,
+    pub started: Instant,
+    metrics: &'a Metrics,
+    /// Whether content goes into the span (`telemetry.capture_content`).
+    content: bool,
+}
+
+impl<'a> Call<'a> {
+    pub fn start(
+        metrics: &'a Metrics,
+        trace: &TurnTrace,
+        turn: &TurnContext,
+        stage: &'static str,
+        backend: &Backend,
+    ) -> Self {
+        let c = backend.config();
+        let span = trace.client_span(stage, &c.provider, &c.model, &c.url);
+        let mut ctx = *turn;
+        if let Some(id) = parent_id(&span).and_then(|b| SpanId::from_bytes(b).ok()) {
+            ctx.parent = id;
+        }
+        Self {
+            finished: AtomicBool::new(false),
+            stage,
+            span,
+            ctx,
+            started: Instant::now(),
+            metrics,
+            content: trace.capture_content(),
+        }
+    }
+
+    pub fn attr(&self, key: &'static str, value: impl Into<opentelemetry::Value>) {
+        self.span.set_attribute(key, value);
+    }
+
+    /// Opt-in content: an attribute made only if content is captured.
+    pub fn content(&self, key: &'static str, value: impl FnOnce() -> String) {
+        if self.content {
+            self.attr(key, value());
+        }
+    }
+
+    /// Opt-in content: the request's messages, in the GenAI format.
+    pub fn input(&self, messages: &[Value]) {
+        if !self.content {
+            return;
+        }
+        let (system, input) = content::input_messages(messages);
+        if let Some(system) = system {
+            self.attr(attr::GEN_AI_SYSTEM_INSTRUCTIONS, system);
+        }
+        self.attr(attr::GEN_AI_INPUT_MESSAGES, input);
+    }
+
+    /// Records the outcome on the span and in the latency histogram; returns the
+    /// call's milliseconds. The error's text is the backend crate's sanitized, capped
+    /// one: no raw backend body reaches the span.
+    pub fn finish(&self, outcome: Result<(), &BackendError>) -> u32 {
+        let label = match outcome {
+            Ok(()) => "ok",
+            Err(e) => {
+                record_error(&self.span, e.code().as_str(), e.to_string());
+                "failed"
+            }
+        };
+        self.finish_as(label)
+    }
+
+    /// Ends the call with an outcome label (`ok`, `failed`, `cancelled`).
+    pub fn finish_as(&self, outcome: &'static str) -> u32 {
+        self.finished.store(true, Ordering::Relaxed);
+        // The span ends now: `tracing-opentelemetry` dates a span's end at its last
+        // exit, and the LLM's stream is read outside of it.
+        self.span.in_scope(|| {});
+        self.attr(attr::OUTCOME, outcome);
+        let elapsed = self.started.elapsed();
+        self.metrics
+            .backend_duration
+            .observe([self.stage, outcome], elapsed.as_secs_f64());
+        ms(self.started)
+    }
+}
+
+impl Drop for Call<'_> {
+    fn drop(&mut self) {
+        if !self.finished.load(Ordering::Relaxed) {
+            self.finish_as("cancelled");
+        }
+    }
+}
