@@ -27,6 +27,16 @@ fn requests_of(seen: &Shared, turn: &str) -> Vec<String> {
         .collect()
 }
 
+/// Sends `turn.start` (the session's first turn) and returns the turn's id.
+async fn start_turn(client: &Client) -> anyhow::Result<String> {
+    client.send_event(json!({"type": "turn.start"})).await?;
+    let started = client
+        .inbox
+        .wait("turn.started", 1, Duration::from_secs(3))
+        .await?;
+    Ok(started[0]["turn_id"].as_str().unwrap().to_owned())
+}
+
 fn completed_of(client: &Client, turn: &str) -> Option<Value> {
     client
         .inbox
@@ -42,14 +52,7 @@ async fn a_turn_interrupted_while_it_waited_for_an_upload_is_not_processed() -> 
     let client = Client::connect(&gw, true).await?;
     client.session_id().await?;
     let packets = speech()?;
-    client.send_event(json!({"type": "turn.start"})).await?;
-    let first = client
-        .inbox
-        .wait("turn.started", 1, Duration::from_secs(3))
-        .await?[0]["turn_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let first = start_turn(&client).await?;
     // An upload begins in the turn and stays open past its end: processing waits.
     let image = png(64, 48);
     let begin = json!({"type": "image.begin", "upload_id": "late", "mime": "image/png",
@@ -114,14 +117,7 @@ async fn a_barge_in_during_asr_cancels_the_request_and_every_later_stage() -> an
     let client = Client::connect(&gw, true).await?;
     client.session_id().await?;
     let packets = speech()?;
-    client.send_event(json!({"type": "turn.start"})).await?;
-    let first = client
-        .inbox
-        .wait("turn.started", 1, Duration::from_secs(3))
-        .await?[0]["turn_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let first = start_turn(&client).await?;
     seen.lock()
         .unwrap()
         .asr_delay
@@ -295,6 +291,10 @@ async fn audio_queued_when_delete_comes_goes_into_its_turn() -> anyhow::Result<(
     let packets = speech()?;
     // Silence first, so the audio track is flowing.
     client.send_packets(&packets[..10], &[]).await?;
+    gw.wait_session(&session_id, Duration::from_secs(3), |s| {
+        s["counters"]["frames_received"] == 10
+    })
+    .await?;
     client.send_event(json!({"type": "turn.start"})).await?;
     client
         .inbox

@@ -218,6 +218,7 @@ async fn read(
         .eventsource();
     let mut started = false;
     let (mut model, mut finish_reason, mut usage) = (None, None, None);
+    let mut done = false;
     loop {
         let (deadline, late) = clock.deadline(started);
         let event = match tokio::time::timeout_at(deadline, events.next()).await {
@@ -228,14 +229,8 @@ async fn read(
             Err(_) => return Err(late),
         };
         if event.data.trim() == "[DONE]" {
-            let _ = tx
-                .send(Ok(LlmEvent::Done {
-                    model,
-                    finish_reason,
-                    usage,
-                }))
-                .await;
-            return Ok(());
+            done = true;
+            break;
         }
         let chunk = parse(name, &event)?;
         if let Some(m) = chunk["model"].as_str() {
@@ -264,7 +259,7 @@ async fn read(
         }
     }
     // Some servers end the stream after the last chunk without `[DONE]`.
-    if finish_reason.is_none() {
+    if !done && finish_reason.is_none() {
         return Err(broken("the stream ended without [DONE]".into()));
     }
     let _ = tx

@@ -5,6 +5,7 @@
 //! - [`event`]: the data-channel wire events;
 //! - [`error`]: the crate's error and the closed list of client-visible error codes;
 //! - [`history`]: a session's exchanges in turn order, for the LLM prompt;
+//! - [`outcome`]: stage outcomes and a turn's terminal status;
 //! - [`tag`]: [`Tagged`] values and [`AudioFrame`];
 //! - [`turn`]: the turn state machine;
 //! - [`upload`]: reassembly of image uploads from data-channel chunks.
@@ -17,14 +18,16 @@ pub mod error;
 pub mod event;
 pub mod history;
 pub mod id;
+pub mod outcome;
 pub mod tag;
 pub mod turn;
 pub mod upload;
 
 pub use error::{Error, ErrorCode};
-pub use event::{ClientEvent, CompletionStatus, ServerEvent, StageStatus, Stages};
+pub use event::{ClientEvent, ServerEvent};
 pub use history::History;
 pub use id::{SessionId, SpanId, TraceParent, TurnId};
+pub use outcome::{CompletionStatus, StageStatus, Stages};
 pub use tag::{AudioFrame, Blob, BlobId, Tagged};
 pub use turn::{
     Cause, EndReason, EngineCounters, Output, TurnConfig, TurnEngine, TurnInfo, TurnSampler,

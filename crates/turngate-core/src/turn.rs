@@ -41,8 +41,8 @@ use rand_core::Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, ErrorCode};
-use crate::event::{CompletionStatus, Stages};
 use crate::id::{SessionId, SpanId, TraceParent, TurnId};
+use crate::outcome::{CompletionStatus, Stages};
 use crate::tag::{AudioFrame, Tagged};
 
 /// Timing of turn detection.

@@ -4,11 +4,14 @@
 //! and always takes the span id from the generator. [`with_ids`] hands the generator
 //! the turn id and the root span id announced in `turn.started` for the duration of
 //! one synchronous span start on this thread; every other span gets random ids.
+//! [`remote_parent`] turns a client's `traceparent` into the remote parent context.
 
 use std::cell::Cell;
 
-use opentelemetry::trace::{SpanId, TraceId};
+use opentelemetry::Context;
+use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
 use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator};
+use turngate_core::TraceParent;
 
 thread_local! {
     static NEXT_TRACE_ID: Cell<Option<TraceId>> = const { Cell::new(None) };
@@ -44,6 +47,17 @@ pub fn with_ids<T>(trace_id: TraceId, span_id: SpanId, start: impl FnOnce() -> T
     NEXT_TRACE_ID.set(None);
     NEXT_SPAN_ID.set(None);
     started
+}
+
+/// The context of a client's span, as a remote parent.
+pub(crate) fn remote_parent(p: TraceParent) -> Context {
+    Context::new().with_remote_span_context(SpanContext::new(
+        TraceId::from_bytes(p.trace_id.to_bytes()),
+        SpanId::from_bytes(p.parent_id.to_bytes()),
+        TraceFlags::new(p.flags),
+        true,
+        TraceState::default(),
+    ))
 }
 
 #[cfg(test)]

@@ -20,9 +20,8 @@ use turngate_core::{TraceParent, TurnId, TurnSampler};
 use crate::config::{OtelConfig, Protocol, SamplerChoice};
 use crate::error::Error;
 use crate::export::{self, SpanCounters, Worker};
-use crate::ids::TurnIdGenerator;
+use crate::ids::{TurnIdGenerator, remote_parent};
 use crate::names::{TARGET, span};
-use crate::turn::remote_parent;
 
 /// The telemetry of one gateway process.
 pub struct Telemetry {

@@ -7,13 +7,12 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use opentelemetry::trace::{
-    Link, Span as _, SpanContext, SpanId, SpanKind, Status, TraceContextExt, TraceFlags, TraceId,
-    TraceState, Tracer as _,
+    Link, Span as _, SpanContext, SpanId, SpanKind, Status, TraceContextExt, TraceId, Tracer as _,
 };
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_sdk::trace::SdkTracer;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
-use turngate_core::{Blob, CompletionStatus, SessionId, TraceParent, TurnInfo};
+use turngate_core::{Blob, CompletionStatus, SessionId, TurnInfo};
 
 use crate::names::{TARGET, attr, span};
 use crate::pipeline::Telemetry;
@@ -75,7 +74,10 @@ impl Telemetry {
         let Some(tracer) = &self.tracer else {
             return trace;
         };
-        let parent = turn.client_parent.map(remote_parent).unwrap_or_default();
+        let parent = turn
+            .client_parent
+            .map(crate::ids::remote_parent)
+            .unwrap_or_default();
         let mut attributes = trace.common.to_vec();
         attributes.push(KeyValue::new(attr::TURN_CAUSE, snake(&turn.cause)));
         attributes.push(KeyValue::new(attr::TURN_NUMBER, i64::from(turn.number)));
@@ -236,17 +238,6 @@ pub fn parent_id(span: &tracing::Span) -> Option<[u8; 8]> {
     let cx = span.context();
     let sc = cx.span().span_context().clone();
     sc.is_valid().then(|| sc.span_id().to_bytes())
-}
-
-/// The context of a client's span, as a remote parent.
-pub(crate) fn remote_parent(p: TraceParent) -> Context {
-    Context::new().with_remote_span_context(SpanContext::new(
-        TraceId::from_bytes(p.trace_id.to_bytes()),
-        SpanId::from_bytes(p.parent_id.to_bytes()),
-        TraceFlags::new(p.flags),
-        true,
-        TraceState::default(),
-    ))
 }
 
 /// Marks a live span failed, with the error's kind.

@@ -94,7 +94,7 @@ impl App {
             .map_err(|e| Problem::new(e.code(), e.to_string()))?;
         let resource = resource_id(&mut rng);
         let conversation = turn::Conversation::new(self.turns.history_turns());
-        let entry = Arc::new(Entry::new(Arc::clone(&started.shared), conversation));
+        let entry = Arc::new(Entry::new(Arc::clone(&started.shared)));
         self.registry
             .insert(slot, resource.clone(), Arc::clone(&entry));
         tracing::info!(session = %entry.shared.id, "Session created.");
@@ -102,12 +102,7 @@ impl App {
         let app = Arc::clone(&self);
         let retired = resource.clone();
         tokio::spawn(async move {
-            turn::own_session(
-                Arc::clone(&app.turns),
-                Arc::clone(&entry.conversation),
-                started,
-            )
-            .await;
+            turn::own_session(Arc::clone(&app.turns), conversation, started).await;
             entry.shared.wait_ended().await;
             app.registry.ended(&retired);
         });

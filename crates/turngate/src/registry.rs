@@ -9,23 +9,16 @@ use std::time::{Duration, Instant};
 use turngate_core::SessionId;
 use turngate_media::session::{Counts, SessionCounters, SessionShared};
 
-use crate::turn::Conversation;
-
 /// A session as the API sees it.
 pub struct Entry {
-    /// The media side's shared state.
+    /// The media side's shared state: counters, turns and their results.
     pub shared: Arc<SessionShared>,
-    /// Its turns' history and results, kept by their owners.
-    pub conversation: Arc<Conversation>,
 }
 
 impl Entry {
     /// A new session's entry.
-    pub fn new(shared: Arc<SessionShared>, conversation: Arc<Conversation>) -> Self {
-        Self {
-            shared,
-            conversation,
-        }
+    pub fn new(shared: Arc<SessionShared>) -> Self {
+        Self { shared }
     }
 }
 

@@ -194,6 +194,8 @@ pub struct SessionShared {
     /// The session clock's origin: inputs are stamped with the time since.
     clock: Instant,
     turns: Mutex<Vec<TurnInfo>>,
+    /// What processing made of each completed turn (see [`TurnReport::details`]).
+    results: Mutex<HashMap<TurnId, serde_json::Value>>,
     blobs: Mutex<Vec<BlobRecord>>,
     uploads: mpsc::Sender<UploadRequest>,
     to_client: mpsc::Sender<ToClient>,
@@ -207,6 +209,12 @@ impl SessionShared {
     /// The session's turns so far.
     pub fn turns(&self) -> Vec<TurnInfo> {
         self.turns.lock().map(|t| t.clone()).unwrap_or_default()
+    }
+
+    /// What processing made of a completed turn: the report's details, `response`
+    /// (the answer as the client received it) and `completed` (its `turn.completed`).
+    pub fn result(&self, turn: TurnId) -> Option<serde_json::Value> {
+        self.results.lock().ok()?.get(&turn).cloned()
     }
 
     /// The images accepted so far.
@@ -367,6 +375,7 @@ pub fn start(
         counters: SessionCounters::default(),
         clock,
         turns: Mutex::new(Vec::new()),
+        results: Mutex::default(),
         blobs: Mutex::new(Vec::new()),
         uploads: uploads_tx,
         to_client: to_client_tx,

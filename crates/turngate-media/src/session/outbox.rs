@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use serde_json::{Map, Value};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 use turngate_core::{CompletionStatus, ServerEvent, Stages, TurnId};
@@ -54,6 +55,11 @@ pub struct TurnReport {
     pub llm_first_token_ms: Option<u32>,
     /// LLM: request sent to the end of the stream, in milliseconds.
     pub llm_total_ms: Option<u32>,
+    /// What processing made of the turn (transcript, descriptions, errors, …) for the
+    /// session API. The session adds `response` (the answer as the client received
+    /// it) and `completed` (the `turn.completed` event) and records it before
+    /// `turn.completed` goes out, so a client that hears it can query the result.
+    pub details: Map<String, Value>,
 }
 
 /// A finished turn, as the session recorded it.
@@ -144,9 +150,19 @@ impl Driver {
                     llm_first_token_ms: report.llm_first_token_ms,
                     llm_total_ms: report.llm_total_ms,
                 };
-                self.send_event(completed.clone()).await;
+                // Recorded first: whoever hears `turn.completed` finds the result.
                 self.drain().await;
                 let heard = self.heard.remove(&turn_id).unwrap_or_default();
+                let mut details = report.details;
+                details.insert("response".into(), Value::String(heard.clone()));
+                details.insert(
+                    "completed".into(),
+                    serde_json::to_value(&completed).unwrap_or_default(),
+                );
+                if let Ok(mut results) = self.shared.results.lock() {
+                    results.insert(turn_id, Value::Object(details));
+                }
+                self.send_event(completed.clone()).await;
                 let _ = reply.send(Finished {
                     status,
                     heard,

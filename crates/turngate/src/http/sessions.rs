@@ -83,7 +83,7 @@ fn session_json(entry: &Entry, detail: bool) -> Value {
             .turns()
             .iter()
             .map(|t| {
-                let result = entry.conversation.result(t.id);
+                let result = s.result(t.id);
                 let ms = |key: &str| result.as_ref().map(|r| r[key].clone());
                 json!({
                     "turn_id": t.id,

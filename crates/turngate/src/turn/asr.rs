@@ -6,7 +6,7 @@ use turngate_core::{ServerEvent, StageStatus};
 use turngate_telemetry::names::{attr, span};
 
 use super::call::Call;
-use super::owner::{Job, Ran};
+use super::stage::{Job, Ran};
 
 /// Transcribes `pcm`; skipped without a backend or without audio. The transcript goes
 /// to the client as `transcript`.

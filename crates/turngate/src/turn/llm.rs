@@ -12,7 +12,7 @@ use turngate_telemetry::{TurnTrace, content};
 
 use super::call::Call;
 use super::ms;
-use super::owner::Job;
+use super::stage::Job;
 
 /// How the LLM stage went.
 pub(super) struct Answer {

@@ -16,12 +16,12 @@ mod call;
 mod llm;
 mod owner;
 mod prompt;
+mod stage;
 mod vision;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use serde_json::Value;
 use tokio::sync::watch;
 use turngate_backends::Backend;
 use turngate_backends::llm::StreamTimeouts;
@@ -106,11 +106,9 @@ impl Backends {
 }
 
 /// A session's conversation as its turns' owners keep it: the exchanges for the next
-/// prompts (in turn order), and what processing made of each turn, for the session
-/// API.
+/// prompts, in turn order.
 pub struct Conversation {
     history: watch::Sender<History<Exchange>>,
-    results: Mutex<HashMap<TurnId, Value>>,
 }
 
 impl Conversation {
@@ -118,13 +116,7 @@ impl Conversation {
     pub fn new(history_turns: usize) -> Arc<Self> {
         Arc::new(Self {
             history: watch::channel(History::new(history_turns)).0,
-            results: Mutex::default(),
         })
-    }
-
-    /// What processing made of a turn, once it completed.
-    pub fn result(&self, turn: TurnId) -> Option<Value> {
-        self.results.lock().ok()?.get(&turn).cloned()
     }
 
     /// The exchanges of the turns before `number`, once every one of them has settled.
@@ -142,12 +134,6 @@ impl Conversation {
 
     fn settle(&self, number: u32, exchange: Option<Exchange>) {
         self.history.send_modify(|h| h.settle(number, exchange));
-    }
-
-    fn record(&self, turn: TurnId, result: Value) {
-        if let Ok(mut results) = self.results.lock() {
-            results.insert(turn, result);
-        }
     }
 }
 

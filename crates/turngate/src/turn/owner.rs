@@ -10,25 +10,24 @@
 //! answered turn waits for those of the turns it stands for, and for every earlier turn
 //! to settle, before it builds its prompt.
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use opentelemetry::trace::SpanContext;
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
-use turngate_backends::{BackendError, TurnContext};
+use turngate_backends::TurnContext;
 use turngate_core::{
-    AudioFrame, Blob, CompletionStatus, ServerEvent, StageStatus, Stages, Tagged, TurnId, TurnInfo,
-    TurnState,
+    AudioFrame, Blob, CompletionStatus, StageStatus, Stages, Tagged, TurnId, TurnInfo, TurnState,
 };
 use turngate_media::session::{SessionShared, TurnReport};
-use turngate_telemetry::metrics::Metrics;
 use turngate_telemetry::{AudioStats, TurnTrace, names, snake};
 
 use super::prompt::{self, Described, Exchange};
-use super::{Backends, Conversation, Services, asr, llm, unless_cancelled, vision};
+use super::stage::{Job, Ran};
+use super::{Conversation, Services, asr, llm, unless_cancelled, vision};
 
 /// What a turn that hands its input on gives its successor.
 #[derive(Debug, Default)]
@@ -151,20 +150,15 @@ impl Turn {
     pub async fn process(mut self, services: Arc<Services>, info: TurnInfo) {
         self.info = info;
         let audio = self.measure();
-        let job = Job {
-            services: &services,
-            shared: &self.shared,
-            trace: &self.trace,
-            ctx: TurnContext {
-                session_id: self.shared.id,
-                turn_id: self.info.id,
-                // Each call's client span replaces the root as its requests' parent;
-                // the flags say whether the sampler kept the turn.
-                parent: self.info.root_span_id,
-                flags: self.info.traceparent().flags,
-            },
-            errors: Mutex::default(),
+        let ctx = TurnContext {
+            session_id: self.shared.id,
+            turn_id: self.info.id,
+            // Each call's client span replaces the root as its requests' parent; the
+            // flags say whether the sampler kept the turn.
+            parent: self.info.root_span_id,
+            flags: self.info.traceparent().flags,
         };
+        let job = Job::new(&services, &self.shared, &self.trace, ctx);
         let pcm: Vec<i16> = self
             .frames
             .iter()
@@ -193,6 +187,7 @@ impl Turn {
             vision_ms: seen.ms,
             llm_first_token_ms: None,
             llm_total_ms: None,
+            details: Default::default(),
         };
         let mut user = String::new();
         let descriptions: Vec<Value> = seen
@@ -241,28 +236,25 @@ impl Turn {
         }
 
         let stages = report.stages;
-        let finished = self.shared.finish_turn(self.info.id, report).await;
-        let (status, assistant, completed) = match finished {
-            Some(f) => (f.status, f.heard, Some(f.completed)),
-            // The session task is gone (the gateway is stopping): nothing was sent.
-            None => (stages.status(), String::new(), None),
-        };
-        if !user.is_empty() {
-            self.settle.exchange = Some(Exchange {
-                user,
-                assistant: assistant.clone(),
-            });
-        }
-        let result = json!({
+        let details = json!({
             "transcript": transcript,
             "descriptions": descriptions,
-            "response": assistant,
-            "errors": job.errors.into_inner().unwrap_or_default(),
-            "completed": completed,
+            "errors": job.into_errors(),
             "audio_ms": audio.samples / 16,
             "concealed_ms": audio.concealed / 16,
         });
-        self.settle.conversation.record(self.info.id, result);
+        if let Value::Object(details) = details {
+            report.details = details;
+        }
+        let finished = self.shared.finish_turn(self.info.id, report).await;
+        let (status, assistant) = match finished {
+            Some(f) => (f.status, f.heard),
+            // The session task is gone (the gateway is stopping): nothing was sent.
+            None => (stages.status(), String::new()),
+        };
+        if !user.is_empty() {
+            self.settle.exchange = Some(Exchange { user, assistant });
+        }
         let mut done = self.info.clone();
         done.state = TurnState::Completed;
         done.interrupted = status == CompletionStatus::Interrupted;
@@ -376,63 +368,5 @@ struct Settle {
 impl Drop for Settle {
     fn drop(&mut self) {
         self.conversation.settle(self.number, self.exchange.take());
-    }
-}
-
-/// What a stage of a turn works with.
-pub(super) struct Job<'a> {
-    services: &'a Services,
-    pub shared: &'a SessionShared,
-    pub trace: &'a TurnTrace,
-    pub ctx: TurnContext,
-    /// Failures, for the session API.
-    errors: Mutex<Vec<Value>>,
-}
-
-impl Job<'_> {
-    pub fn backends(&self) -> &Backends {
-        &self.services.backends
-    }
-
-    pub fn metrics(&self) -> &Metrics {
-        &self.services.metrics
-    }
-
-    /// A stage failed: logged, recorded on the turn, and told to the client — code,
-    /// status and the backend's sanitized, capped message only.
-    pub async fn fail(&self, stage: &'static str, e: &BackendError) {
-        tracing::warn!(turn = %self.ctx.turn_id, error = %e, "{stage} failed.");
-        let message = e.client_message();
-        if let Ok(mut errors) = self.errors.lock() {
-            errors.push(json!({"code": e.code(), "message": message}));
-        }
-        let event = ServerEvent::Error {
-            code: e.code(),
-            message,
-            turn_id: Some(self.ctx.turn_id),
-        };
-        self.shared.send_result(event).await;
-    }
-}
-
-/// How a stage ran: its status, what it made, and how long it took.
-pub(super) struct Ran<T> {
-    pub status: StageStatus,
-    pub value: T,
-    pub ms: Option<u32>,
-}
-
-impl<T: Default> Ran<T> {
-    pub fn new(status: StageStatus, value: T, ms: Option<u32>) -> Self {
-        Self { status, value, ms }
-    }
-
-    pub fn skipped(value: T) -> Self {
-        Self::new(StageStatus::Skipped, value, None)
-    }
-
-    /// A barge-in stopped it.
-    pub fn cancelled() -> Self {
-        Self::new(StageStatus::Cancelled, T::default(), None)
     }
 }

@@ -11,8 +11,8 @@ use turngate_telemetry::names::{attr, span};
 
 use super::call::Call;
 use super::ms;
-use super::owner::{Job, Ran};
 use super::prompt::Described;
+use super::stage::{Job, Ran};
 
 /// Describes every image; skipped without a backend or without images. Each
 /// description goes to the client as `vision.result`; the stage failed if any image
