@@ -156,6 +156,40 @@ async fn a_barge_in_during_asr_cancels_the_request_and_every_later_stage() -> an
 }
 
 #[tokio::test]
+async fn a_barge_in_before_the_llms_first_byte_cancels_the_request() -> anyhow::Result<()> {
+    let (base, seen) = fake_openai().await?;
+    let gw = start_with(&backend_env(&base, "", &base)).await?;
+    let client = Client::connect(&gw, true).await?;
+    client.session_id().await?;
+    seen.lock().unwrap().llm_fault = Fault::Slow; // answers after 1.5 s
+    let packets = speech()?;
+    let first = start_turn(&client).await?;
+    client.send_packets(&packets[25..75], &[]).await?;
+    client.send_event(json!({"type": "turn.end"})).await?;
+    client
+        .inbox
+        .wait("transcript", 1, Duration::from_secs(3))
+        .await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(seen.lock().unwrap().streams(), 1, "the LLM was asked");
+    client.send_event(json!({"type": "turn.start"})).await?;
+    let completed = client
+        .inbox
+        .wait("turn.completed", 1, Duration::from_millis(800))
+        .await?;
+    assert_eq!(completed[0]["turn_id"], first.as_str());
+    assert_eq!(completed[0]["status"], "interrupted");
+    assert_eq!(completed[0]["stages"]["llm"], "cancelled");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        client.inbox.of("response.delta").is_empty(),
+        "no late answer"
+    );
+    assert!(client.inbox.of("response.done").is_empty());
+    Ok(())
+}
+
+#[tokio::test]
 async fn a_push_to_talk_turn_longer_than_max_turn_is_one_chain_with_one_answer()
 -> anyhow::Result<()> {
     let (base, seen) = fake_openai().await?;

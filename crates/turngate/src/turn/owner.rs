@@ -203,21 +203,25 @@ impl Turn {
                 images: seen.value,
             });
         } else if job.backends().llm.is_some() {
-            report.stages.llm = StageStatus::Cancelled;
-            let stood_for = std::mem::take(&mut self.carried_in);
-            if let Some(mut carried) = unless_cancelled(cancel, gather(stood_for)).await {
-                carried.push(Carried {
-                    transcript: heard.value,
-                    images: seen.value,
-                });
-                let transcripts: Vec<String> = carried
-                    .iter()
-                    .filter_map(|c| c.transcript.clone())
-                    .collect();
-                let images: Vec<Described> = carried.into_iter().flat_map(|c| c.images).collect();
-                user = prompt::user_text(&transcripts, &images);
-                report.stages.llm = StageStatus::Skipped;
-                if !user.is_empty() {
+            // The input of the turns it stands for, then its own. What the user said
+            // counts even if a barge-in comes first: it goes into the history.
+            let mut carried = Vec::new();
+            let gathered =
+                unless_cancelled(cancel, gather(&mut self.carried_in, &mut carried)).await;
+            carried.push(Carried {
+                transcript: heard.value,
+                images: seen.value,
+            });
+            let transcripts: Vec<String> = carried
+                .iter()
+                .filter_map(|c| c.transcript.clone())
+                .collect();
+            let images: Vec<Described> = carried.into_iter().flat_map(|c| c.images).collect();
+            user = prompt::user_text(&transcripts, &images);
+            report.stages.llm = match gathered {
+                None => StageStatus::Cancelled,
+                Some(()) if user.is_empty() => StageStatus::Skipped,
+                Some(()) => {
                     let answer = answer(
                         &job,
                         &self.settle.conversation,
@@ -227,12 +231,12 @@ impl Turn {
                         cancel,
                     )
                     .await;
-                    report.stages.llm = answer.status;
                     report.answer = answer.text;
                     report.llm_first_token_ms = answer.first_token_ms;
                     report.llm_total_ms = answer.total_ms;
+                    answer.status
                 }
-            }
+            };
         }
 
         let stages = report.stages;
@@ -327,16 +331,15 @@ async fn answer(
     llm::run(job, messages, cancel).await
 }
 
-/// The results of the turns a turn stands for, oldest first; a turn that gave none
-/// (it failed or was cancelled) is left out.
-async fn gather(stood_for: Vec<CarriedIn>) -> Vec<Carried> {
-    let mut carried = Vec::with_capacity(stood_for.len() + 1);
-    for rx in stood_for {
+/// Waits for the results of the turns a turn stands for, oldest first, into `carried`
+/// (kept as they come, so a barge-in meanwhile keeps what arrived); a turn that gave
+/// none (its owner ended without) is left out.
+async fn gather(stood_for: &mut Vec<CarriedIn>, carried: &mut Vec<Carried>) {
+    for rx in stood_for.drain(..) {
         if let Ok(c) = rx.await {
             carried.push(c);
         }
     }
-    carried
 }
 
 /// Audio of one turn as downstream received it.
