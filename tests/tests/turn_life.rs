@@ -64,12 +64,15 @@ async fn a_turn_interrupted_while_it_waited_for_an_upload_is_not_processed() -> 
         .inbox
         .wait("turn.ended", 1, Duration::from_secs(3))
         .await?;
-    // The user starts the next turn: the first is interrupted before it was processed.
+    // The user starts the next turn: the first is interrupted before it was processed,
+    // and completes at once, without waiting for its upload.
     client.send_event(json!({"type": "turn.start"})).await?;
     client
         .inbox
-        .wait("turn.started", 2, Duration::from_secs(3))
+        .wait("turn.completed", 1, Duration::from_secs(2))
         .await?;
+    // The upload still finishes (its image is accepted, but nothing processes it), and
+    // the second turn is answered at once.
     client.send_binary(&frame_chunk("late", &image)).await?;
     client
         .send_event(json!({"type": "image.end", "upload_id": "late"}))
@@ -78,10 +81,13 @@ async fn a_turn_interrupted_while_it_waited_for_an_upload_is_not_processed() -> 
         .inbox
         .wait("image.accepted", 1, Duration::from_secs(3))
         .await?;
-    client
+    client.send_packets(&packets[25..75], &[]).await?;
+    client.send_event(json!({"type": "turn.end"})).await?;
+    let done = client
         .inbox
-        .wait("turn.completed", 1, Duration::from_secs(5))
+        .wait("response.done", 1, Duration::from_secs(5))
         .await?;
+    assert_ne!(done[0]["turn_id"], first.as_str());
     let completed = completed_of(&client, &first).expect("the first turn completed");
     assert_eq!(completed["status"], "interrupted", "{completed:#}");
     assert_eq!(
@@ -313,6 +319,68 @@ async fn a_superseded_vad_turn_is_answered_by_the_turn_that_replaced_it() -> any
             .of("response.done")
             .iter()
             .all(|e| e["turn_id"] == client_id.as_str())
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_turn_start_during_a_vad_chain_folds_every_piece_into_one_answer() -> anyhow::Result<()> {
+    let (base, seen) = fake_openai().await?;
+    let mut env = backend_env(&base, "", &base);
+    env[1].1 = "5000".to_owned(); // TURNGATE_ASR_TIMEOUT_MS
+    env.push(("TURNGATE_MAX_TURN_MS", "1000".to_owned()));
+    let gw = start_with(&env).await?;
+    let client = Client::connect(&gw, true).await?;
+    client.session_id().await?;
+    // Transcripts name their turn; the first piece's ASR is slow, so it is still
+    // running when the client's turn begins.
+    seen.lock()
+        .unwrap()
+        .asr_delay
+        .push(("-".into(), Duration::ZERO));
+    let packets = speech()?;
+    client.send_packets(&packets[..40], &[]).await?;
+    let first = client
+        .inbox
+        .wait("turn.started", 1, Duration::from_secs(3))
+        .await?;
+    let first = first[0]["turn_id"].as_str().unwrap().to_owned();
+    seen.lock()
+        .unwrap()
+        .asr_delay
+        .push((first, Duration::from_millis(1500)));
+    client.send_packets(&packets[40..85], &[]).await?;
+    let started = client
+        .inbox
+        .wait("turn.started", 2, Duration::from_secs(3))
+        .await?;
+    assert_eq!(started[1]["continues"], started[0]["turn_id"]);
+    let pieces: Vec<String> = started
+        .iter()
+        .map(|s| s["turn_id"].as_str().unwrap().to_owned())
+        .collect();
+    client.send_event(json!({"type": "turn.start"})).await?;
+    client.send_packets(&packets[85..110], &[]).await?;
+    client.send_event(json!({"type": "turn.end"})).await?;
+    let completed = client
+        .inbox
+        .wait("turn.completed", 3, Duration::from_secs(10))
+        .await?;
+    assert!(
+        completed.iter().all(|c| c["status"] == "ok"),
+        "no piece is interrupted: {completed:#?}"
+    );
+    let last = client.inbox.of("turn.started")[2]["turn_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(seen.lock().unwrap().streams(), 1, "one answer");
+    let chats = seen.lock().unwrap().chats.clone();
+    let prompt = chats.iter().find(|c| c["stream"] == true).unwrap();
+    let user = prompt["messages"].as_array().unwrap().last().unwrap()["content"].clone();
+    assert_eq!(
+        user,
+        format!("turn {} turn {} turn {last}", pieces[0], pieces[1])
     );
     Ok(())
 }

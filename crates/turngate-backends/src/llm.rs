@@ -5,6 +5,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::Bytes;
 use eventsource_stream::{Event, EventStreamError, Eventsource};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
@@ -212,10 +213,8 @@ async fn read(
         detail,
     };
     let heard = Arc::clone(&clock.heard);
-    let mut events = response
-        .bytes_stream()
-        .inspect(move |_| touch(&heard))
-        .eventsource();
+    let bytes = response.bytes_stream().inspect(move |_| touch(&heard));
+    let mut events = Box::pin(error_fields(Box::pin(bytes))).eventsource();
     let mut started = false;
     let (mut model, mut finish_reason, mut usage) = (None, None, None);
     let mut done = false;
@@ -272,8 +271,10 @@ async fn read(
     Ok(())
 }
 
-/// An event's chunk, or the error the backend reported in it: an `error` event (its data
-/// a JSON error object or plain text), or a chunk with an `error` member.
+/// An event's chunk, or the error the backend reported in it: an `error` event (or an
+/// `error:` field, see [`error_fields`]), or a chunk with an `error` member. Only a JSON
+/// error message is kept (sanitized, capped); other text the backend sent is not, as
+/// it may echo the prompt.
 fn parse(name: &'static str, event: &Event) -> Result<Value, BackendError> {
     let chunk: Option<Value> = serde_json::from_str(&event.data).ok();
     let reported = |message| BackendError::StreamError {
@@ -281,10 +282,7 @@ fn parse(name: &'static str, event: &Event) -> Result<Value, BackendError> {
         message,
     };
     match chunk {
-        _ if event.event == "error" => Err(reported(match &chunk {
-            Some(value) => error::message_of(value),
-            None => Some(error::sanitize(&event.data)).filter(|m| !m.is_empty()),
-        })),
+        _ if event.event == "error" => Err(reported(chunk.as_ref().and_then(error::message_of))),
         Some(chunk) if !chunk["error"].is_null() => Err(reported(error::message_of(&chunk))),
         Some(chunk) => Ok(chunk),
         None => Err(BackendError::Malformed {
@@ -292,6 +290,58 @@ fn parse(name: &'static str, event: &Event) -> Result<Value, BackendError> {
             detail: "a stream chunk is not JSON".into(),
         }),
     }
+}
+
+/// Errors as llama.cpp's server streams them: a line `error: {...}`. The SSE spec has
+/// no `error` field (a parser ignores it), so each such line becomes an `error` event's
+/// `event:` and `data:` lines; every other byte passes unchanged. Lines are passed on
+/// once complete (a line split across chunks waits for its end).
+fn error_fields<S, E>(bytes: S) -> impl futures_util::Stream<Item = Result<Bytes, E>>
+where
+    S: futures_util::Stream<Item = Result<Bytes, E>> + Unpin,
+{
+    let is_end = |b: &u8| *b == b'\n' || *b == b'\r';
+    futures_util::stream::unfold(
+        (bytes, Vec::new(), false),
+        move |(mut bytes, mut pending, ended)| async move {
+            if ended {
+                return None;
+            }
+            loop {
+                match bytes.next().await {
+                    Some(Ok(chunk)) => {
+                        pending.extend_from_slice(&chunk);
+                        let Some(end) = pending.iter().rposition(is_end) else {
+                            continue;
+                        };
+                        let rest = pending.split_off(end + 1);
+                        let lines = rewrite_error_lines(&pending);
+                        return Some((Ok(lines), (bytes, rest, false)));
+                    }
+                    Some(Err(e)) => return Some((Err(e), (bytes, pending, true))),
+                    None if pending.is_empty() => return None,
+                    None => {
+                        let last = rewrite_error_lines(&pending);
+                        return Some((Ok(last), (bytes, Vec::new(), true)));
+                    }
+                }
+            }
+        },
+    )
+}
+
+fn rewrite_error_lines(lines: &[u8]) -> Bytes {
+    let mut out = Vec::with_capacity(lines.len() + 16);
+    for line in lines.split_inclusive(|b| *b == b'\n' || *b == b'\r') {
+        match line.strip_prefix(b"error:") {
+            Some(value) => {
+                out.extend_from_slice(b"event: error\ndata:");
+                out.extend_from_slice(value);
+            }
+            None => out.extend_from_slice(line),
+        }
+    }
+    Bytes::from(out)
 }
 
 /// What broke the event stream, without the backend's bytes or the URL.

@@ -403,7 +403,8 @@ async fn error_event_fails_the_stream() {
             Some("model crashed"),
         ),
         (r#"{"message":"overloaded"}"#, Some("overloaded")),
-        ("upstream\u{1} failed", Some("upstream failed")),
+        // Plain text may echo the prompt: not passed on.
+        ("upstream\u{1} failed SECRET", None),
         (r#"{"code":500}"#, None),
     ];
     for (payload, message) in cases {
@@ -419,6 +420,29 @@ async fn error_event_fails_the_stream() {
             message: message.map(Into::into),
         };
         assert_eq!(end, Err(expected), "{payload}");
+    }
+}
+
+#[tokio::test]
+async fn error_field_as_llama_cpp_sends_it_fails_the_stream() {
+    for split in [false, true] {
+        let error = r#"error: {"message":"the context window is full","code":500}"#;
+        let mut steps = vec![delta("Hi")];
+        if split {
+            // The line arrives in two pieces.
+            steps.push(Send(error[..9].to_owned()));
+            steps.push(Send(format!("{}\r\n\r\n", &error[9..])));
+        } else {
+            steps.push(Send(format!("{error}\n\n")));
+        }
+        steps.push(done());
+        let (deltas, end) = play(steps, StreamTimeouts::default()).await;
+        assert_eq!(deltas, ["Hi"]);
+        let expected = BackendError::StreamError {
+            backend: "llm",
+            message: Some("the context window is full".into()),
+        };
+        assert_eq!(end, Err(expected), "split: {split}");
     }
 }
 

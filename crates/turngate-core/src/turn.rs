@@ -464,7 +464,7 @@ impl<R: Rng> TurnEngine<R> {
         // The user acts: earlier turns still processing are interrupted; a VAD or image
         // turn open now is not interrupted but superseded: its input goes on into the
         // new turn.
-        self.mark_interrupted();
+        self.mark_interrupted(at);
         let id = requested.unwrap_or_else(|| self.mint_id(at));
         if self.open.is_some() {
             self.close_open_turn(at, EndReason::Superseded, Some(id));
@@ -749,7 +749,7 @@ impl<R: Rng> TurnEngine<R> {
 
     fn open_turn_at(&mut self, at: Duration, next: NewTurn, user_action: bool) -> TurnId {
         if user_action {
-            self.mark_interrupted();
+            self.mark_interrupted(at);
         }
         let NewTurn {
             cause,
@@ -795,16 +795,36 @@ impl<R: Rng> TurnEngine<R> {
         id
     }
 
-    /// Barge-in: every ended turn not yet completed is interrupted.
-    fn mark_interrupted(&mut self) {
-        for turn in self
-            .turns
-            .iter_mut()
-            .filter(|t| t.state == TurnState::Ended && !t.interrupted)
-        {
+    /// Barge-in: every ended turn not yet completed is interrupted, except the turns
+    /// whose input goes on into the turn still open (the earlier pieces of its chain):
+    /// they stand or fall with it. An interrupted turn still waiting for an upload
+    /// starts processing at once, to be cancelled: nothing waits for it.
+    fn mark_interrupted(&mut self, at: Duration) {
+        for index in 0..self.turns.len() {
+            let turn = &self.turns[index];
+            if turn.state != TurnState::Ended || turn.interrupted || self.hands_on_to_open(index) {
+                continue;
+            }
+            let turn = &mut self.turns[index];
             turn.interrupted = true;
             self.outputs.push_back(Output::TurnInterrupted(turn.id));
+            if turn.processing_started_at.is_none() {
+                turn.processing_started_at = Some(at);
+                self.outputs
+                    .push_back(Output::ProcessingStarted(turn.clone()));
+            }
         }
+    }
+
+    /// Whether the turn at `index` hands its input on, piece by piece, to the open turn.
+    fn hands_on_to_open(&self, mut index: usize) -> bool {
+        while let Some(next) = self.turns[index].successor {
+            match self.by_id.get(&next) {
+                Some(&i) => index = i,
+                None => return false,
+            }
+        }
+        self.open == Some(index)
     }
 
     /// Ends the open turn's input; `successor` is the turn its input goes on into.

@@ -654,6 +654,76 @@ fn an_interrupted_turn_admits_no_results_and_completes_interrupted() {
 }
 
 #[test]
+fn turn_start_during_a_chains_continuation_interrupts_no_piece_of_it() {
+    let mut h = Harness::new();
+    // A VAD chain: 62 s of speech split at 60 s.
+    let t = h.audio(ms(0), ms(62_000), true);
+    let pieces: Vec<TurnId> = h.started().iter().map(|s| s.id).collect();
+    assert_eq!(pieces.len(), 2);
+    let client = h.engine.handle_turn_start(t, None, None).unwrap();
+    h.drain();
+    assert!(
+        !h.events
+            .iter()
+            .any(|o| matches!(o, Output::TurnInterrupted(_))),
+        "{:?}",
+        h.events
+    );
+    let turns = h.engine.turns();
+    assert_eq!(turns[0].successor, Some(pieces[1]));
+    assert_eq!(turns[1].reason, Some(EndReason::Superseded));
+    assert_eq!(turns[1].successor, Some(client));
+    // Speech over the client turn's answer interrupts all three.
+    h.engine.handle_turn_end(t + ms(100), None).unwrap();
+    h.audio(t + ms(200), ms(500), true);
+    for id in pieces.iter().chain([&client]) {
+        assert!(h.events.contains(&Output::TurnInterrupted(*id)), "{id}");
+    }
+}
+
+#[test]
+fn a_turn_interrupted_while_it_waits_for_an_upload_starts_processing_at_once() {
+    let mut h = Harness::new();
+    let first = h.engine.handle_turn_start(ms(0), None, None).unwrap();
+    h.engine.handle_upload_started(ms(10), None).unwrap();
+    h.engine.handle_turn_end(ms(500), None).unwrap();
+    h.drain();
+    assert!(
+        !h.events
+            .iter()
+            .any(|o| matches!(o, Output::ProcessingStarted(_))),
+        "the open upload holds it"
+    );
+    h.engine.handle_turn_start(ms(600), None, None).unwrap();
+    h.drain();
+    let started = h
+        .events
+        .iter()
+        .position(|o| matches!(o, Output::ProcessingStarted(t) if t.id == first));
+    let interrupted = h
+        .events
+        .iter()
+        .position(|o| *o == Output::TurnInterrupted(first));
+    assert!(
+        interrupted.is_some() && started > interrupted,
+        "{:?}",
+        h.events
+    );
+    let status = h
+        .engine
+        .handle_processing_finished(ms(610), first, OK)
+        .unwrap();
+    assert_eq!(status, CompletionStatus::Interrupted);
+    // The upload still reports back; the completed turn takes nothing more.
+    h.engine.handle_upload_finished(ms(900), first).unwrap();
+    let err = h
+        .engine
+        .handle_upload_started(ms(950), Some(first))
+        .unwrap_err();
+    assert_eq!(err.code(), ErrorCode::TurnClosed);
+}
+
+#[test]
 fn turn_end_naming_another_turn_is_refused() {
     let mut h = Harness::new();
     let id = h.engine.handle_turn_start(ms(0), None, None).unwrap();
