@@ -275,9 +275,14 @@ pub mod wav {
 
 /// Encodes mono PCM into 20 ms Opus packets.
 pub fn encode_opus(rate: u32, pcm: &[i16]) -> anyhow::Result<Vec<Vec<u8>>> {
+    encode_opus_frames(rate, pcm, 20)
+}
+
+/// Encodes PCM as Opus packets of `frame_ms` (2.5 to 120 ms, as Opus allows).
+pub fn encode_opus_frames(rate: u32, pcm: &[i16], frame_ms: usize) -> anyhow::Result<Vec<Vec<u8>>> {
     let mut enc = opus::Encoder::new(rate, opus::Channels::Mono, opus::Application::Voip)?;
     enc.set_inband_fec(true)?;
-    let frame = rate as usize / 50;
+    let frame = rate as usize * frame_ms / 1000;
     let mut packets = Vec::new();
     for chunk in pcm.chunks(frame) {
         let mut padded = chunk.to_vec();
@@ -576,14 +581,22 @@ impl Client {
 
     /// Sends Opus packets in real time (20 ms apart), skipping the indices in `lose`.
     pub async fn send_packets(&self, packets: &[Vec<u8>], lose: &[usize]) -> anyhow::Result<()> {
-        self.send_paced(packets, lose, Duration::from_millis(20))
+        self.send_paced(packets, lose, Duration::from_millis(20), 960)
+            .await
+    }
+
+    /// Sends Opus packets in real time whose RTP timestamps step by `step` (48 kHz
+    /// units) instead of the 960 of a 20 ms packet: a sender claiming more time passed
+    /// than did.
+    pub async fn send_stepped(&self, packets: &[Vec<u8>], step: u32) -> anyhow::Result<()> {
+        self.send_paced(packets, &[], Duration::from_millis(20), step)
             .await
     }
 
     /// Sends Opus packets as fast as the stack takes them (their RTP timestamps still
     /// 20 ms apart), so they queue up in the gateway.
     pub async fn send_burst(&self, packets: &[Vec<u8>]) -> anyhow::Result<()> {
-        self.send_paced(packets, &[], Duration::ZERO).await
+        self.send_paced(packets, &[], Duration::ZERO, 960).await
     }
 
     /// Opens another data channel; the receiver resolves when the channel closes.
@@ -606,6 +619,7 @@ impl Client {
         packets: &[Vec<u8>],
         lose: &[usize],
         pace: Duration,
+        step: u32,
     ) -> anyhow::Result<()> {
         let start = tokio::time::Instant::now();
         for (i, payload) in packets.iter().enumerate() {
@@ -614,7 +628,7 @@ impl Client {
                 let mut rtp = self.rtp.lock().unwrap();
                 let next = (rtp.1, rtp.2);
                 rtp.1 = rtp.1.wrapping_add(1);
-                rtp.2 = rtp.2.wrapping_add(960);
+                rtp.2 = rtp.2.wrapping_add(step);
                 next
             };
             if lose.contains(&i) {

@@ -5,6 +5,12 @@
 //! DTX), the gap is filled first: with Opus packet loss concealment, and for the last
 //! lost packet with the in-band FEC the current packet may carry. Concatenating the PCM
 //! of consecutive packets therefore gives audio with the sender's timing.
+//!
+//! Concealment is audio the gateway makes up, so it is budgeted: over the track's life,
+//! the audio it outputs (decoded and concealed) may run ahead of the wall time since
+//! the first packet by at most [`ARRIVAL_SLACK`]. A sender stepping RTP timestamps by
+//! 240 ms every 20 ms gets no more than that; a real sender, whose timestamps follow
+//! its clock, never notices.
 
 use std::time::Duration;
 
@@ -20,9 +26,10 @@ const RTP_PER_PCM: u32 = RTP_RATE / PCM_RATE;
 /// The longest gap filled with concealment; a longer jump (a muted sender, a sender
 /// restart) is treated as a discontinuity and filled only this far.
 pub const MAX_CONCEALMENT_SAMPLES: u32 = PCM_RATE;
-/// Concealment may exceed the time that passed between arrivals by this much (jitter);
-/// a sender cannot make the gateway synthesize audio faster than real time.
-const ARRIVAL_SLACK: Duration = Duration::from_millis(200);
+/// How far the track's output may run ahead of the wall time since its first packet
+/// before concealment stops (jitter: packets bunch up); a sender cannot make the
+/// gateway synthesize audio faster than real time.
+pub const ARRIVAL_SLACK: Duration = Duration::from_millis(200);
 /// A sequence number this far behind the last is a new stream (a sender restart), not a
 /// late packet...
 const RESYNC_BEHIND: i16 = -1000;
@@ -58,8 +65,10 @@ pub struct OpusTrackDecoder {
     last_seq: Option<u16>,
     /// RTP timestamp just past the audio decoded so far.
     next_timestamp: Option<u32>,
-    /// Arrival time of the last decoded packet.
-    last_arrival: Option<Duration>,
+    /// Arrival time of the first packet: the concealment budget runs from it.
+    first_arrival: Option<Duration>,
+    /// 16 kHz samples output so far, decoded and concealed.
+    produced: u64,
 }
 
 impl OpusTrackDecoder {
@@ -71,7 +80,8 @@ impl OpusTrackDecoder {
             decoder,
             last_seq: None,
             next_timestamp: None,
-            last_arrival: None,
+            first_arrival: None,
+            produced: 0,
         })
     }
 
@@ -99,24 +109,16 @@ impl OpusTrackDecoder {
             }
         };
         self.last_seq = Some(seq);
-        let elapsed = self
-            .last_arrival
-            .map_or(Duration::ZERO, |last| arrival.saturating_sub(last));
-        self.last_arrival = Some(arrival);
-        let max_gap =
-            ((elapsed + ARRIVAL_SLACK).as_micros() as u64 * u64::from(PCM_RATE) / 1_000_000) as u32;
+        let elapsed = arrival.saturating_sub(*self.first_arrival.get_or_insert(arrival));
 
         let gap = self.next_timestamp.map_or(0, |next| {
             let d = timestamp.wrapping_sub(next) as i32;
             if d > 0 {
-                (d as u32 / RTP_PER_PCM)
-                    .min(MAX_CONCEALMENT_SAMPLES)
-                    .min(max_gap)
+                (d as u32 / RTP_PER_PCM).min(MAX_CONCEALMENT_SAMPLES)
             } else {
                 0
             }
         });
-        let gap = gap - gap % PLC_GRANULE;
 
         let Ok(samples) = opus::packet::get_nb_samples(payload, PCM_RATE) else {
             // Keep the timeline: the next packet's gap covers this one's time.
@@ -127,6 +129,12 @@ impl OpusTrackDecoder {
             self.next_timestamp.get_or_insert(timestamp);
             return Decoded::Undecodable;
         }
+        // The running budget: what is left of wall time (plus slack) after the audio
+        // output so far and this packet's own.
+        let budget = (elapsed + ARRIVAL_SLACK).as_micros() as u64 * u64::from(PCM_RATE) / 1_000_000;
+        let left = budget.saturating_sub(self.produced + samples as u64);
+        let gap = gap.min(left.min(u64::from(u32::MAX)) as u32);
+        let gap = gap - gap % PLC_GRANULE;
 
         let mut pcm = vec![0i16; gap as usize + samples];
         let concealed = self.conceal(&mut pcm[..gap as usize], lost > 0, payload);
@@ -143,6 +151,7 @@ impl OpusTrackDecoder {
             pcm.drain(concealed as usize..gap as usize);
         }
         self.next_timestamp = Some(timestamp.wrapping_add(samples as u32 * RTP_PER_PCM));
+        self.produced += pcm.len() as u64;
         Decoded::Audio {
             pcm,
             concealed,
@@ -295,6 +304,24 @@ mod tests {
         // A one-second timestamp jump only 20 ms later: filled at most 20 + 200 ms.
         let (_, concealed, _) = audio(dec.decode(11, 48_000, &p[1], ms(20)));
         assert!(concealed <= 220 * 16, "{concealed}");
+    }
+
+    #[test]
+    fn timestamps_stepping_240_ms_every_20_ms_get_no_more_than_the_slack() {
+        let mut dec = OpusTrackDecoder::new().unwrap();
+        let p = packets(1);
+        let mut concealed_total = 0u64;
+        let mut produced = 0u64;
+        // Ten seconds of 50 packets/s, each claiming 240 ms more than the last.
+        for i in 0..500u32 {
+            let (len, concealed, _) =
+                audio(dec.decode(i as u16, i * 11_520, &p[0], ms(20 * u64::from(i))));
+            concealed_total += u64::from(concealed);
+            produced += len as u64;
+        }
+        let wall = 500 * 320 + 200 * 16; // 10 s of arrivals, plus the slack
+        assert!(produced <= wall, "{produced} samples in {wall}");
+        assert!(concealed_total <= 200 * 16, "{concealed_total}");
     }
 
     #[test]

@@ -45,6 +45,8 @@ pub struct Services {
     pub tasks: tokio_util::task::TaskTracker,
     /// Frames one turn's buffer holds at most.
     frames_cap: usize,
+    /// 16 kHz samples of PCM one turn's buffer holds at most.
+    samples_cap: u64,
 }
 
 impl Services {
@@ -54,12 +56,19 @@ impl Services {
         // Opus packets last at least 2.5 ms: a turn of `max_turn` (plus pre-roll) has
         // at most this many frames.
         let frames_cap = ((turn.max_turn + turn.preroll).as_micros() / 2500) as usize + 1;
+        // A turn lasts at most `max_turn` (plus pre-roll) of arrival time, and a track's
+        // output runs ahead of arrival time by at most the decoder's slack; only a
+        // sender faster than real time reaches this.
+        let longest = turn.max_turn + turn.preroll + turngate_media::decode::ARRIVAL_SLACK;
+        let samples_cap =
+            longest.as_millis() as u64 * u64::from(turngate_media::decode::PCM_RATE) / 1000;
         Ok(Self {
             backends: Backends::new(config)?,
             telemetry,
             metrics: Metrics::default(),
             tasks: tokio_util::task::TaskTracker::new(),
             frames_cap,
+            samples_cap,
         })
     }
 

@@ -48,8 +48,13 @@ pub(super) struct Turn {
     frames: Vec<Tagged<AudioFrame>>,
     blobs: Vec<Tagged<Blob>>,
     frames_cap: usize,
-    /// Frames beyond the cap, not kept (the engine's maximum turn length makes this 0).
+    /// Samples of PCM in `frames`, and the most it may hold.
+    samples: u64,
+    samples_cap: u64,
+    /// Frames beyond the cap, not kept, and frames kept without their PCM because the
+    /// samples cap was reached (only a sender faster than real time gets here).
     over_cap: u64,
+    pcm_over_cap: u64,
     /// The session's (dropped, undecodable) frame counts when the turn opened...
     losses_at_start: (u64, u64),
     /// ...and when its input ended.
@@ -99,7 +104,10 @@ impl Turn {
             frames: Vec::new(),
             blobs: Vec::new(),
             frames_cap: services.frames_cap,
+            samples: 0,
+            samples_cap: services.samples_cap,
             over_cap: 0,
+            pcm_over_cap: 0,
             losses_at_start: losses(shared),
             losses_at_end: None,
             carried_in,
@@ -111,12 +119,20 @@ impl Turn {
         self.info.id
     }
 
-    pub fn push_frame(&mut self, frame: Tagged<AudioFrame>) {
-        if self.frames.len() < self.frames_cap {
-            self.frames.push(frame);
-        } else {
+    /// Keeps a frame of the turn: its packet as received and its PCM, within the caps.
+    pub fn push_frame(&mut self, mut frame: Tagged<AudioFrame>) {
+        if self.frames.len() >= self.frames_cap {
             self.over_cap += 1;
+            return;
         }
+        let samples = frame.value.pcm.len() as u64;
+        if self.samples + samples > self.samples_cap {
+            frame.value.pcm = Vec::new();
+            self.pcm_over_cap += 1;
+        } else {
+            self.samples += samples;
+        }
+        self.frames.push(frame);
     }
 
     pub fn push_blob(&mut self, blob: Tagged<Blob>) {
@@ -282,8 +298,8 @@ impl Turn {
                 .map(|f| u64::from(f.value.concealed_samples))
                 .sum(),
         };
-        if self.over_cap > 0 {
-            tracing::warn!(turn = %self.info.id, frames = self.over_cap, "Turn buffer over its cap.");
+        if self.over_cap > 0 || self.pcm_over_cap > 0 {
+            tracing::warn!(turn = %self.info.id, frames = self.over_cap, frames_without_pcm = self.pcm_over_cap, "Turn buffer over its cap: the sender sends faster than real time.");
         }
         if let (Some(first), Some(last)) = (self.frames.first(), self.frames.last()) {
             let wall = |at: Duration| self.shared.started + at;
