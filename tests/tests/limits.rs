@@ -75,3 +75,157 @@ async fn a_turn_holds_no_more_audio_than_its_maximum_length_however_fast_it_come
     assert!(most.unwrap_or(0) * 60 > 1500, "{turns:#?}");
     Ok(())
 }
+
+/// A gateway with `[http]` settings from a config file.
+async fn gateway_with_http(settings: &str) -> anyhow::Result<(Gateway, tempfile_path::Path)> {
+    let path = tempfile_path::Path::new(&format!("[http]\n{settings}\n"))?;
+    let gw = Gateway::start(&["--config", path.as_str()], &[]).await?;
+    Ok((gw, path))
+}
+
+/// A config file that lives as long as the test.
+mod tempfile_path {
+    pub struct Path(std::path::PathBuf);
+
+    impl Path {
+        pub fn new(text: &str) -> anyhow::Result<Self> {
+            let path = std::env::temp_dir().join(format!(
+                "turngate-limits-{}-{}.toml",
+                std::process::id(),
+                rand::random::<u64>()
+            ));
+            std::fs::write(&path, text)?;
+            Ok(Self(path))
+        }
+
+        pub fn as_str(&self) -> &str {
+            self.0.to_str().unwrap()
+        }
+    }
+
+    impl Drop for Path {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+}
+
+fn addr(gw: &Gateway) -> String {
+    gw.base.trim_start_matches("http://").to_owned()
+}
+
+/// Reads until the server closes the connection; returns what it sent.
+async fn read_to_close(tcp: &mut tokio::net::TcpStream) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let _ = tcp.read_to_end(&mut got).await;
+    got
+}
+
+#[tokio::test]
+async fn a_client_sending_headers_slowly_is_disconnected_within_the_header_timeout()
+-> anyhow::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let (gw, _config) = gateway_with_http("header_read_timeout_ms = 1000").await?;
+    // Idle after connecting, and one header byte every 300 ms: both are cut off.
+    let mut idle = tokio::net::TcpStream::connect(addr(&gw)).await?;
+    let mut slow = tokio::net::TcpStream::connect(addr(&gw)).await?;
+    let started = tokio::time::Instant::now();
+    let trickle = async {
+        for byte in b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" {
+            if slow.write_all(&[*byte]).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        read_to_close(&mut slow).await
+    };
+    let (idle_got, slow_got) = tokio::time::timeout(Duration::from_secs(5), async {
+        tokio::join!(read_to_close(&mut idle), trickle)
+    })
+    .await?;
+    assert!(
+        started.elapsed() < Duration::from_millis(2500),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        idle_got.is_empty() && slow_got.is_empty(),
+        "no answer to a request never completed"
+    );
+    // The server goes on serving.
+    let (status, _) = gw.get("/v1/sessions").await?;
+    assert_eq!(status, 200);
+    let metrics = gw
+        .http
+        .get(format!("{}/metrics", gw.base))
+        .send()
+        .await?
+        .text()
+        .await?;
+    assert!(
+        metrics.contains("turngate_http_connections_closed_total{reason=\"timeout\"} 2"),
+        "{metrics}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_body_that_stalls_is_answered_408() -> anyhow::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let (gw, _config) = gateway_with_http("body_read_timeout_ms = 500").await?;
+    let mut tcp = tokio::net::TcpStream::connect(addr(&gw)).await?;
+    tcp.write_all(
+        b"POST /v1/whip HTTP/1.1\r\nHost: x\r\nContent-Type: application/sdp\r\nContent-Length: 100\r\n\r\nv=0\r\n",
+    )
+    .await?;
+    let answer = tokio::time::timeout(Duration::from_secs(3), read_to_close(&mut tcp)).await?;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("request_timeout"), "{answer}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn connections_beyond_the_cap_wait_for_a_free_one() -> anyhow::Result<()> {
+    let (gw, _config) = gateway_with_http("max_connections = 2").await?;
+    let first = tokio::net::TcpStream::connect(addr(&gw)).await?;
+    let _second = tokio::net::TcpStream::connect(addr(&gw)).await?;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // A third client's request is not served while both slots are held...
+    let third = tokio::time::timeout(Duration::from_millis(700), gw.get("/v1/sessions")).await;
+    assert!(third.is_err(), "served beyond the cap: {third:?}");
+    // ...and is once one of them goes.
+    drop(first);
+    let (status, _) = tokio::time::timeout(Duration::from_secs(3), gw.get("/v1/sessions")).await??;
+    assert_eq!(status, 200);
+    Ok(())
+}
+
+#[tokio::test]
+async fn sigterm_with_a_client_trickling_a_body_exits_within_the_shutdown_grace()
+-> anyhow::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let (mut gw, _config) = gateway_with_http("shutdown_grace_ms = 1000").await?;
+    let mut tcp = tokio::net::TcpStream::connect(addr(&gw)).await?;
+    tcp.write_all(
+        b"POST /v1/whip HTTP/1.1\r\nHost: x\r\nContent-Type: application/sdp\r\nContent-Length: 60000\r\n\r\n",
+    )
+    .await?;
+    // One byte every 200 ms: never idle long enough for the body timeout.
+    tokio::spawn(async move {
+        while tcp.write_all(b"a").await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = tokio::time::Instant::now();
+    let status = gw.terminate().await?;
+    assert!(status.success(), "{status:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "exit took {:?}",
+        started.elapsed()
+    );
+    Ok(())
+}

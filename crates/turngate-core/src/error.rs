@@ -95,6 +95,8 @@ pub enum ErrorCode {
     BackendMalformed,
     /// The LLM's answer stream broke off before it was done.
     BackendStreamBroken,
+    /// A request's body did not arrive within the body read timeout.
+    RequestTimeout,
     /// An unexpected failure inside the gateway; the message says more.
     Internal,
 }
@@ -143,6 +145,7 @@ impl ErrorCode {
         Self::BackendStatus,
         Self::BackendMalformed,
         Self::BackendStreamBroken,
+        Self::RequestTimeout,
         Self::Internal,
     ];
 
@@ -190,6 +193,7 @@ impl ErrorCode {
             Self::BackendStatus => "backend_status",
             Self::BackendMalformed => "backend_malformed",
             Self::BackendStreamBroken => "backend_stream_broken",
+            Self::RequestTimeout => "request_timeout",
             Self::Internal => "internal",
         }
     }

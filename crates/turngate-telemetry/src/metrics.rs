@@ -139,6 +139,8 @@ pub struct Metrics {
     pub backend_duration: HistogramVec<2>,
     /// LLM time to first token.
     pub llm_first_token: HistogramVec<0>,
+    /// HTTP connections closed, by why.
+    pub http_connections_closed: CounterVec<1>,
 }
 
 impl Default for Metrics {
@@ -166,6 +168,13 @@ impl Default for Metrics {
                 [],
                 LATENCY_BUCKETS,
             ),
+            http_connections_closed: CounterVec::new(
+                "turngate_http_connections_closed_total",
+                "HTTP connections closed: by the client or after its last response (ended), \
+                 for sending no request headers within http.header_read_timeout_ms (timeout), \
+                 or dropped at the shutdown deadline (shutdown).",
+                ["reason"],
+            ),
         }
     }
 }
@@ -173,6 +182,7 @@ impl Default for Metrics {
 impl Metrics {
     /// Writes every family.
     pub fn write(&self, out: &mut Exposition) {
+        self.http_connections_closed.write(out);
         self.turns_started.write(out);
         self.turns_completed.write(out);
         self.backend_duration.write(out);

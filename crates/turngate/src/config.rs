@@ -22,6 +22,8 @@ pub struct Config {
     pub cors_origins: Vec<String>,
     /// Largest accepted SDP offer, in bytes.
     pub max_offer_bytes: usize,
+    /// The HTTP server's timeouts and connection cap.
+    pub http: HttpConfig,
     /// Session limits and retention.
     pub sessions: SessionsConfig,
     /// Media sockets and queues.
@@ -156,6 +158,34 @@ impl Default for UploadsConfig {
     }
 }
 
+/// `[http]`: what a slow or idle client may hold of the HTTP server.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// A connection must deliver a request's headers within this many milliseconds of
+    /// being ready for one (after accept, or after the previous response): it bounds
+    /// slow headers and idle keep-alive alike.
+    pub header_read_timeout_ms: u64,
+    /// Longest pause, in milliseconds, while a request's body is read.
+    pub body_read_timeout_ms: u64,
+    /// Connections served at once; more wait in the listen backlog.
+    pub max_connections: usize,
+    /// On shutdown, requests in flight get this many milliseconds; then the remaining
+    /// connections are dropped.
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            header_read_timeout_ms: 10_000,
+            body_read_timeout_ms: 10_000,
+            max_connections: 1024,
+            shutdown_grace_ms: 10_000,
+        }
+    }
+}
+
 /// `[sessions]`
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -227,6 +257,7 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             cors_origins: Vec::new(),
             max_offer_bytes: 64 * 1024,
+            http: HttpConfig::default(),
             sessions: SessionsConfig::default(),
             media: MediaConfig::default(),
             turn: TurnTiming::default(),
@@ -297,6 +328,11 @@ Configuration file keys (TOML; every key optional; defaults shown):
   listen = \"127.0.0.1:8080\"        HTTP address (--listen, TURNGATE_LISTEN)
   cors_origins = []                 browser origins or [\"*\"] (--cors-origins, TURNGATE_CORS_ORIGINS)
   max_offer_bytes = 65536           largest SDP offer; larger gets 413
+  [http]
+  header_read_timeout_ms = 10000    a request's headers must arrive within this (also the keep-alive idle limit)
+  body_read_timeout_ms = 10000      longest pause while a body is read (408 request_timeout)
+  max_connections = 1024            connections served at once; more wait in the backlog
+  shutdown_grace_ms = 10000         on shutdown, requests in flight get this long; then connections drop
   [sessions]
   max = 200                         live sessions; more get 503 (--max-sessions, TURNGATE_MAX_SESSIONS)
   retain_ended = 1000               ended sessions kept queryable...
@@ -577,6 +613,7 @@ impl Config {
             ("media.data_channel_send_buffer", m.data_channel_send_buffer),
             ("sessions.max", self.sessions.max),
             ("max_offer_bytes", self.max_offer_bytes),
+            ("http.max_connections", self.http.max_connections),
             ("turn.max_turns", self.turn.max_turns),
             ("uploads.max_concurrent", self.uploads.max_concurrent),
             ("uploads.validators", self.uploads.validators),
@@ -605,6 +642,12 @@ impl Config {
                 self.llm.first_token_timeout_ms,
             ),
             ("llm.idle_timeout_ms", self.llm.idle_timeout_ms),
+            (
+                "http.header_read_timeout_ms",
+                self.http.header_read_timeout_ms,
+            ),
+            ("http.body_read_timeout_ms", self.http.body_read_timeout_ms),
+            ("http.shutdown_grace_ms", self.http.shutdown_grace_ms),
         ] {
             if value == 0 {
                 return fail(format!("{key} must be at least 1"));

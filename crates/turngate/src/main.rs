@@ -98,15 +98,28 @@ async fn serve(config: config::Config) -> anyhow::Result<()> {
     tracing::info!(listen = %listener.local_addr()?, media_ips = ?config.media.ips,
         ports = %format!("{}-{}", config.media.port_min, config.media.port_max), "turngate is serving.");
 
-    let shutdown_app = Arc::clone(&app);
-    axum::serve(listener, router)
-        .with_graceful_shutdown(async move {
-            shutdown_signal().await;
-            tracing::info!("Shutting down: no new sessions; closing live ones.");
-            shutdown_app.shutting_down.store(true, Ordering::Relaxed);
-            close_all(&shutdown_app).await;
-        })
-        .await?;
+    let h = &config.http;
+    let limits = http::server::Limits {
+        header_read_timeout: Duration::from_millis(h.header_read_timeout_ms),
+        body_read_timeout: Duration::from_millis(h.body_read_timeout_ms),
+        max_connections: h.max_connections,
+        shutdown_grace: Duration::from_millis(h.shutdown_grace_ms),
+    };
+    // On a signal: no new sessions or connections; live sessions close while requests
+    // in flight finish, each within its grace.
+    let stopping = tokio_util::sync::CancellationToken::new();
+    let signalled = stopping.clone();
+    let serving = http::server::serve(listener, router, limits, Arc::clone(&app), async move {
+        shutdown_signal().await;
+        signalled.cancel();
+    });
+    let closing = async {
+        stopping.cancelled().await;
+        tracing::info!("Shutting down: no new sessions; closing live ones.");
+        app.shutting_down.store(true, Ordering::Relaxed);
+        close_all(&app).await;
+    };
+    tokio::join!(serving, closing);
     app.turns.telemetry.shutdown(TELEMETRY_FLUSH_GRACE).await;
     tracing::info!("Stopped.");
     Ok(())

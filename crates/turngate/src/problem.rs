@@ -47,6 +47,7 @@ pub fn status(code: ErrorCode) -> StatusCode {
         MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         TooManySessions | NoMediaPort | ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
         Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        RequestTimeout => StatusCode::REQUEST_TIMEOUT,
         BackendTimeout => StatusCode::GATEWAY_TIMEOUT,
         BackendUnavailable | BackendStatus | BackendMalformed | BackendStreamBroken => {
             StatusCode::BAD_GATEWAY

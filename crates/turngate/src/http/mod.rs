@@ -17,6 +17,7 @@ use crate::problem::Problem;
 
 mod health;
 mod metrics;
+pub mod server;
 mod sessions;
 mod uploads;
 mod whip;

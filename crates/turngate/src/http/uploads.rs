@@ -163,16 +163,17 @@ async fn read_image(
     };
     let (declared_mime, bytes) = if multipart {
         let form = Multipart::from_request(request, &()).await.map_err(|e| {
-            Problem::new(
+            let malformed = Problem::new(
                 ErrorCode::MalformedMessage,
                 format!("invalid multipart body: {e}"),
-            )
+            );
+            super::server::body_failed(&e, malformed)
         })?;
         first_file(form).await?
     } else {
         let body = to_bytes(request.into_body(), max_body(app))
             .await
-            .map_err(|_| too_large())?;
+            .map_err(|e| super::server::body_failed(&e, too_large()))?;
         (mime, body)
     };
     if bytes.len() as u64 > app.max_image_bytes {
@@ -190,7 +191,8 @@ async fn first_file(mut multipart: Multipart) -> Result<(String, bytes::Bytes), 
         } else {
             ErrorCode::MalformedMessage
         };
-        Problem::new(code, format!("invalid multipart body: {e}"))
+        let problem = Problem::new(code, format!("invalid multipart body: {e}"));
+        super::server::body_failed(&e, problem)
     };
     while let Some(field) = multipart.next_field().await.map_err(malformed)? {
         if field.file_name().is_none()

@@ -52,7 +52,7 @@ pub(super) async fn create_session(
     }
     let body = to_bytes(body, app.max_offer_bytes)
         .await
-        .map_err(|_| too_large())?;
+        .map_err(|e| super::server::body_failed(&e, too_large()))?;
     let offer = String::from_utf8(body.to_vec())
         .map_err(|_| Problem::new(ErrorCode::InvalidSdp, "the offer is not UTF-8 text"))?;
     peer::check_offer(&offer).map_err(|e| Problem::new(e.code(), e.to_string()))?;
