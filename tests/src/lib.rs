@@ -424,6 +424,18 @@ impl Client {
         location.context("no Location")
     }
 
+    /// Posts a real offer with extra `headers`, then closes the peer before it can
+    /// connect. Returns the status and the body.
+    pub async fn offer_with(
+        gw: &Gateway,
+        headers: &[(&str, &str)],
+    ) -> anyhow::Result<(u16, String)> {
+        let (pc, .., offer) = Self::prepare(true).await?;
+        let (status, _, body) = post_offer_with(gw, &offer, headers).await?;
+        let _ = pc.close().await;
+        Ok((status, body))
+    }
+
     #[allow(clippy::type_complexity)]
     async fn prepare(
         data_channel: bool,
@@ -757,6 +769,30 @@ pub async fn post_offer(
         .body(body)
         .send()
         .await?;
+    let status = r.status().as_u16();
+    let location = r
+        .headers()
+        .get("location")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    Ok((status, location, r.text().await?))
+}
+
+/// `POST /v1/whip` with an SDP offer and extra `headers`: (status, Location, body).
+pub async fn post_offer_with(
+    gw: &Gateway,
+    offer: &str,
+    headers: &[(&str, &str)],
+) -> anyhow::Result<(u16, Option<String>, String)> {
+    let mut request = gw
+        .http
+        .post(format!("{}/v1/whip", gw.base))
+        .header("content-type", "application/sdp")
+        .body(offer.to_owned());
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let r = request.send().await?;
     let status = r.status().as_u16();
     let location = r
         .headers()

@@ -197,7 +197,8 @@ async fn connections_beyond_the_cap_wait_for_a_free_one() -> anyhow::Result<()> 
     assert!(third.is_err(), "served beyond the cap: {third:?}");
     // ...and is once one of them goes.
     drop(first);
-    let (status, _) = tokio::time::timeout(Duration::from_secs(3), gw.get("/v1/sessions")).await??;
+    let (status, _) =
+        tokio::time::timeout(Duration::from_secs(3), gw.get("/v1/sessions")).await??;
     assert_eq!(status, 200);
     Ok(())
 }
@@ -227,5 +228,68 @@ async fn sigterm_with_a_client_trickling_a_body_exits_within_the_shutdown_grace(
         "exit took {:?}",
         started.elapsed()
     );
+    Ok(())
+}
+
+/// Posts a real offer as if from `client` (through a proxy that says so in
+/// `X-Forwarded-For`), then closes the peer before it can connect: the status.
+async fn pending_offer(gw: &Gateway, client: &str) -> anyhow::Result<(u16, serde_json::Value)> {
+    let (status, body) = Client::offer_with(gw, &[("x-forwarded-for", client)]).await?;
+    let body = serde_json::from_str(&body).unwrap_or_default();
+    Ok((status, body))
+}
+
+#[tokio::test]
+async fn offers_that_never_connect_from_one_address_do_not_lock_out_others() -> anyhow::Result<()> {
+    // The gateway sits behind a proxy on loopback, which names the client.
+    let (gw, _config) = gateway_with_http("trusted_proxies = [\"127.0.0.1\"]").await?;
+    let mut refused = 0;
+    for _ in 0..20 {
+        let (status, body) = pending_offer(&gw, "203.0.113.7").await?;
+        match status {
+            201 => {}
+            429 => {
+                assert_eq!(body["code"], "too_many_pending", "{body}");
+                refused += 1;
+            }
+            other => anyhow::bail!("offer answered {other}: {body}"),
+        }
+    }
+    assert_eq!(refused, 12, "8 pending per address");
+    // Another address connects.
+    let gw_ref = &gw;
+    let client = Client::connect_with(true, |offer| async move {
+        let (status, location, answer) =
+            post_offer_with(gw_ref, &offer, &[("x-forwarded-for", "198.51.100.9")]).await?;
+        anyhow::ensure!(status == 201, "{status}: {answer}");
+        Ok((answer, location.unwrap_or_default()))
+    })
+    .await?;
+    client.session_id().await?;
+    let metrics = gw
+        .http
+        .get(format!("{}/metrics", gw.base))
+        .send()
+        .await?
+        .text()
+        .await?;
+    assert!(
+        metrics.contains("turngate_sessions_refused_total{code=\"too_many_pending\"} 12"),
+        "{metrics}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn forwarded_for_from_an_untrusted_peer_is_ignored() -> anyhow::Result<()> {
+    let gw = Gateway::start(&[], &[]).await?;
+    // Every offer claims another address; without trusted proxies all count as the
+    // peer's own.
+    let mut statuses = Vec::new();
+    for i in 0..9 {
+        statuses.push(pending_offer(&gw, &format!("203.0.113.{i}")).await?.0);
+    }
+    assert_eq!(statuses[..8], [201; 8]);
+    assert_eq!(statuses[8], 429);
     Ok(())
 }

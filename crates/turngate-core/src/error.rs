@@ -27,6 +27,9 @@ pub enum ErrorCode {
     MethodNotAllowed,
     /// The gateway holds `max_sessions` sessions already.
     TooManySessions,
+    /// Too many sessions are waiting for their peer to connect, gateway-wide or from
+    /// the client's address.
+    TooManyPending,
     /// No UDP port of the configured media range is free.
     NoMediaPort,
     /// The gateway is shutting down and takes no new sessions.
@@ -112,6 +115,7 @@ impl ErrorCode {
         Self::NotFound,
         Self::MethodNotAllowed,
         Self::TooManySessions,
+        Self::TooManyPending,
         Self::NoMediaPort,
         Self::ShuttingDown,
         Self::MalformedMessage,
@@ -160,6 +164,7 @@ impl ErrorCode {
             Self::NotFound => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::TooManySessions => "too_many_sessions",
+            Self::TooManyPending => "too_many_pending",
             Self::NoMediaPort => "no_media_port",
             Self::ShuttingDown => "shutting_down",
             Self::MalformedMessage => "malformed_message",

@@ -141,6 +141,8 @@ pub struct Metrics {
     pub llm_first_token: HistogramVec<0>,
     /// HTTP connections closed, by why.
     pub http_connections_closed: CounterVec<1>,
+    /// Offers refused for a limit, by error code.
+    pub sessions_refused: CounterVec<1>,
 }
 
 impl Default for Metrics {
@@ -175,6 +177,12 @@ impl Default for Metrics {
                  or dropped at the shutdown deadline (shutdown).",
                 ["reason"],
             ),
+            sessions_refused: CounterVec::new(
+                "turngate_sessions_refused_total",
+                "Offers refused for a limit: too_many_sessions (sessions.max) or \
+                 too_many_pending (sessions.max_pending, sessions.max_pending_per_ip).",
+                ["code"],
+            ),
         }
     }
 }
@@ -183,6 +191,7 @@ impl Metrics {
     /// Writes every family.
     pub fn write(&self, out: &mut Exposition) {
         self.http_connections_closed.write(out);
+        self.sessions_refused.write(out);
         self.turns_started.write(out);
         self.turns_completed.write(out);
         self.backend_duration.write(out);

@@ -6,6 +6,7 @@
 //! owned downstream by [`crate::turn`] until each completes; the [`Registry`] holds
 //! the session for the API until it is pruned.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -28,6 +29,8 @@ pub struct App {
     pub max_offer_bytes: usize,
     pub max_image_bytes: u64,
     pub upload_timeout: Duration,
+    /// Proxies whose `X-Forwarded-For` names the client.
+    pub trusted_proxies: Vec<IpAddr>,
     pub shutting_down: AtomicBool,
     /// Backends, telemetry and metrics of turn processing, and its running tasks.
     pub turns: Arc<turn::Services>,
@@ -42,6 +45,10 @@ impl App {
         Ok(Arc::new(Self {
             registry: Registry::new(
                 config.sessions.max,
+                (
+                    config.sessions.max_pending,
+                    config.sessions.max_pending_per_ip,
+                ),
                 config.sessions.retain_ended,
                 Duration::from_secs(config.sessions.retain_ended_s),
             ),
@@ -54,6 +61,7 @@ impl App {
             max_offer_bytes: config.max_offer_bytes,
             max_image_bytes: config.uploads.max_image_bytes,
             upload_timeout: Duration::from_millis(config.uploads.timeout_ms),
+            trusted_proxies: config.http.trusted_proxies.clone(),
             shutting_down: AtomicBool::new(false),
             turns: Arc::new(turn::Services::new(config, telemetry)?),
         }))
@@ -64,13 +72,25 @@ impl App {
         self.shutting_down.load(Ordering::Relaxed)
     }
 
-    /// Answers an offer, starts and registers the session, and hands its turns to
-    /// their owners: (answer, resource id).
-    pub async fn open_session(self: Arc<Self>, offer: String) -> Result<(String, String), Problem> {
+    /// Answers an offer from `client`, starts and registers the session, and hands its
+    /// turns to their owners: (answer, resource id).
+    pub async fn open_session(
+        self: Arc<Self>,
+        offer: String,
+        client: IpAddr,
+    ) -> Result<(String, String), Problem> {
+        let refused = |code: ErrorCode, detail: String| {
+            self.turns.metrics.sessions_refused.inc([code.as_str()]);
+            Problem::new(code, detail)
+        };
+        let pending = self
+            .registry
+            .reserve_pending(client)
+            .map_err(|detail| refused(ErrorCode::TooManyPending, detail))?;
         let slot = self.registry.reserve().ok_or_else(|| {
-            Problem::new(
+            refused(
                 ErrorCode::TooManySessions,
-                "the gateway holds its maximum number of sessions; retry later",
+                "the gateway holds its maximum number of sessions; retry later".into(),
             )
         })?;
         let answered = peer::answer(&self.peer, &self.ports, offer)
@@ -99,6 +119,13 @@ impl App {
             .insert(slot, resource.clone(), Arc::clone(&entry));
         tracing::info!(session = %entry.shared.id, "Session created.");
         tracing::debug!(session = %entry.shared.id, resource = %resource, "WHIP resource.");
+        // Pending until the peer connects (or the session ends: at the latest after
+        // the connect timeout).
+        let shared = Arc::clone(&entry.shared);
+        tokio::spawn(async move {
+            shared.wait_connected().await;
+            drop(pending);
+        });
         let app = Arc::clone(&self);
         let retired = resource.clone();
         tokio::spawn(async move {

@@ -173,6 +173,9 @@ pub struct HttpConfig {
     /// On shutdown, requests in flight get this many milliseconds; then the remaining
     /// connections are dropped.
     pub shutdown_grace_ms: u64,
+    /// Proxies (exact addresses) whose `X-Forwarded-For` names the client. From any
+    /// other peer the header is ignored and the peer's address is the client's.
+    pub trusted_proxies: Vec<IpAddr>,
 }
 
 impl Default for HttpConfig {
@@ -182,6 +185,7 @@ impl Default for HttpConfig {
             body_read_timeout_ms: 10_000,
             max_connections: 1024,
             shutdown_grace_ms: 10_000,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -192,6 +196,12 @@ impl Default for HttpConfig {
 pub struct SessionsConfig {
     /// Live sessions at most; more get 503 with `Retry-After`.
     pub max: usize,
+    /// Sessions whose peer has not connected yet, at most, gateway-wide; more get 429
+    /// `too_many_pending`. An offer that never connects holds its place until
+    /// `media.connect_timeout_ms`.
+    pub max_pending: usize,
+    /// The same, per client address (see `http.trusted_proxies`).
+    pub max_pending_per_ip: usize,
     /// Ended sessions kept queryable, at most this many...
     pub retain_ended: usize,
     /// ...and for at most this long (seconds).
@@ -275,6 +285,8 @@ impl Default for SessionsConfig {
     fn default() -> Self {
         Self {
             max: 200,
+            max_pending: 64,
+            max_pending_per_ip: 8,
             retain_ended: 1000,
             retain_ended_s: 3600,
         }
@@ -333,8 +345,11 @@ Configuration file keys (TOML; every key optional; defaults shown):
   body_read_timeout_ms = 10000      longest pause while a body is read (408 request_timeout)
   max_connections = 1024            connections served at once; more wait in the backlog
   shutdown_grace_ms = 10000         on shutdown, requests in flight get this long; then connections drop
+  trusted_proxies = []              proxies whose X-Forwarded-For names the client (exact addresses)
   [sessions]
   max = 200                         live sessions; more get 503 (--max-sessions, TURNGATE_MAX_SESSIONS)
+  max_pending = 64                  sessions not yet connected, gateway-wide; more get 429 (--max-pending)
+  max_pending_per_ip = 8            ...per client address (--max-pending-per-ip, TURNGATE_MAX_PENDING_PER_IP)
   retain_ended = 1000               ended sessions kept queryable...
   retain_ended_s = 3600             ...and for how long
   [media]
@@ -419,6 +434,12 @@ pub struct Overrides {
     /// Live sessions at most; more get 503 [default: 200].
     #[arg(long, env = "TURNGATE_MAX_SESSIONS", value_name = "N")]
     pub max_sessions: Option<usize>,
+    /// Sessions not yet connected, at most, gateway-wide [default: 64].
+    #[arg(long, env = "TURNGATE_MAX_PENDING", value_name = "N")]
+    pub max_pending: Option<usize>,
+    /// Sessions not yet connected, at most, per client address [default: 8].
+    #[arg(long, env = "TURNGATE_MAX_PENDING_PER_IP", value_name = "N")]
+    pub max_pending_per_ip: Option<usize>,
     /// Browser origins allowed by CORS, comma-separated, or `*` [default: none].
     #[arg(
         long,
@@ -553,6 +574,12 @@ impl Config {
         if let Some(v) = o.max_sessions {
             config.sessions.max = v;
         }
+        if let Some(v) = o.max_pending {
+            config.sessions.max_pending = v;
+        }
+        if let Some(v) = o.max_pending_per_ip {
+            config.sessions.max_pending_per_ip = v;
+        }
         if let Some(v) = o.cors_origins {
             config.cors_origins = v
                 .into_iter()
@@ -614,6 +641,11 @@ impl Config {
             ("sessions.max", self.sessions.max),
             ("max_offer_bytes", self.max_offer_bytes),
             ("http.max_connections", self.http.max_connections),
+            ("sessions.max_pending", self.sessions.max_pending),
+            (
+                "sessions.max_pending_per_ip",
+                self.sessions.max_pending_per_ip,
+            ),
             ("turn.max_turns", self.turn.max_turns),
             ("uploads.max_concurrent", self.uploads.max_concurrent),
             ("uploads.validators", self.uploads.validators),

@@ -42,7 +42,7 @@ pub fn status(code: ErrorCode) -> StatusCode {
         TurnClosed => StatusCode::CONFLICT,
         SizeRequired => StatusCode::LENGTH_REQUIRED,
         UnknownTurn => StatusCode::NOT_FOUND,
-        TooManyUploads | UploadBudgetExceeded => StatusCode::TOO_MANY_REQUESTS,
+        TooManyUploads | UploadBudgetExceeded | TooManyPending => StatusCode::TOO_MANY_REQUESTS,
         NotFound => StatusCode::NOT_FOUND,
         MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         TooManySessions | NoMediaPort | ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
@@ -75,7 +75,10 @@ impl IntoResponse for Problem {
         );
         if matches!(
             self.code,
-            ErrorCode::TooManySessions | ErrorCode::NoMediaPort | ErrorCode::ShuttingDown
+            ErrorCode::TooManySessions
+                | ErrorCode::TooManyPending
+                | ErrorCode::NoMediaPort
+                | ErrorCode::ShuttingDown
         ) {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_S));
         }

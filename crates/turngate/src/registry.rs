@@ -2,6 +2,7 @@
 //! recently ended ones (kept in memory, bounded by count and age).
 
 use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -49,10 +50,40 @@ impl Totals {
     }
 }
 
+/// Sessions whose peer has not connected yet: gateway-wide and by client address.
+#[derive(Default)]
+struct Pending {
+    total: usize,
+    by_ip: HashMap<IpAddr, usize>,
+}
+
+/// A place among the pending sessions, given back on drop (when the peer connects, or
+/// the session ends without).
+pub struct PendingSlot {
+    pending: Arc<Mutex<Pending>>,
+    ip: IpAddr,
+}
+
+impl Drop for PendingSlot {
+    fn drop(&mut self) {
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        pending.total -= 1;
+        if let Some(n) = pending.by_ip.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                pending.by_ip.remove(&self.ip);
+            }
+        }
+    }
+}
+
 /// All sessions of this node.
 pub struct Registry {
     maps: Mutex<Maps>,
     slots: AtomicUsize,
+    pending: Arc<Mutex<Pending>>,
+    max_pending: usize,
+    max_pending_per_ip: usize,
     max: usize,
     retain: usize,
     retain_for: Duration,
@@ -75,10 +106,18 @@ impl Drop for Slot<'_> {
 impl Registry {
     /// A registry allowing `max` live sessions and keeping `retain` ended ones for
     /// `retain_for`.
-    pub fn new(max: usize, retain: usize, retain_for: Duration) -> Self {
+    pub fn new(
+        max: usize,
+        (max_pending, max_pending_per_ip): (usize, usize),
+        retain: usize,
+        retain_for: Duration,
+    ) -> Self {
         Self {
             maps: Mutex::default(),
             slots: AtomicUsize::new(0),
+            pending: Arc::default(),
+            max_pending,
+            max_pending_per_ip,
             max,
             retain,
             retain_for,
@@ -96,6 +135,36 @@ impl Registry {
                 registry: self,
                 used: false,
             })
+    }
+
+    /// Reserves a place for a session of `ip` whose peer has not connected yet; `Err`
+    /// says which limit is full.
+    pub fn reserve_pending(&self, ip: IpAddr) -> Result<PendingSlot, String> {
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        if pending.total >= self.max_pending {
+            return Err(format!(
+                "{} sessions are waiting for their peer to connect; retry later",
+                self.max_pending
+            ));
+        }
+        let mine = pending.by_ip.entry(ip).or_default();
+        if *mine >= self.max_pending_per_ip {
+            return Err(format!(
+                "{} sessions of this address are waiting for their peer to connect; retry later",
+                self.max_pending_per_ip
+            ));
+        }
+        *mine += 1;
+        pending.total += 1;
+        Ok(PendingSlot {
+            pending: Arc::clone(&self.pending),
+            ip,
+        })
+    }
+
+    /// Sessions whose peer has not connected yet.
+    pub fn pending(&self) -> usize {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner()).total
     }
 
     /// Registers a live session under its resource id.

@@ -220,6 +220,7 @@ pub fn start(
         to_client: to_client_tx,
         ended: watch::channel(None).0,
         data_channel: AtomicBool::new(false),
+        connected: watch::channel(false).0,
         close,
     });
     let (downstream_tx, downstream) = mpsc::channel(config.downstream_queue.max(1));
@@ -328,7 +329,10 @@ impl Driver {
                 _ = self.close.changed() => self.closing = *self.close.borrow_and_update(),
                 Some(event) = events.recv() => match event {
                     PeerEvent::State(state) => match state {
-                        RTCPeerConnectionState::Connected => self.connected = true,
+                        RTCPeerConnectionState::Connected => {
+                            self.connected = true;
+                            self.shared.connected.send_replace(true);
+                        }
                         RTCPeerConnectionState::Failed | RTCPeerConnectionState::Disconnected
                             if !self.connected => break SessionEnd::PeerFailed,
                         RTCPeerConnectionState::Failed => break SessionEnd::PeerFailed,

@@ -34,6 +34,8 @@ pub struct SessionShared {
     pub(super) to_client: mpsc::Sender<ToClient>,
     pub(super) ended: watch::Sender<Option<(SystemTime, SessionEnd)>>,
     pub(super) data_channel: AtomicBool,
+    /// Whether the peer has connected (ICE and DTLS).
+    pub(super) connected: watch::Sender<bool>,
     /// Why and when (session clock) the session was asked to end.
     pub(super) close: watch::Sender<Option<(SessionEnd, Duration)>>,
 }
@@ -165,6 +167,16 @@ impl SessionShared {
                 false
             }
         });
+    }
+
+    /// Waits until the peer has connected, or the session has ended without.
+    pub async fn wait_connected(&self) {
+        let mut connected = self.connected.subscribe();
+        let mut ended = self.ended.subscribe();
+        tokio::select! {
+            _ = connected.wait_for(|c| *c) => {}
+            _ = ended.wait_for(|e| e.is_some()) => {}
+        }
     }
 
     /// Waits until the session has ended.

@@ -29,6 +29,12 @@ fn render(app: &App) -> String {
         t.live as f64,
     );
     out.single(
+        "turngate_sessions_pending",
+        "Sessions whose peer has not connected yet (bounded by sessions.max_pending).",
+        "gauge",
+        app.registry.pending() as f64,
+    );
+    out.single(
         "turngate_sessions_started_total",
         "Sessions created.",
         "counter",

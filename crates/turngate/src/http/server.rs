@@ -19,6 +19,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use axum::extract::ConnectInfo;
+use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
@@ -75,7 +77,13 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let _ = tcp.set_nodelay(true);
-        let connection = graceful.watch(http.serve_connection(TokioIo::new(tcp), service.clone()));
+        // Handlers learn the peer's address through axum's `ConnectInfo`.
+        let per_connection = service.clone();
+        let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+            request.extensions_mut().insert(ConnectInfo(peer));
+            hyper::service::Service::call(&per_connection, request)
+        });
+        let connection = graceful.watch(http.serve_connection(TokioIo::new(tcp), service));
         let (hard_stop, app) = (hard_stop.clone(), Arc::clone(&app));
         tokio::spawn(async move {
             let reason = match hard_stop.run_until_cancelled(connection).await {

@@ -2,10 +2,11 @@
 //! session (`201`, the answer, `Location: /v1/whip/{resource}`); `DELETE` on the
 //! Location ends it.
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use axum::body::{Body, to_bytes};
-use axum::extract::{Path, State};
+use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use turngate_core::ErrorCode;
@@ -18,6 +19,7 @@ use crate::problem::Problem;
 /// `POST /v1/whip`: an SDP offer in, `201 Created` with the answer and `Location` out.
 pub(super) async fn create_session(
     State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, Problem> {
@@ -59,7 +61,8 @@ pub(super) async fn create_session(
 
     // Set up in a task of its own: a client that hangs up mid-way must not leave a
     // half-built peer connection (and its socket) behind.
-    let setup = tokio::spawn(Arc::clone(&app).open_session(offer));
+    let client = client_ip(peer.ip(), &headers, &app.trusted_proxies);
+    let setup = tokio::spawn(Arc::clone(&app).open_session(offer, client));
     let (answer, resource) = setup
         .await
         .map_err(|_| Problem::new(ErrorCode::Internal, "session setup failed"))??;
@@ -89,4 +92,64 @@ pub(super) async fn delete_session(
     entry.shared.close(SessionEnd::Deleted);
     entry.shared.wait_ended().await;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// The client's address: the peer's, or, when the peer is a trusted proxy, the last
+/// address in `X-Forwarded-For` that is not one of the trusted proxies (each proxy
+/// appends the address it received from; only the entries trusted proxies added can be
+/// believed).
+pub(super) fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpAddr]) -> IpAddr {
+    if !trusted.contains(&peer) {
+        return peer;
+    }
+    let forwarded: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .collect();
+    for entry in forwarded.iter().rev() {
+        match entry.trim().parse::<IpAddr>() {
+            Ok(ip) if trusted.contains(&ip) => continue,
+            Ok(ip) => return ip,
+            // Not an address: nothing further left can be believed.
+            Err(_) => return peer,
+        }
+    }
+    peer
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn forwarded_for_counts_only_from_trusted_proxies() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "x-forwarded-for",
+            "6.6.6.6, 203.0.113.7, 10.0.0.2".parse().unwrap(),
+        );
+        let trusted = [ip("10.0.0.1"), ip("10.0.0.2")];
+        // From a trusted proxy: the last entry no trusted proxy wrote.
+        assert_eq!(
+            client_ip(ip("10.0.0.1"), &headers, &trusted),
+            ip("203.0.113.7")
+        );
+        // From anyone else: the header is ignored.
+        assert_eq!(
+            client_ip(ip("198.51.100.1"), &headers, &trusted),
+            ip("198.51.100.1")
+        );
+        // Garbage stops the walk at the proxy.
+        headers.insert("x-forwarded-for", "203.0.113.7, junk".parse().unwrap());
+        assert_eq!(
+            client_ip(ip("10.0.0.1"), &headers, &trusted),
+            ip("10.0.0.1")
+        );
+    }
 }
