@@ -221,6 +221,20 @@ impl Gateway {
     }
 
     /// Sends SIGTERM and waits for the exit status.
+    /// A `/metrics` sample's value: `name{labels}` as written, or `name` alone.
+    pub async fn metric(&self, sample: &str) -> anyhow::Result<f64> {
+        let text = self
+            .http
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await?
+            .text()
+            .await?;
+        text.lines()
+            .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
+            .ok_or_else(|| anyhow::anyhow!("{sample} not in\n{text}"))
+    }
+
     pub async fn terminate(&mut self) -> anyhow::Result<std::process::ExitStatus> {
         let mut child = self.child.take().context("already stopped")?;
         let pid = child.id().context("no pid")?;
@@ -762,20 +776,7 @@ pub async fn post_offer(
     content_type: &str,
     body: impl Into<reqwest::Body>,
 ) -> anyhow::Result<(u16, Option<String>, String)> {
-    let r = gw
-        .http
-        .post(format!("{}/v1/whip", gw.base))
-        .header("content-type", content_type)
-        .body(body)
-        .send()
-        .await?;
-    let status = r.status().as_u16();
-    let location = r
-        .headers()
-        .get("location")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    Ok((status, location, r.text().await?))
+    post_whip(gw, content_type, body, &[]).await
 }
 
 /// `POST /v1/whip` with an SDP offer and extra `headers`: (status, Location, body).
@@ -784,11 +785,20 @@ pub async fn post_offer_with(
     offer: &str,
     headers: &[(&str, &str)],
 ) -> anyhow::Result<(u16, Option<String>, String)> {
+    post_whip(gw, "application/sdp", offer.to_owned(), headers).await
+}
+
+async fn post_whip(
+    gw: &Gateway,
+    content_type: &str,
+    body: impl Into<reqwest::Body>,
+    headers: &[(&str, &str)],
+) -> anyhow::Result<(u16, Option<String>, String)> {
     let mut request = gw
         .http
         .post(format!("{}/v1/whip", gw.base))
-        .header("content-type", "application/sdp")
-        .body(offer.to_owned());
+        .header("content-type", content_type)
+        .body(body);
     for (name, value) in headers {
         request = request.header(*name, *value);
     }
@@ -844,4 +854,36 @@ fn http_client() -> reqwest::Client {
         .pool_max_idle_per_host(0)
         .build()
         .expect("an HTTP client")
+}
+
+/// A session of the media crate run in this process (its real answerer and session
+/// driver, media ports from `ports`), with a connected webrtc-rs client: for tests
+/// that play the downstream consumer themselves.
+pub async fn in_process_session(
+    ports: std::ops::RangeInclusive<u16>,
+    config: turngate_media::session::SessionConfig,
+) -> anyhow::Result<(Client, turngate_media::session::Session)> {
+    let ports = turngate_media::peer::PortPool::new(ports);
+    let peer_config = turngate_media::peer::PeerConfig {
+        ips: vec!["127.0.0.1".parse()?],
+        data_channel_send_buffer: 64 * 1024,
+        ice_disconnected: Duration::from_secs(5),
+        ice_failed: Duration::from_secs(25),
+    };
+    let mut started = None;
+    let client = Client::connect_with(true, |offer| {
+        let (ports, peer_config, started) = (&ports, &peer_config, &mut started);
+        async move {
+            let answered = turngate_media::peer::answer(peer_config, ports, offer).await?;
+            let answer = answered.answer.clone();
+            *started = Some(turngate_media::session::start(
+                config,
+                answered,
+                &mut rand::rng(),
+            )?);
+            Ok((answer, "/in-process".to_owned()))
+        }
+    })
+    .await?;
+    Ok((client, started.context("session started")?))
 }

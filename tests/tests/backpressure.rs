@@ -6,36 +6,17 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use turngate_e2e::*;
-use turngate_media::peer::{self, PeerConfig, PortPool};
-use turngate_media::session::{self, SessionConfig, SessionEnd};
+use turngate_media::session::{SessionConfig, SessionEnd};
 
 #[tokio::test]
 async fn a_stalled_consumer_forces_counted_drops_and_the_identity_holds() -> anyhow::Result<()> {
-    let ports = PortPool::new(39_000..=39_099);
-    let config = PeerConfig {
-        ips: vec!["127.0.0.1".parse()?],
-        data_channel_send_buffer: 64 * 1024,
-        ice_disconnected: Duration::from_secs(5),
-        ice_failed: Duration::from_secs(25),
-    };
     let session_config = SessionConfig {
         ingress_queue: 8,
         downstream_queue: 4,
         ..SessionConfig::default()
     };
-    let mut started = None;
-    let client = Client::connect_with(true, |offer| {
-        let (ports, config, started) = (&ports, &config, &mut started);
-        async move {
-            let answered = peer::answer(config, ports, offer).await?;
-            let answer = answered.answer.clone();
-            *started = Some(session::start(session_config, answered, &mut rand::rng())?);
-            Ok((answer, "/in-process".to_owned()))
-        }
-    })
-    .await?;
+    let (client, session) = in_process_session(39_000..=39_099, session_config).await?;
     // The consumer: holds the downstream queue and never reads it.
-    let session = started.expect("session started");
     client.session_id().await?;
     client.send_wav("speech.wav").await?;
     let shared = &session.shared;

@@ -156,17 +156,8 @@ async fn a_client_sending_headers_slowly_is_disconnected_within_the_header_timeo
     // The server goes on serving.
     let (status, _) = gw.get("/v1/sessions").await?;
     assert_eq!(status, 200);
-    let metrics = gw
-        .http
-        .get(format!("{}/metrics", gw.base))
-        .send()
-        .await?
-        .text()
-        .await?;
-    assert!(
-        metrics.contains("turngate_http_connections_closed_total{reason=\"timeout\"} 2"),
-        "{metrics}"
-    );
+    let closed = "turngate_http_connections_closed_total{reason=\"timeout\"}";
+    assert_eq!(gw.metric(closed).await?, 2.0);
     Ok(())
 }
 
@@ -266,17 +257,8 @@ async fn offers_that_never_connect_from_one_address_do_not_lock_out_others() -> 
     })
     .await?;
     client.session_id().await?;
-    let metrics = gw
-        .http
-        .get(format!("{}/metrics", gw.base))
-        .send()
-        .await?
-        .text()
-        .await?;
-    assert!(
-        metrics.contains("turngate_sessions_refused_total{code=\"too_many_pending\"} 12"),
-        "{metrics}"
-    );
+    let refused = "turngate_sessions_refused_total{code=\"too_many_pending\"}";
+    assert_eq!(gw.metric(refused).await?, 12.0);
     Ok(())
 }
 

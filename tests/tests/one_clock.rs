@@ -9,36 +9,16 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use turngate_core::{StageStatus, Stages};
 use turngate_e2e::*;
-use turngate_media::peer::{self, PeerConfig, PortPool};
-use turngate_media::session::{self, Downstream, SessionConfig, SessionEnd, TurnReport};
+use turngate_media::session::{Downstream, SessionConfig, SessionEnd, TurnReport};
 
 #[tokio::test]
 async fn a_late_session_task_does_not_split_a_sentence() -> anyhow::Result<()> {
-    let ports = PortPool::new(39_100..=39_199);
-    let config = PeerConfig {
-        ips: vec!["127.0.0.1".parse()?],
-        data_channel_send_buffer: 64 * 1024,
-        ice_disconnected: Duration::from_secs(5),
-        ice_failed: Duration::from_secs(25),
-    };
-    // Room for every packet of the stall: nothing is dropped, everything waits.
     let session_config = SessionConfig {
         ingress_queue: 400,
         downstream_queue: 4,
         ..SessionConfig::default()
     };
-    let mut started = None;
-    let client = Client::connect_with(true, |offer| {
-        let (ports, config, started) = (&ports, &config, &mut started);
-        async move {
-            let answered = peer::answer(config, ports, offer).await?;
-            let answer = answered.answer.clone();
-            *started = Some(session::start(session_config, answered, &mut rand::rng())?);
-            Ok((answer, "/in-process".to_owned()))
-        }
-    })
-    .await?;
-    let session = started.expect("session started");
+    let (client, session) = in_process_session(39_100..=39_199, session_config).await?;
     let shared = session.shared.clone();
     let mut downstream = session.downstream;
     // The consumer: when the second sentence's turn opens, it stops reading for 1.5 s,

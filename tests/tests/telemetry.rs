@@ -51,25 +51,11 @@ fn has_root(trace_id: &str) -> impl Fn(&[Span]) -> bool + '_ {
     }
 }
 
-/// A `/metrics` sample's value: `name{labels}` as written, or `name` alone.
-async fn metric(gw: &Gateway, sample: &str) -> anyhow::Result<f64> {
-    let text = gw
-        .http
-        .get(format!("{}/metrics", gw.base))
-        .send()
-        .await?
-        .text()
-        .await?;
-    text.lines()
-        .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
-        .ok_or_else(|| anyhow::anyhow!("{sample} not in\n{text}"))
-}
-
 /// Waits until the gateway has counted spans whose export failed.
 async fn wait_for_dropped_exports(gw: &Gateway) -> anyhow::Result<()> {
     let sample = "turngate_spans_dropped_total{reason=\"export_failed\"}";
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while metric(gw, sample).await? < 1.0 {
+    while gw.metric(sample).await? < 1.0 {
         anyhow::ensure!(
             tokio::time::Instant::now() < deadline,
             "no dropped spans counted"
@@ -266,25 +252,20 @@ async fn a_vad_turn_with_speech_and_an_image_is_one_trace_over_otlp_http() -> an
     }
 
     // Metrics.
-    assert!(metric(&gw, "turngate_spans_exported_total").await? >= all.len() as f64);
+    assert!(gw.metric("turngate_spans_exported_total").await? >= all.len() as f64);
     assert_eq!(
-        metric(
-            &gw,
-            "turngate_turns_completed_total{cause=\"vad\",status=\"ok\"}"
-        )
-        .await?,
+        gw.metric("turngate_turns_completed_total{cause=\"vad\",status=\"ok\"}")
+            .await?,
         1.0
     );
     assert_eq!(
-        metric(
-            &gw,
-            "turngate_backend_request_duration_seconds_count{stage=\"asr\",outcome=\"ok\"}"
-        )
-        .await?,
+        gw.metric("turngate_backend_request_duration_seconds_count{stage=\"asr\",outcome=\"ok\"}")
+            .await?,
         1.0
     );
     assert_eq!(
-        metric(&gw, "turngate_uploads_total{outcome=\"accepted\"}").await?,
+        gw.metric("turngate_uploads_total{outcome=\"accepted\"}")
+            .await?,
         1.0
     );
     Ok(())
@@ -445,8 +426,7 @@ async fn a_failed_call_marks_its_span_without_the_backends_answer() -> anyhow::R
         (2, &json!("failed"))
     );
     assert_eq!(
-        metric(
-            &gw,
+        gw.metric(
             "turngate_backend_request_duration_seconds_count{stage=\"asr\",outcome=\"failed\"}"
         )
         .await?,
@@ -545,17 +525,14 @@ async fn a_dead_collector_leaves_media_and_turns_alone_and_counts_dropped_spans(
     ];
     let (gw, received) = two_vad_turns_unharmed(&env).await?;
     wait_for_dropped_exports(&gw).await?;
-    assert_eq!(metric(&gw, "turngate_spans_exported_total").await?, 0.0);
+    assert_eq!(gw.metric("turngate_spans_exported_total").await?, 0.0);
     assert_eq!(
-        metric(&gw, "turngate_frames_received_total").await?,
+        gw.metric("turngate_frames_received_total").await?,
         received as f64
     );
     assert_eq!(
-        metric(
-            &gw,
-            "turngate_turns_completed_total{cause=\"vad\",status=\"ok\"}"
-        )
-        .await?,
+        gw.metric("turngate_turns_completed_total{cause=\"vad\",status=\"ok\"}")
+            .await?,
         2.0
     );
     // One warning for the outage, not one per export.
@@ -580,8 +557,12 @@ async fn a_slow_collector_fills_the_queue_and_drops_are_counted_not_waited_for()
     ];
     // Two turns of two spans each: one export hangs, one span waits, the rest drop.
     let (gw, _) = two_vad_turns_unharmed(&env).await?;
-    assert!(metric(&gw, "turngate_spans_dropped_total{reason=\"queue_full\"}").await? >= 1.0);
-    assert_eq!(metric(&gw, "turngate_spans_exported_total").await?, 0.0);
+    assert!(
+        gw.metric("turngate_spans_dropped_total{reason=\"queue_full\"}")
+            .await?
+            >= 1.0
+    );
+    assert_eq!(gw.metric("turngate_spans_exported_total").await?, 0.0);
     Ok(())
 }
 

@@ -37,6 +37,14 @@ async fn start_turn(client: &Client) -> anyhow::Result<String> {
     Ok(started[0]["turn_id"].as_str().unwrap().to_owned())
 }
 
+/// The user message of the one LLM request the fake backend got.
+fn the_answers_user_message(seen: &Shared) -> Value {
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.streams(), 1, "one answer");
+    let prompt = seen.chats.iter().find(|c| c["stream"] == true).unwrap();
+    prompt["messages"].as_array().unwrap().last().unwrap()["content"].clone()
+}
+
 fn completed_of(client: &Client, turn: &str) -> Option<Value> {
     client
         .inbox
@@ -247,7 +255,6 @@ async fn a_push_to_talk_turn_longer_than_max_turn_is_one_chain_with_one_answer()
         "{completed:#?}"
     );
     // One answer, for the chain's last piece, with every piece's words in order.
-    assert_eq!(seen.lock().unwrap().streams(), 1);
     for event in client.inbox.of("response.delta") {
         assert_eq!(event["turn_id"], last);
     }
@@ -258,9 +265,7 @@ async fn a_push_to_talk_turn_longer_than_max_turn_is_one_chain_with_one_answer()
         let c = completed_of(&client, piece["turn_id"].as_str().unwrap()).unwrap();
         assert_eq!(c["stages"]["llm"], "skipped", "{c:#}");
     }
-    let chats = seen.lock().unwrap().chats.clone();
-    let prompt = chats.iter().find(|c| c["stream"] == true).unwrap();
-    let user = prompt["messages"].as_array().unwrap().last().unwrap()["content"].clone();
+    let user = the_answers_user_message(&seen);
     assert_eq!(user, [TRANSCRIPT; 3].join(" "));
     Ok(())
 }
@@ -308,10 +313,7 @@ async fn a_superseded_vad_turn_is_answered_by_the_turn_that_replaced_it() -> any
         completed_of(&client, vad_id).unwrap()["stages"]["llm"],
         "skipped"
     );
-    assert_eq!(seen.lock().unwrap().streams(), 1, "one answer");
-    let chats = seen.lock().unwrap().chats.clone();
-    let prompt = chats.iter().find(|c| c["stream"] == true).unwrap();
-    let user = prompt["messages"].as_array().unwrap().last().unwrap()["content"].clone();
+    let user = the_answers_user_message(&seen);
     assert_eq!(user, format!("turn {vad_id} turn {client_id}"));
     assert!(
         client
@@ -374,10 +376,7 @@ async fn a_turn_start_during_a_vad_chain_folds_every_piece_into_one_answer() -> 
         .as_str()
         .unwrap()
         .to_owned();
-    assert_eq!(seen.lock().unwrap().streams(), 1, "one answer");
-    let chats = seen.lock().unwrap().chats.clone();
-    let prompt = chats.iter().find(|c| c["stream"] == true).unwrap();
-    let user = prompt["messages"].as_array().unwrap().last().unwrap()["content"].clone();
+    let user = the_answers_user_message(&seen);
     assert_eq!(
         user,
         format!("turn {} turn {} turn {last}", pieces[0], pieces[1])
