@@ -275,3 +275,70 @@ async fn forwarded_for_from_an_untrusted_peer_is_ignored() -> anyhow::Result<()>
     assert_eq!(statuses[8], 429);
     Ok(())
 }
+
+#[tokio::test]
+async fn an_offer_trickled_byte_by_byte_is_cut_off_at_the_body_timeout() -> anyhow::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let (gw, _config) = gateway_with_http("body_read_timeout_ms = 1000").await?;
+    let mut tcp = tokio::net::TcpStream::connect(addr(&gw)).await?;
+    tcp.write_all(
+        b"POST /v1/whip HTTP/1.1\r\nHost: x\r\nContent-Type: application/sdp\r\nContent-Length: 60000\r\n\r\n",
+    )
+    .await?;
+    let started = tokio::time::Instant::now();
+    // One byte every 300 ms: never a pause of a second, but never done either.
+    let (mut read, mut write) = tcp.into_split();
+    tokio::spawn(async move {
+        while write.write_all(b"v").await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    });
+    let mut answer = Vec::new();
+    use tokio::io::AsyncReadExt;
+    tokio::time::timeout(Duration::from_secs(5), read.read_to_end(&mut answer)).await??;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_client_that_never_reads_its_answers_is_cut_off() -> anyhow::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let (gw, _config) = gateway_with_http("body_read_timeout_ms = 1000").await?;
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.set_recv_buffer_size(1024)?;
+    let mut tcp = socket.connect(addr(&gw).parse()?).await?;
+    // Pipelined requests whose answers are never read.
+    tokio::spawn(async move {
+        for _ in 0..20_000 {
+            if tcp
+                .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+        // Hold the socket open without reading.
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        drop(tcp);
+    });
+    let timed_out = "turngate_http_connections_closed_total{reason=\"timeout\"}";
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(8);
+    loop {
+        if gw.metric(timed_out).await.unwrap_or(0.0) >= 1.0 {
+            break;
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the connection was not cut off"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(())
+}

@@ -6,11 +6,12 @@
 //! lost packet with the in-band FEC the current packet may carry. Concatenating the PCM
 //! of consecutive packets therefore gives audio with the sender's timing.
 //!
-//! Concealment is audio the gateway makes up, so it is budgeted: over the track's life,
-//! the audio it outputs (decoded and concealed) may run ahead of the wall time since
-//! the first packet by at most [`ARRIVAL_SLACK`]. A sender stepping RTP timestamps by
-//! 240 ms every 20 ms gets no more than that; a real sender, whose timestamps follow
-//! its clock, never notices.
+//! Concealment is audio the gateway makes up, so it is budgeted: it is granted only
+//! while the audio output so far (decoded and concealed) stays within the wall time
+//! since the track's first packet plus [`ARRIVAL_SLACK`]. A sender stepping RTP
+//! timestamps by 240 ms every 20 ms gets no more than that; a real sender, whose
+//! timestamps follow its clock, never notices. (Packets themselves are decoded as sent;
+//! what a turn keeps is capped downstream.)
 
 use std::time::Duration;
 

@@ -31,6 +31,8 @@ pub struct App {
     pub upload_timeout: Duration,
     /// Proxies whose `X-Forwarded-For` names the client.
     pub trusted_proxies: Vec<IpAddr>,
+    /// A request body's longest pause, and an offer's whole time.
+    pub body_read_timeout: Duration,
     pub shutting_down: AtomicBool,
     /// Backends, telemetry and metrics of turn processing, and its running tasks.
     pub turns: Arc<turn::Services>,
@@ -62,6 +64,7 @@ impl App {
             max_image_bytes: config.uploads.max_image_bytes,
             upload_timeout: Duration::from_millis(config.uploads.timeout_ms),
             trusted_proxies: config.http.trusted_proxies.clone(),
+            body_read_timeout: Duration::from_millis(config.http.body_read_timeout_ms),
             shutting_down: AtomicBool::new(false),
             turns: Arc::new(turn::Services::new(config, telemetry)?),
         }))

@@ -8,6 +8,8 @@
 //!   response;
 //! - **bodies**: tower-http's `RequestBodyTimeout` ends a body that pauses longer than
 //!   the body read timeout; handlers answer `408 request_timeout`;
+//! - **writes**: a write that stalls for the body read timeout (a client that does not
+//!   read its answers) ends the connection (tokio-io-timeout; hyper has none);
 //! - **connections**: at most `max_connections` are served; more wait in the listen
 //!   backlog;
 //! - **shutdown**: requests in flight get `shutdown_grace`; then the remaining
@@ -27,6 +29,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio_io_timeout::TimeoutStream;
 use tokio_util::sync::CancellationToken;
 use tower_http::timeout::{RequestBodyTimeout, TimeoutError};
 
@@ -77,18 +80,24 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let _ = tcp.set_nodelay(true);
+        // A client that stops reading its answer (or pipelines requests it never reads
+        // the answers to) is cut off when a write stalls for the body read timeout:
+        // hyper has no write timeout of its own.
+        let mut tcp = TimeoutStream::new(tcp);
+        tcp.set_write_timeout(Some(limits.body_read_timeout));
         // Handlers learn the peer's address through axum's `ConnectInfo`.
         let per_connection = service.clone();
         let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
             request.extensions_mut().insert(ConnectInfo(peer));
             hyper::service::Service::call(&per_connection, request)
         });
-        let connection = graceful.watch(http.serve_connection(TokioIo::new(tcp), service));
+        let connection =
+            graceful.watch(http.serve_connection(TokioIo::new(Box::pin(tcp)), service));
         let (hard_stop, app) = (hard_stop.clone(), Arc::clone(&app));
         tokio::spawn(async move {
             let reason = match hard_stop.run_until_cancelled(connection).await {
                 None => "shutdown",
-                Some(Err(e)) if e.is_timeout() => "timeout",
+                Some(Err(e)) if e.is_timeout() || write_timed_out(&e) => "timeout",
                 Some(Err(e)) => {
                     tracing::debug!(%peer, error = %e, "HTTP connection ended.");
                     "ended"
@@ -107,6 +116,20 @@ pub async fn serve(
         tracing::warn!("HTTP connections still open at the shutdown deadline; dropping them.");
         hard_stop.cancel();
     }
+}
+
+/// Whether a connection ended because a write stalled (see `TimeoutStream`).
+fn write_timed_out(error: &(dyn StdError + 'static)) -> bool {
+    let mut source = Some(error);
+    while let Some(e) = source {
+        if e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+        {
+            return true;
+        }
+        source = e.source();
+    }
+    false
 }
 
 /// The problem to answer when reading a request body failed: `408 request_timeout`

@@ -52,8 +52,16 @@ pub(super) async fn create_session(
     if declared.is_some_and(|n| n > app.max_offer_bytes) {
         return Err(too_large());
     }
-    let body = to_bytes(body, app.max_offer_bytes)
+    // The whole offer must arrive within the body read timeout: that bounds a client
+    // trickling it byte by byte, which the pause limit alone does not.
+    let body = tokio::time::timeout(app.body_read_timeout, to_bytes(body, app.max_offer_bytes))
         .await
+        .map_err(|_| {
+            Problem::new(
+                ErrorCode::RequestTimeout,
+                "the offer did not arrive within the body read timeout",
+            )
+        })?
         .map_err(|e| super::server::body_failed(&e, too_large()))?;
     let offer = String::from_utf8(body.to_vec())
         .map_err(|_| Problem::new(ErrorCode::InvalidSdp, "the offer is not UTF-8 text"))?;
@@ -99,6 +107,9 @@ pub(super) async fn delete_session(
 /// appends the address it received from; only the entries trusted proxies added can be
 /// believed).
 pub(super) fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpAddr]) -> IpAddr {
+    // An IPv4 peer of a socket listening on `[::]` shows as `::ffff:a.b.c.d`.
+    let peer = peer.to_canonical();
+    let trusted: Vec<IpAddr> = trusted.iter().map(IpAddr::to_canonical).collect();
     if !trusted.contains(&peer) {
         return peer;
     }
@@ -109,7 +120,13 @@ pub(super) fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpAddr]) -
         .flat_map(|v| v.split(','))
         .collect();
     for entry in forwarded.iter().rev() {
-        match entry.trim().parse::<IpAddr>() {
+        // Some proxies write `address:port` (`[v6]:port`).
+        let entry = entry.trim();
+        let parsed = entry
+            .parse::<IpAddr>()
+            .or_else(|_| entry.parse::<SocketAddr>().map(|a| a.ip()))
+            .map(|ip| ip.to_canonical());
+        match parsed {
             Ok(ip) if trusted.contains(&ip) => continue,
             Ok(ip) => return ip,
             // Not an address: nothing further left can be believed.
@@ -145,6 +162,12 @@ mod tests {
             client_ip(ip("198.51.100.1"), &headers, &trusted),
             ip("198.51.100.1")
         );
+        // IPv4-mapped addresses and ports are the plain address.
+        headers.insert("x-forwarded-for", "203.0.113.7:4711".parse().unwrap());
+        let mapped = ip("::ffff:10.0.0.1");
+        assert_eq!(client_ip(mapped, &headers, &trusted), ip("203.0.113.7"));
+        headers.insert("x-forwarded-for", "::ffff:203.0.113.7".parse().unwrap());
+        assert_eq!(client_ip(mapped, &headers, &trusted), ip("203.0.113.7"));
         // Garbage stops the walk at the proxy.
         headers.insert("x-forwarded-for", "203.0.113.7, junk".parse().unwrap());
         assert_eq!(
