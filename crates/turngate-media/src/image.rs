@@ -41,6 +41,14 @@ pub struct ImageInfo {
     pub height: u32,
 }
 
+/// Bytes the header probe may allocate: headers and the metadata before the pixels (an
+/// ICC profile, text chunks), which PNG stores compressed. Without it the probe ran
+/// with the image crate's 512 MiB default, and a 446 KiB PNG whose iCCP chunk inflates
+/// to 448 MiB raised the gateway's peak RSS by 450 MiB. (The png crate stops inflating
+/// a profile at the budget and drops it; the image is still validated, and the bytes
+/// kept are the client's, profile included.)
+const PROBE_ALLOC: u64 = 4 * 1024 * 1024;
+
 /// Bytes of decoded pixel data the decoder may allocate per pixel (RGBA, 16 bits per
 /// channel), plus fixed slack for decoder state.
 const ALLOC_PER_PIXEL: u64 = 8;
@@ -72,9 +80,20 @@ pub fn validate(bytes: &[u8], limits: &ImageLimits) -> Result<ImageInfo, Error> 
             format!("the {mime} does not decode: {e}"),
         )
     };
-    let (width, height) = ImageReader::with_format(Cursor::new(bytes), format)
-        .into_dimensions()
-        .map_err(corrupt)?;
+    let mut probe = ImageReader::with_format(Cursor::new(bytes), format);
+    let mut probe_limits = Limits::default();
+    probe_limits.max_alloc = Some(PROBE_ALLOC);
+    probe.limits(probe_limits);
+    let (width, height) = probe.into_dimensions().map_err(|e| match e {
+        image::ImageError::Limits(_) => Error::refused(
+            ErrorCode::CorruptImage,
+            format!(
+                "the {mime}'s metadata (an ICC profile or text) needs more than {} MiB; it is refused",
+                PROBE_ALLOC >> 20
+            ),
+        ),
+        other => corrupt(other),
+    })?;
     let pixels = u64::from(width) * u64::from(height);
     if pixels > limits.max_pixels {
         return Err(Error::refused(
