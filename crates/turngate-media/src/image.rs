@@ -56,23 +56,14 @@ const ALLOC_SLACK: u64 = 16 * 1024 * 1024;
 
 /// Checks that `bytes` are an accepted, decodable image within the limits.
 pub fn validate(bytes: &[u8], limits: &ImageLimits) -> Result<ImageInfo, Error> {
-    let format = image::guess_format(bytes).map_err(|_| {
-        Error::refused(
-            ErrorCode::NotAnImage,
-            "the bytes are not a recognised image format",
-        )
-    })?;
+    let format = image::guess_format(bytes).map_err(|_| other_image(bytes))?;
     let mime = match format {
         ImageFormat::Png => "image/png",
         ImageFormat::Jpeg => "image/jpeg",
         ImageFormat::WebP => "image/webp",
         ImageFormat::Gif => "image/gif",
-        other => {
-            return Err(Error::refused(
-                ErrorCode::UnsupportedImageFormat,
-                format!("{other:?} images are not accepted; send PNG, JPEG, WebP or GIF"),
-            ));
-        }
+        ImageFormat::Avif => return Err(unsupported("AVIF")),
+        other => return Err(unsupported(&format!("{other:?}"))),
     };
     let corrupt = |e: image::ImageError| {
         Error::refused(
@@ -143,6 +134,32 @@ pub fn validate(bytes: &[u8], limits: &ImageLimits) -> Result<ImageInfo, Error> 
         width,
         height,
     })
+}
+
+/// What bytes the image crate does not recognise are: an image of a format it does not
+/// know (HEIC/HEIF, as iPhones take photos, by its ISO-BMFF brand; others by their
+/// signature, via `infer`), or not an image at all.
+fn other_image(bytes: &[u8]) -> Error {
+    match infer::get(bytes) {
+        Some(kind) if matches!(kind.mime_type(), "image/heif" | "image/heic") => {
+            unsupported("HEIC/HEIF")
+        }
+        Some(kind) if kind.matcher_type() == infer::MatcherType::Image => {
+            unsupported(kind.mime_type())
+        }
+        _ => Error::refused(
+            ErrorCode::NotAnImage,
+            "the bytes are not a recognised image format",
+        ),
+    }
+}
+
+/// `unsupported_image_format`, naming the format and what is accepted.
+fn unsupported(format: &str) -> Error {
+    Error::refused(
+        ErrorCode::UnsupportedImageFormat,
+        format!("{format} images are not accepted; send PNG, JPEG, WebP or GIF"),
+    )
 }
 
 /// Frames of an animation may add up to this many times the pixel limit.
@@ -231,6 +248,27 @@ mod tests {
     #[test]
     fn refuses_each_kind_of_bad_image_with_its_code() {
         assert_eq!(code(b"hello, not an image at all"), ErrorCode::NotAnImage);
+        // An iPhone photo (HEIC) and an AVIF, by their ISO-BMFF `ftyp` brands.
+        for (brand, name) in [
+            (&b"heic"[..], "HEIC/HEIF"),
+            (b"mif1", "HEIC/HEIF"),
+            (b"avif", "AVIF"),
+        ] {
+            let mut file = vec![0, 0, 0, 24];
+            file.extend_from_slice(b"ftyp");
+            file.extend_from_slice(brand);
+            file.extend_from_slice(&[0, 0, 0, 0]);
+            file.extend_from_slice(b"mif1heic");
+            file.extend_from_slice(&[0; 64]);
+            let err = validate(&file, &ImageLimits::default()).unwrap_err();
+            assert_eq!(
+                err.code(),
+                ErrorCode::UnsupportedImageFormat,
+                "{name}: {err}"
+            );
+            assert!(err.to_string().contains(name), "{err}");
+            assert!(err.to_string().contains("PNG, JPEG, WebP or GIF"), "{err}");
+        }
         // A TIFF header: recognised, not accepted.
         assert_eq!(
             code(b"II*\x00\x08\x00\x00\x00rest"),
