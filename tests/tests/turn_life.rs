@@ -37,6 +37,14 @@ async fn start_turn(client: &Client) -> anyhow::Result<String> {
     Ok(started[0]["turn_id"].as_str().unwrap().to_owned())
 }
 
+/// Makes the fake ASR answer "turn {turn id}", so transcripts can be told apart.
+fn name_transcripts(seen: &Shared) {
+    seen.lock()
+        .unwrap()
+        .asr_delay
+        .push(("-".into(), Duration::ZERO));
+}
+
 /// The user message of the one LLM request the fake backend got.
 fn the_answers_user_message(seen: &Shared) -> Value {
     let seen = seen.lock().unwrap();
@@ -277,10 +285,7 @@ async fn a_superseded_vad_turn_is_answered_by_the_turn_that_replaced_it() -> any
     let client = Client::connect(&gw, true).await?;
     client.session_id().await?;
     // Transcripts name their turn.
-    seen.lock()
-        .unwrap()
-        .asr_delay
-        .push(("-".into(), Duration::ZERO));
+    name_transcripts(&seen);
     let packets = speech()?;
     client.send_packets(&packets[..60], &[]).await?;
     let vad = client
@@ -336,10 +341,7 @@ async fn a_turn_start_during_a_vad_chain_folds_every_piece_into_one_answer() -> 
     client.session_id().await?;
     // Transcripts name their turn; the first piece's ASR is slow, so it is still
     // running when the client's turn begins.
-    seen.lock()
-        .unwrap()
-        .asr_delay
-        .push(("-".into(), Duration::ZERO));
+    name_transcripts(&seen);
     let packets = speech()?;
     client.send_packets(&packets[..40], &[]).await?;
     let first = client

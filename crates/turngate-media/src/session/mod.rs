@@ -252,7 +252,6 @@ pub fn start(
         at: Duration::ZERO,
         downstream: downstream_tx,
         channel: None,
-        connected: false,
         validated: mpsc::channel(VALIDATED_QUEUE),
         validating: HashMap::new(),
         blob_seq: 0,
@@ -280,7 +279,6 @@ struct Driver {
     ingress: Ingress,
     downstream: mpsc::Sender<Downstream>,
     channel: Option<Arc<dyn DataChannel>>,
-    connected: bool,
     close: watch::Receiver<Option<(SessionEnd, Duration)>>,
     uploads: Reassembler,
     validated: (
@@ -319,6 +317,8 @@ impl Driver {
             if let Some((why, at)) = self.closing {
                 break self.drain_before_close(why, at).await;
             }
+            // Whether the peer has connected: kept once, where the API reads it too.
+            let connected = *self.shared.connected.borrow();
             let tick = [self.engine.poll_timeout(), self.uploads.poll_timeout()]
                 .into_iter()
                 .flatten()
@@ -330,11 +330,10 @@ impl Driver {
                 Some(event) = events.recv() => match event {
                     PeerEvent::State(state) => match state {
                         RTCPeerConnectionState::Connected => {
-                            self.connected = true;
                             self.shared.connected.send_replace(true);
                         }
                         RTCPeerConnectionState::Failed | RTCPeerConnectionState::Disconnected
-                            if !self.connected => break SessionEnd::PeerFailed,
+                            if !connected => break SessionEnd::PeerFailed,
                         RTCPeerConnectionState::Failed => break SessionEnd::PeerFailed,
                         RTCPeerConnectionState::Closed => break SessionEnd::PeerClosed,
                         _ => {}
@@ -367,7 +366,7 @@ impl Driver {
                     self.expire_uploads(at).await;
                     self.drain().await;
                 }
-                _ = tokio::time::sleep_until(connect_deadline), if !self.connected => break SessionEnd::ConnectTimeout,
+                _ = tokio::time::sleep_until(connect_deadline), if !connected => break SessionEnd::ConnectTimeout,
             }
         };
         self.finish(why, connection, port).await;

@@ -118,32 +118,30 @@ pub async fn serve(
     }
 }
 
+/// Whether `error` or any error in its source chain satisfies `is`.
+fn caused_by(
+    error: &(dyn StdError + 'static),
+    is: impl Fn(&(dyn StdError + 'static)) -> bool,
+) -> bool {
+    std::iter::successors(Some(error), |&e| e.source()).any(is)
+}
+
 /// Whether a connection ended because a write stalled (see `TimeoutStream`).
 fn write_timed_out(error: &(dyn StdError + 'static)) -> bool {
-    let mut source = Some(error);
-    while let Some(e) = source {
-        if e.downcast_ref::<std::io::Error>()
+    caused_by(error, |e| {
+        e.downcast_ref::<std::io::Error>()
             .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
-        {
-            return true;
-        }
-        source = e.source();
-    }
-    false
+    })
 }
 
 /// The problem to answer when reading a request body failed: `408 request_timeout`
 /// if the body paused longer than the body read timeout, else `otherwise`.
 pub fn body_failed(error: &(dyn StdError + 'static), otherwise: Problem) -> Problem {
-    let mut source = Some(error);
-    while let Some(e) = source {
-        if e.is::<TimeoutError>() {
-            return Problem::new(
-                ErrorCode::RequestTimeout,
-                "the request body paused longer than the body read timeout",
-            );
-        }
-        source = e.source();
+    if caused_by(error, |e| e.is::<TimeoutError>()) {
+        return Problem::new(
+            ErrorCode::RequestTimeout,
+            "the request body paused longer than the body read timeout",
+        );
     }
     otherwise
 }
