@@ -62,6 +62,8 @@ pub enum Fault {
     Status400,
     Malformed,
     Slow,
+    /// Answers normally, after 10 s.
+    Hang,
     /// LLM only: the stream stops after a delta, without [DONE].
     Break,
     /// LLM only: deltas come slowly, for a barge-in.
@@ -108,6 +110,10 @@ async fn misbehave(fault: Fault) -> Option<axum::response::Response> {
         }
         Fault::Slow => {
             tokio::time::sleep(Duration::from_millis(1500)).await;
+            None
+        }
+        Fault::Hang => {
+            tokio::time::sleep(Duration::from_secs(10)).await;
             None
         }
         _ => None,

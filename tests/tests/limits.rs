@@ -342,3 +342,108 @@ async fn a_client_that_never_reads_its_answers_is_cut_off() -> anyhow::Result<()
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn turns_beyond_the_backend_queue_are_shed_and_the_queue_depth_is_visible()
+-> anyhow::Result<()> {
+    let (base, seen) = fake_openai::fake_openai().await?;
+    seen.lock().unwrap().asr_fault = fake_openai::Fault::Hang;
+    let dir = std::env::temp_dir().join(format!("turngate-shed-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let file = dir.join("asr.toml");
+    std::fs::write(
+        &file,
+        "[asr]\nmax_concurrent = 2\nmax_queued = 8\nqueue_timeout_ms = 3000\ntimeout_ms = 30000\n",
+    )?;
+    let env = fake_openai::backend_env(&base, "", "");
+    let mut env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    env.retain(|(k, _)| *k != "TURNGATE_ASR_TIMEOUT_MS");
+    let args = [
+        "--config",
+        file.to_str().unwrap(),
+        "--max-pending-per-ip",
+        "64",
+    ];
+    let gw = Gateway::start(&args, &env).await?;
+    let (rate, pcm) = wav::read(&data("speech.wav"))?;
+    let packets = encode_opus(rate, &pcm)?;
+    // Fifty sessions, one turn each, with a little speech, while ASR takes 10 s.
+    let clients = futures_util::future::try_join_all((0..50).map(|_| async {
+        let client = Client::connect(&gw, true).await?;
+        client.session_id().await?;
+        anyhow::Ok(client)
+    }))
+    .await?;
+    futures_util::future::try_join_all(clients.iter().map(|client| async {
+        client
+            .send_event(serde_json::json!({"type": "turn.start"}))
+            .await?;
+        client
+            .inbox
+            .wait("turn.started", 1, Duration::from_secs(5))
+            .await?;
+        client.send_packets(&packets[25..30], &[]).await?;
+        client
+            .send_event(serde_json::json!({"type": "turn.end"}))
+            .await
+    }))
+    .await?;
+    let count = |kind: &str, code: Option<&str>| -> usize {
+        clients
+            .iter()
+            .flat_map(|c| c.inbox.of(kind))
+            .filter(|e| code.is_none_or(|code| e["code"] == code))
+            .count()
+    };
+    // Two run, eight wait, forty are shed at once, failed with `overloaded`.
+    wait_until(Duration::from_secs(5), || {
+        count("turn.completed", None) == 40
+    })
+    .await?;
+    assert_eq!(count("error", Some("overloaded")), 40);
+    let shed = |reason: &'static str| {
+        format!("turngate_backend_shed_total{{backend=\"asr\",reason=\"{reason}\"}}")
+    };
+    assert_eq!(gw.metric(&shed("queue_full")).await?, 40.0);
+    assert_eq!(
+        gw.metric("turngate_backend_queued{backend=\"asr\"}")
+            .await?,
+        8.0
+    );
+    assert_eq!(gw.metric("turngate_turns_processing").await?, 10.0);
+    let completed: Vec<_> = clients
+        .iter()
+        .flat_map(|c| c.inbox.of("turn.completed"))
+        .collect();
+    assert!(
+        completed
+            .iter()
+            .all(|c| c["status"] == "failed" && c["stages"]["asr"] == "failed"),
+        "{completed:#?}"
+    );
+    // The waiting ones are shed when no slot comes free within the queue timeout.
+    wait_until(Duration::from_secs(6), || {
+        count("turn.completed", None) == 48
+    })
+    .await?;
+    assert_eq!(count("error", Some("overloaded")), 48);
+    assert_eq!(gw.metric(&shed("queue_timeout")).await?, 8.0);
+    assert_eq!(
+        gw.metric("turngate_backend_queued{backend=\"asr\"}")
+            .await?,
+        0.0
+    );
+    // Only the two that got a slot reached the backend.
+    assert_eq!(seen.lock().unwrap().transcriptions(), 2);
+    Ok(())
+}
+
+/// Polls `done` every 50 ms until it holds, or fails after `timeout`.
+async fn wait_until(timeout: Duration, done: impl Fn() -> bool) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !done() {
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "timed out");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}

@@ -1,22 +1,18 @@
 //! One configured backend: where it is, how to authenticate, how long to wait, how often
-//! to retry, how many calls at once — and a circuit breaker so that a backend that is
-//! down fails fast instead of piling up calls.
+//! to retry, how many calls at once and how many may wait ([`crate::slots`]) — and a
+//! circuit breaker ([`crate::breaker`]) so that a backend that is down fails fast
+//! instead of piling up calls.
 
 use std::fmt;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use reqwest::header::{HeaderMap, HeaderValue};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::breaker::{Breaker, Permit};
 use crate::context::TurnContext;
 use crate::error::{self, BackendError, TimeoutKind};
-
-/// Consecutive unreachable answers that open the circuit.
-const BREAKER_THRESHOLD: u32 = 3;
-/// How long an open circuit refuses calls before letting one through.
-const BREAKER_COOLDOWN: Duration = Duration::from_secs(5);
+use crate::slots::{Shed, Slot, SlotLimits, Slots};
 /// First retry delay; doubled per attempt up to [`MAX_BACKOFF`].
 const BACKOFF: Duration = Duration::from_millis(200);
 /// Longest delay between two attempts, however many retries are configured: a backend
@@ -48,14 +44,23 @@ pub struct BackendConfig {
     /// Bearer token, if the backend wants one. Never logged.
     pub api_key: Option<ApiKey>,
     /// ASR and vision: per-request timeout in milliseconds (connection, headers, body).
-    /// All backends: the longest wait for a free call slot, and (up to 10 s) to connect.
-    /// An LLM stream's deadlines are [`crate::llm::StreamTimeouts`] instead.
+    /// All backends: the connect timeout (at most 10 s). An LLM stream's deadlines are
+    /// [`crate::llm::StreamTimeouts`] instead.
     pub timeout_ms: u64,
     /// Retries of a failed request where repeating it is safe (never once an LLM stream
-    /// has started), with exponential back-off from 200 ms capped at 2 s.
+    /// has started), with exponential back-off from 200 ms capped at 2 s. A retry keeps
+    /// the call's slot.
     pub retries: u32,
-    /// Calls at once; more wait up to the timeout, then fail.
+    /// Calls at once, gateway-wide. Default 16.
     pub max_concurrent: usize,
+    /// Calls at once of one session: its fair share of `max_concurrent`. Default 4.
+    pub max_concurrent_per_session: usize,
+    /// Calls waiting for a slot, gateway-wide; one more is shed (`overloaded`). Default 64.
+    pub max_queued: usize,
+    /// Calls of one session waiting for a slot; one more is shed. Default 8.
+    pub max_queued_per_session: usize,
+    /// Longest wait for a slot in milliseconds, then the call is shed. Default 10 000.
+    pub queue_timeout_ms: u64,
     /// The API spoken, for telemetry (`gen_ai.provider.name`): `openai` for
     /// OpenAI-compatible servers.
     pub provider: String,
@@ -70,6 +75,10 @@ impl Default for BackendConfig {
             timeout_ms: 30_000,
             retries: 1,
             max_concurrent: 16,
+            max_concurrent_per_session: 4,
+            max_queued: 64,
+            max_queued_per_session: 8,
+            queue_timeout_ms: 10_000,
             provider: "openai".into(),
         }
     }
@@ -88,9 +97,8 @@ pub struct Backend {
     pub name: &'static str,
     config: BackendConfig,
     http: reqwest::Client,
-    permits: Arc<Semaphore>,
-    failures: AtomicU32,
-    open_until_ms: AtomicU64,
+    slots: Slots,
+    breaker: Mutex<Breaker>,
     epoch: Instant,
 }
 
@@ -102,16 +110,31 @@ impl Backend {
             .connect_timeout(Duration::from_millis(config.timeout_ms.min(10_000)))
             .build()
             .map_err(|e| BackendError::Config(format!("{name}: {e}")))?;
-        let permits = Arc::new(Semaphore::new(config.max_concurrent.max(1)));
+        let slots = Slots::new(SlotLimits {
+            max_concurrent: config.max_concurrent,
+            per_session: config.max_concurrent_per_session,
+            max_queued: config.max_queued,
+            max_queued_per_session: config.max_queued_per_session,
+            queue_timeout: Duration::from_millis(config.queue_timeout_ms),
+        });
         Ok(Self {
             name,
             config,
             http,
-            permits,
-            failures: AtomicU32::new(0),
-            open_until_ms: AtomicU64::new(0),
+            slots,
+            breaker: Mutex::default(),
             epoch: Instant::now(),
         })
+    }
+
+    /// Calls waiting for a slot now.
+    pub fn queued(&self) -> usize {
+        self.slots.queued()
+    }
+
+    /// Calls shed so far for `reason`.
+    pub fn shed(&self, reason: Shed) -> u64 {
+        self.slots.shed(reason)
     }
 
     /// The configuration.
@@ -129,19 +152,20 @@ impl Backend {
         format!("{}{path}", self.config.url.trim_end_matches('/'))
     }
 
-    /// Sends a request built by `build`, with the turn's trace headers, the API key, the
-    /// per-request timeout (`timeout_ms`, reported as [`TimeoutKind::Request`]), bounded
-    /// concurrency and the circuit breaker; retries where `retry` allows.
-    /// Returns the successful response and the permit to hold while reading it.
+    /// Sends a request built by `build` (called once the call has its slot, so a large
+    /// body is only made then), with the turn's trace headers, the API key, the
+    /// per-request timeout (`timeout_ms`, reported as [`TimeoutKind::Request`]), the
+    /// session's fair share of slots and the circuit breaker; retries where `retry`
+    /// allows. Returns the successful response and the slot to hold while reading it.
     ///
-    /// Errors: `Timeout`, `Unavailable`, `Status` (with the body's error message, if it
-    /// has one), `Config`.
+    /// Errors: `Overloaded` (shed: no slot), `Timeout`, `Unavailable`, `Status` (with
+    /// the body's error message, if it has one), `Config`.
     pub async fn send(
         &self,
         ctx: &TurnContext,
         retry: bool,
         build: impl Fn(&reqwest::Client) -> reqwest::RequestBuilder,
-    ) -> Result<(reqwest::Response, OwnedSemaphorePermit), BackendError> {
+    ) -> Result<(reqwest::Response, Slot), BackendError> {
         self.send_with(ctx, retry, Some(self.timeout()), build)
             .await
     }
@@ -154,7 +178,13 @@ impl Backend {
         retry: bool,
         timeout: Option<Duration>,
         build: impl Fn(&reqwest::Client) -> reqwest::RequestBuilder,
-    ) -> Result<(reqwest::Response, OwnedSemaphorePermit), BackendError> {
+    ) -> Result<(reqwest::Response, Slot), BackendError> {
+        let slot = self.slots.acquire(ctx.session_id).await.map_err(|reason| {
+            BackendError::Overloaded {
+                backend: self.name,
+                reason,
+            }
+        })?;
         let mut attempt = 0;
         loop {
             let result = self.attempt(ctx, timeout, &build).await;
@@ -164,9 +194,17 @@ impl Backend {
                     tokio::time::sleep(backoff(attempt)).await;
                     attempt += 1;
                 }
-                other => return other,
+                other => return other.map(|response| (response, slot)),
             }
         }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    fn breaker(&self) -> std::sync::MutexGuard<'_, Breaker> {
+        self.breaker.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     async fn attempt(
@@ -174,22 +212,20 @@ impl Backend {
         ctx: &TurnContext,
         timeout: Option<Duration>,
         build: &impl Fn(&reqwest::Client) -> reqwest::RequestBuilder,
-    ) -> Result<(reqwest::Response, OwnedSemaphorePermit), BackendError> {
-        let now_ms = self.epoch.elapsed().as_millis() as u64;
-        if self.open_until_ms.load(Ordering::Relaxed) > now_ms {
-            return Err(BackendError::Unavailable {
-                backend: self.name,
-                detail: "failing fast: it was unreachable just now".into(),
-            });
-        }
-        let permit =
-            tokio::time::timeout(self.timeout(), Arc::clone(&self.permits).acquire_owned())
-                .await
-                .map_err(|_| BackendError::Unavailable {
+    ) -> Result<reqwest::Response, BackendError> {
+        let permit = self.breaker().permit(self.now_ms());
+        match permit {
+            Permit::Refuse => {
+                return Err(BackendError::Unavailable {
                     backend: self.name,
-                    detail: "too many calls waiting".into(),
-                })?
-                .map_err(|_| BackendError::Config(format!("{}: closed", self.name)))?;
+                    detail: "failing fast: it was unreachable just now".into(),
+                });
+            }
+            Permit::Probe => {
+                tracing::info!(backend = self.name, "Circuit half-open: probing.");
+            }
+            Permit::Call => {}
+        }
         let mut headers = HeaderMap::new();
         let value = |s: String| {
             HeaderValue::from_str(&s)
@@ -222,11 +258,11 @@ impl Backend {
                         detail: describe(e),
                     }
                 };
-                self.record_failure();
+                self.breaker().failed(self.now_ms());
                 return Err(error);
             }
         };
-        self.failures.store(0, Ordering::Relaxed);
+        self.breaker().succeeded();
         let status = response.status();
         if !status.is_success() {
             return Err(BackendError::Status {
@@ -235,16 +271,7 @@ impl Backend {
                 message: error::error_message(&error_body(response).await),
             });
         }
-        Ok((response, permit))
-    }
-
-    fn record_failure(&self) {
-        if self.failures.fetch_add(1, Ordering::Relaxed) + 1 >= BREAKER_THRESHOLD {
-            let until = self.epoch.elapsed() + BREAKER_COOLDOWN;
-            self.open_until_ms
-                .store(until.as_millis() as u64, Ordering::Relaxed);
-            self.failures.store(0, Ordering::Relaxed);
-        }
+        Ok(response)
     }
 }
 

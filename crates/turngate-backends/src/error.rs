@@ -112,10 +112,28 @@ pub enum BackendError {
         /// What happened (the gateway's words, or the transport's error chain).
         detail: String,
     },
+    /// The call was shed: no call slot of the backend came free in time, or too many
+    /// calls were waiting for one (see [`crate::slots`]). The backend did nothing wrong:
+    /// never retried, never counted against its health.
+    #[error("{backend} is overloaded: {}", shed_reason(*.reason))]
+    Overloaded {
+        /// The backend's name.
+        backend: &'static str,
+        /// Why the call was shed.
+        reason: crate::slots::Shed,
+    },
     /// The configuration cannot work (e.g. no TLS provider, an API key that is not a
     /// valid header value).
     #[error("{0}")]
     Config(String),
+}
+
+fn shed_reason(reason: crate::slots::Shed) -> &'static str {
+    match reason {
+        crate::slots::Shed::QueueFull => "too many turns are waiting for it",
+        crate::slots::Shed::SessionQueueFull => "this session has too many turns waiting for it",
+        crate::slots::Shed::QueueTimeout => "no call slot came free in time",
+    }
 }
 
 /// `: {message}`, or nothing.
@@ -135,6 +153,7 @@ impl BackendError {
             Self::Status { .. } | Self::StreamError { .. } => ErrorCode::BackendStatus,
             Self::Malformed { .. } => ErrorCode::BackendMalformed,
             Self::StreamBroken { .. } => ErrorCode::BackendStreamBroken,
+            Self::Overloaded { .. } => ErrorCode::Overloaded,
             Self::Config(_) => ErrorCode::Internal,
         }
     }
@@ -150,9 +169,10 @@ impl BackendError {
             Self::Malformed { backend, .. } => format!("{backend} sent a malformed answer"),
             Self::StreamBroken { backend, .. } => format!("{backend}'s stream broke off"),
             Self::Config(_) => "a backend is misconfigured".into(),
-            Self::Timeout { .. } | Self::Status { .. } | Self::StreamError { .. } => {
-                self.to_string()
-            }
+            Self::Timeout { .. }
+            | Self::Status { .. }
+            | Self::StreamError { .. }
+            | Self::Overloaded { .. } => self.to_string(),
         }
     }
 

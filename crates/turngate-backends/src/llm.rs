@@ -8,11 +8,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use eventsource_stream::{Event, EventStreamError, Eventsource};
 use futures_util::StreamExt;
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use crate::chat::{Message, Request, StreamOptions};
 use crate::client::{Backend, describe};
 use crate::context::TurnContext;
 use crate::error::{self, BackendError, TimeoutKind};
@@ -104,17 +105,19 @@ impl Drop for LlmStream {
 pub async fn stream(
     backend: &Backend,
     ctx: &TurnContext,
-    messages: Vec<Value>,
+    messages: Vec<Message>,
     timeouts: StreamTimeouts,
 ) -> Result<LlmStream, BackendError> {
     let clock = Clock::start(backend.name, timeouts);
-    let body = json!({
-        "model": backend.config().model,
-        "stream": true,
-        "stream_options": {"include_usage": true},
-        "user": ctx.turn_id.to_string(),
-        "messages": messages,
-    });
+    let body = Request {
+        model: &backend.config().model,
+        user: ctx.turn_id.to_string(),
+        messages: &messages,
+        stream: true,
+        stream_options: Some(StreamOptions {
+            include_usage: true,
+        }),
+    };
     let url = backend.url("/chat/completions");
     let send = backend.send_with(ctx, true, None, |http| http.post(&url).json(&body));
     let (deadline, late) = clock.deadline(false);

@@ -1,11 +1,10 @@
 //! Image description: `POST {base}/chat/completions` (OpenAI-compatible) with the image
 //! as a data URL and a configurable instruction.
 
-use base64::Engine;
-use serde_json::json;
 use turngate_core::Blob;
 
 use crate::asr::{body_error, malformed};
+use crate::chat::{Content, Message, Part, Request, Role};
 use crate::client::Backend;
 use crate::context::TurnContext;
 use crate::error::BackendError;
@@ -18,13 +17,15 @@ use crate::error::BackendError;
 pub async fn describe(
     backend: &Backend,
     ctx: &TurnContext,
-    messages: Vec<serde_json::Value>,
+    messages: Vec<Message>,
 ) -> Result<String, BackendError> {
-    let body = json!({
-        "model": backend.config().model,
-        "user": ctx.turn_id.to_string(),
-        "messages": messages,
-    });
+    let body = Request {
+        model: &backend.config().model,
+        user: ctx.turn_id.to_string(),
+        messages: &messages,
+        stream: false,
+        stream_options: None,
+    };
     let url = backend.url("/chat/completions");
     let (response, _permit) = backend
         .send(ctx, true, |http| http.post(&url).json(&body))
@@ -42,21 +43,14 @@ pub async fn describe(
 }
 
 /// The messages the vision model is sent for one image.
-pub fn messages(blob: &Blob, instruction: &str) -> Vec<serde_json::Value> {
-    vec![json!({
-        "role": "user",
-        "content": [
-            {"type": "text", "text": instruction},
-            {"type": "image_url", "image_url": {"url": data_url(blob)}},
-        ],
-    })]
-}
-
-/// `data:{mime};base64,…` of a blob.
-pub fn data_url(blob: &Blob) -> String {
-    format!(
-        "data:{};base64,{}",
-        blob.mime,
-        base64::engine::general_purpose::STANDARD.encode(&blob.bytes)
-    )
+pub fn messages(blob: &Blob, instruction: &str) -> Vec<Message> {
+    vec![Message {
+        role: Role::User,
+        content: Content::Parts(vec![
+            Part::Text {
+                text: instruction.to_owned(),
+            },
+            Part::image(blob.mime.clone(), blob.bytes.clone()),
+        ]),
+    }]
 }

@@ -12,6 +12,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use serde_json::{Value, json};
+use turngate_backends::chat::{Message, Role};
 use turngate_backends::error::{MESSAGE_CAP, TimeoutKind};
 use turngate_backends::llm::{self, LlmEvent, LlmStream, StreamTimeouts, Usage};
 use turngate_backends::{Backend, BackendConfig, BackendError, TurnContext, asr, vision};
@@ -118,8 +119,8 @@ fn ctx() -> TurnContext {
     }
 }
 
-fn messages() -> Vec<Value> {
-    vec![json!({"role": "user", "content": "hello"})]
+fn messages() -> Vec<Message> {
+    vec![Message::text(Role::User, "hello")]
 }
 
 fn timeouts(first_token: u64, idle: u64, total: u64) -> StreamTimeouts {
@@ -589,4 +590,63 @@ async fn vision_keeps_the_request_timeout() {
         "vision timed out waiting for its answer (300 ms)"
     );
     assert!(started.elapsed() < Duration::from_secs(2));
+}
+
+/// After three unreachable answers the circuit opens; once its cooldown has passed,
+/// exactly one call probes the backend while the others still fail fast, and the
+/// probe's answer closes it.
+#[tokio::test]
+async fn a_half_open_circuit_lets_one_probe_through() {
+    // A port with nothing listening: connections are refused.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    let base = format!("http://{addr}/v1");
+    let vision = backend("vision", &base, 2_000, 0);
+    let ctx = ctx();
+    for _ in 0..3 {
+        let e = vision::describe(&vision, &ctx, messages())
+            .await
+            .unwrap_err();
+        assert!(matches!(e, BackendError::Unavailable { .. }), "{e}");
+    }
+    let e = vision::describe(&vision, &ctx, messages())
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("failing fast"), "{e}");
+    // The backend comes back, slowly answering, on the same port.
+    let calls = Arc::new(AtomicUsize::new(0));
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    let counted = Arc::clone(&calls);
+    let app = Router::new().route(
+        "/v1/chat/completions",
+        post(move || {
+            counted.fetch_add(1, Ordering::SeqCst);
+            async {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                axum::Json(json!({"choices": [{"message": {"content": "a cat"}}]}))
+            }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    tokio::time::sleep(turngate_backends::breaker::BREAKER_COOLDOWN).await;
+    let results =
+        futures_util::future::join_all((0..4).map(|_| vision::describe(&vision, &ctx, messages())))
+            .await;
+    let probed: Vec<_> = results.iter().filter(|r| r.is_ok()).collect();
+    assert_eq!(probed.len(), 1, "{results:?}");
+    assert!(
+        results
+            .iter()
+            .filter_map(|r| r.as_ref().err())
+            .all(|e| e.to_string().contains("failing fast")),
+        "{results:?}"
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    // Closed again: calls go through.
+    let results =
+        futures_util::future::join_all((0..3).map(|_| vision::describe(&vision, &ctx, messages())))
+            .await;
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    assert_eq!(calls.load(Ordering::SeqCst), 4);
 }

@@ -100,6 +100,10 @@ pub enum ErrorCode {
     BackendStreamBroken,
     /// A request's body did not arrive within the body read timeout.
     RequestTimeout,
+    /// The gateway is at a capacity bound and shed the work: a backend's queue was full
+    /// or no call slot came free in time, no image validator came free in time, or the
+    /// gateway holds its budget of image bytes. Retrying later may succeed.
+    Overloaded,
     /// An unexpected failure inside the gateway; the message says more.
     Internal,
 }
@@ -150,6 +154,7 @@ impl ErrorCode {
         Self::BackendMalformed,
         Self::BackendStreamBroken,
         Self::RequestTimeout,
+        Self::Overloaded,
         Self::Internal,
     ];
 
@@ -199,6 +204,7 @@ impl ErrorCode {
             Self::BackendMalformed => "backend_malformed",
             Self::BackendStreamBroken => "backend_stream_broken",
             Self::RequestTimeout => "request_timeout",
+            Self::Overloaded => "overloaded",
             Self::Internal => "internal",
         }
     }

@@ -6,21 +6,45 @@
 //! larger one keeps its part without content, so that one screenshot cannot push a
 //! span past what collectors accept (which would lose its whole export batch).
 
+use base64::Engine;
 use serde_json::{Value, json};
 
 /// Largest base64 image inlined into a content attribute.
 pub const MAX_INLINE_IMAGE_BYTES: usize = 256 * 1024;
 
-/// Content of a chat request given as OpenAI-compatible `messages`: the system
-/// instructions (if any) and the other messages, as GenAI JSON.
-pub fn input_messages(messages: &[Value]) -> (Option<String>, String) {
+/// One message of a chat request, as content capture reads it.
+#[derive(Clone, Copy, Debug)]
+pub struct InputMessage<'a> {
+    /// `system`, `user` or `assistant`.
+    pub role: &'a str,
+    /// Its parts, in order.
+    pub parts: &'a [InputPart<'a>],
+}
+
+/// A part of a chat message.
+#[derive(Clone, Copy, Debug)]
+pub enum InputPart<'a> {
+    /// Text.
+    Text(&'a str),
+    /// An image: its content type and bytes (encoded only if it is inlined).
+    Image {
+        /// Content type.
+        mime: &'a str,
+        /// The image.
+        bytes: &'a [u8],
+    },
+}
+
+/// Content of a chat request: the system instructions (if any) and the other messages,
+/// as GenAI JSON.
+pub fn input_messages(messages: &[InputMessage<'_>]) -> (Option<String>, String) {
     let mut system = Vec::new();
     let mut input = Vec::new();
     for message in messages {
-        let parts = parts(&message["content"]);
-        match message["role"].as_str() {
-            Some("system") => system.extend(parts),
-            role => input.push(json!({"role": role.unwrap_or("user"), "parts": parts})),
+        let parts = message.parts.iter().map(part);
+        match message.role {
+            "system" => system.extend(parts),
+            role => input.push(json!({"role": role, "parts": parts.collect::<Vec<_>>()})),
         }
     }
     let system = (!system.is_empty()).then(|| Value::Array(system).to_string());
@@ -36,33 +60,19 @@ pub fn output_messages(text: &str, finish_reason: Option<&str>) -> String {
     json!([message]).to_string()
 }
 
-fn parts(content: &Value) -> Vec<Value> {
-    match content {
-        Value::String(text) => vec![json!({"type": "text", "content": text})],
-        Value::Array(items) => items
-            .iter()
-            .map(|item| match item["type"].as_str() {
-                Some("text") => json!({"type": "text", "content": item["text"]}),
-                Some("image_url") => image(item["image_url"]["url"].as_str().unwrap_or("")),
-                _ => item.clone(),
-            })
-            .collect(),
-        _ => Vec::new(),
-    }
-}
-
-fn image(url: &str) -> Value {
-    let Some((mime, data)) = url
-        .strip_prefix("data:")
-        .and_then(|rest| rest.split_once(";base64,"))
-    else {
-        return json!({"type": "uri", "modality": "image", "uri": url});
-    };
-    if data.len() <= MAX_INLINE_IMAGE_BYTES {
-        json!({"type": "blob", "modality": "image", "mime_type": mime, "content": data})
-    } else {
-        json!({"type": "blob", "modality": "image", "mime_type": mime,
-               "turngate.omitted_base64_bytes": data.len()})
+fn part(part: &InputPart<'_>) -> Value {
+    match *part {
+        InputPart::Text(text) => json!({"type": "text", "content": text}),
+        InputPart::Image { mime, bytes } => {
+            let encoded = bytes.len().div_ceil(3) * 4;
+            if encoded <= MAX_INLINE_IMAGE_BYTES {
+                let content = base64::engine::general_purpose::STANDARD.encode(bytes);
+                json!({"type": "blob", "modality": "image", "mime_type": mime, "content": content})
+            } else {
+                json!({"type": "blob", "modality": "image", "mime_type": mime,
+                       "turngate.omitted_base64_bytes": encoded})
+            }
+        }
     }
 }
 
@@ -71,15 +81,31 @@ mod tests {
     use super::*;
 
     #[test]
-    fn openai_messages_become_genai_messages() {
+    fn chat_messages_become_genai_messages() {
+        let look = [
+            InputPart::Text("look"),
+            InputPart::Image {
+                mime: "image/png",
+                bytes: b"\x89PNG",
+            },
+        ];
         let messages = [
-            json!({"role": "system", "content": "Be brief."}),
-            json!({"role": "user", "content": "hi"}),
-            json!({"role": "assistant", "content": "hello"}),
-            json!({"role": "user", "content": [
-                {"type": "text", "text": "look"},
-                {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBOR"}},
-            ]}),
+            InputMessage {
+                role: "system",
+                parts: &[InputPart::Text("Be brief.")],
+            },
+            InputMessage {
+                role: "user",
+                parts: &[InputPart::Text("hi")],
+            },
+            InputMessage {
+                role: "assistant",
+                parts: &[InputPart::Text("hello")],
+            },
+            InputMessage {
+                role: "user",
+                parts: &look,
+            },
         ];
         let (system, input) = input_messages(&messages);
         assert_eq!(
@@ -98,20 +124,20 @@ mod tests {
         );
         assert_eq!(
             input[2]["parts"][1],
-            json!({"type": "blob", "modality": "image", "mime_type": "image/png", "content": "iVBOR"})
+            json!({"type": "blob", "modality": "image", "mime_type": "image/png", "content": "iVBORw=="})
         );
     }
 
     #[test]
     fn large_images_are_not_inlined() {
-        let url = format!(
-            "data:image/png;base64,{}",
-            "A".repeat(MAX_INLINE_IMAGE_BYTES + 4)
-        );
-        let part = image(&url);
-        assert!(part.get("content").is_none());
+        let bytes = vec![0u8; MAX_INLINE_IMAGE_BYTES / 4 * 3 + 3];
+        let value = part(&InputPart::Image {
+            mime: "image/png",
+            bytes: &bytes,
+        });
+        assert!(value.get("content").is_none());
         assert_eq!(
-            part["turngate.omitted_base64_bytes"],
+            value["turngate.omitted_base64_bytes"],
             MAX_INLINE_IMAGE_BYTES + 4
         );
     }

@@ -45,7 +45,9 @@ pub fn status(code: ErrorCode) -> StatusCode {
         TooManyUploads | UploadBudgetExceeded | TooManyPending => StatusCode::TOO_MANY_REQUESTS,
         NotFound => StatusCode::NOT_FOUND,
         MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-        TooManySessions | NoMediaPort | ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+        TooManySessions | NoMediaPort | ShuttingDown | Overloaded => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
         Internal => StatusCode::INTERNAL_SERVER_ERROR,
         RequestTimeout => StatusCode::REQUEST_TIMEOUT,
         BackendTimeout => StatusCode::GATEWAY_TIMEOUT,
@@ -79,6 +81,7 @@ impl IntoResponse for Problem {
                 | ErrorCode::TooManyPending
                 | ErrorCode::NoMediaPort
                 | ErrorCode::ShuttingDown
+                | ErrorCode::Overloaded
         ) {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_S));
         }

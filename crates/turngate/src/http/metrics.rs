@@ -8,6 +8,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
+use turngate_backends::slots::Shed;
 use turngate_telemetry::metrics::Exposition;
 
 use crate::app::App;
@@ -89,6 +90,39 @@ fn render(app: &App) -> String {
         );
     }
     app.turns.metrics.write(&mut out);
+    out.single(
+        "turngate_turns_processing",
+        "Turns whose processing has started and not completed (waiting for or in a backend).",
+        "gauge",
+        app.turns.tasks.len() as f64,
+    );
+    out.family(
+        "turngate_backend_queued",
+        "Calls waiting for a call slot of the backend (bounded by its max_queued).",
+        "gauge",
+    );
+    for backend in app.turns.backends.each() {
+        out.sample(
+            "turngate_backend_queued",
+            &[("backend", backend.name)],
+            backend.queued() as f64,
+        );
+    }
+    out.family(
+        "turngate_backend_shed_total",
+        "Calls shed with `overloaded` by reason: the backend's queue was full, the \
+         session's was, or no slot came free within queue_timeout_ms.",
+        "counter",
+    );
+    for backend in app.turns.backends.each() {
+        for reason in Shed::ALL {
+            out.sample(
+                "turngate_backend_shed_total",
+                &[("backend", backend.name), ("reason", reason.as_str())],
+                backend.shed(reason) as f64,
+            );
+        }
+    }
     let spans = &app.turns.telemetry.spans;
     out.single(
         "turngate_spans_exported_total",

@@ -5,10 +5,11 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use serde_json::Value;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
+use turngate_backends::chat::{Content, Message, Part};
 use turngate_backends::{Backend, BackendError, TurnContext};
 use turngate_core::SpanId;
+use turngate_telemetry::content::{InputMessage, InputPart};
 use turngate_telemetry::metrics::Metrics;
 use turngate_telemetry::names::attr;
 use turngate_telemetry::turn::{parent_id, record_error};
@@ -66,11 +67,35 @@ impl<'a> Call<'a> {
     }
 
     /// Opt-in content: the request's messages, in the GenAI format.
-    pub fn input(&self, messages: &[Value]) {
+    pub fn input(&self, messages: &[Message]) {
         if !self.content {
             return;
         }
-        let (system, input) = content::input_messages(messages);
+        let parts: Vec<Vec<InputPart<'_>>> = messages
+            .iter()
+            .map(|m| match &m.content {
+                Content::Text(text) => vec![InputPart::Text(text)],
+                Content::Parts(parts) => parts
+                    .iter()
+                    .map(|part| match part {
+                        Part::Text { text } => InputPart::Text(text),
+                        Part::ImageUrl { image_url } => InputPart::Image {
+                            mime: &image_url.mime,
+                            bytes: &image_url.bytes,
+                        },
+                    })
+                    .collect(),
+            })
+            .collect();
+        let messages: Vec<InputMessage<'_>> = messages
+            .iter()
+            .zip(&parts)
+            .map(|(m, parts)| InputMessage {
+                role: m.role.as_str(),
+                parts,
+            })
+            .collect();
+        let (system, input) = content::input_messages(&messages);
         if let Some(system) = system {
             self.attr(attr::GEN_AI_SYSTEM_INSTRUCTIONS, system);
         }

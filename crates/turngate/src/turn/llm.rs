@@ -1,10 +1,10 @@
 //! The LLM stage: the prompt streamed to the LLM, its answer relayed to the client as
 //! `response.delta`s; a barge-in stops it at once (the request is dropped).
 
-use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
+use turngate_backends::chat::{self, Message};
 use turngate_backends::llm::{self, LlmEvent};
 use turngate_core::{ServerEvent, StageStatus};
 use turngate_telemetry::names::{self, attr, span};
@@ -25,7 +25,11 @@ pub(super) struct Answer {
 
 /// Streams the answer to `messages`; `cancel` (barge-in) stops it between any two
 /// events, the cancellation checked first.
-pub(super) async fn run(job: &Job<'_>, messages: Vec<Value>, cancel: &CancellationToken) -> Answer {
+pub(super) async fn run(
+    job: &Job<'_>,
+    messages: Vec<Message>,
+    cancel: &CancellationToken,
+) -> Answer {
     let backends = job.backends();
     let Some(backend) = backends.llm.as_ref() else {
         return Answer {
@@ -36,7 +40,7 @@ pub(super) async fn run(job: &Job<'_>, messages: Vec<Value>, cancel: &Cancellati
         };
     };
     let call = Call::start(job.metrics(), job.trace, &job.ctx, span::LLM, backend);
-    let prompt_bytes = serde_json::to_vec(&messages).map_or(0, |b| b.len());
+    let prompt_bytes = chat::json_len(&messages);
     call.attr(attr::REQUEST_BYTES, prompt_bytes as i64);
     call.input(&messages);
     let mut answer = String::new();

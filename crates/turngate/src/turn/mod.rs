@@ -112,6 +112,13 @@ impl Backends {
             send_images: config.llm.send_images,
         })
     }
+
+    /// The configured backends.
+    pub fn each(&self) -> impl Iterator<Item = &Backend> {
+        [&self.asr, &self.vision, &self.llm]
+            .into_iter()
+            .filter_map(Option::as_ref)
+    }
 }
 
 /// A session's conversation as its turns' owners keep it: the exchanges for the next

@@ -1,8 +1,7 @@
 //! The LLM's prompt: the system prompt, the session's earlier exchanges in turn order,
 //! then what the user said and showed in this turn and in the turns it stands for.
 
-use serde_json::{Value, json};
-use turngate_backends::vision;
+use turngate_backends::chat::{Content, Message, Part, Role};
 use turngate_core::{Blob, Tagged};
 
 /// One exchange of a session, for the next turns' prompts: what the user said and
@@ -41,22 +40,28 @@ pub(super) fn messages(
     user: &str,
     images: &[Described],
     send_images: bool,
-) -> Vec<Value> {
-    let mut messages = vec![json!({"role": "system", "content": system})];
+) -> Vec<Message> {
+    let mut messages = vec![Message::text(Role::System, system)];
     for exchange in history {
-        messages.push(json!({"role": "user", "content": exchange.user}));
-        messages.push(json!({"role": "assistant", "content": exchange.assistant}));
+        messages.push(Message::text(Role::User, &exchange.user));
+        messages.push(Message::text(Role::Assistant, &exchange.assistant));
     }
     if send_images && !images.is_empty() {
-        let mut parts = vec![json!({"type": "text", "text": user})];
+        let mut parts = vec![Part::Text {
+            text: user.to_owned(),
+        }];
         for (blob, _) in images {
-            parts.push(
-                json!({"type": "image_url", "image_url": {"url": vision::data_url(&blob.value)}}),
-            );
+            parts.push(Part::image(
+                blob.value.mime.clone(),
+                blob.value.bytes.clone(),
+            ));
         }
-        messages.push(json!({"role": "user", "content": parts}));
+        messages.push(Message {
+            role: Role::User,
+            content: Content::Parts(parts),
+        });
     } else {
-        messages.push(json!({"role": "user", "content": user}));
+        messages.push(Message::text(Role::User, user));
     }
     messages
 }
