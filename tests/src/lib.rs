@@ -753,6 +753,41 @@ pub fn jpeg(width: u32, height: u32) -> Vec<u8> {
     picture(width, height, image::ImageFormat::Jpeg)
 }
 
+/// A PNG of noise, which does not compress: about `width × height × 3` bytes.
+pub fn noise_png(width: u32, height: u32) -> Vec<u8> {
+    let mut state = 0x2545_f491_u32;
+    let img = image::RgbImage::from_fn(width, height, |_, _| {
+        state ^= state << 13;
+        state ^= state >> 17;
+        state ^= state << 5;
+        let [a, b, c, _] = state.to_le_bytes();
+        image::Rgb([a, b, c])
+    });
+    let mut out = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Png)
+        .expect("encodes");
+    out.into_inner()
+}
+
+/// A GIF of a few hundred bytes that is expensive to validate: `frames` frames of one
+/// pixel each on a `side` × `side` canvas, each of which a decoder composites onto a
+/// whole canvas. Written by hand (GIF89a), since encoders write frames canvas-sized.
+pub fn canvas_gif(side: u16, frames: usize) -> Vec<u8> {
+    let mut gif = b"GIF89a".to_vec();
+    gif.extend_from_slice(&side.to_le_bytes());
+    gif.extend_from_slice(&side.to_le_bytes());
+    // A global colour table of two colours: black and white.
+    gif.extend_from_slice(&[0x80, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff]);
+    for _ in 0..frames {
+        // Image descriptor: at (0, 0), 1×1, no local table; then LZW data for one
+        // pixel of colour 0 (minimum code size 2: clear, 0, end).
+        gif.extend_from_slice(&[0x2c, 0, 0, 0, 0, 1, 0, 1, 0, 0]);
+        gif.extend_from_slice(&[0x02, 0x02, 0x44, 0x01, 0x00]);
+    }
+    gif.push(0x3b);
+    gif
+}
+
 /// A chunk message: one byte L, the L bytes of the upload id, then the payload.
 pub fn frame_chunk(upload_id: &str, payload: &[u8]) -> Vec<u8> {
     let mut message = vec![upload_id.len() as u8];

@@ -447,3 +447,169 @@ async fn wait_until(timeout: Duration, done: impl Fn() -> bool) -> anyhow::Resul
     }
     Ok(())
 }
+
+/// A gateway with `toml` as its configuration file, backends from `env`.
+async fn gateway_with(name: &str, toml: &str, env: &[(&str, &str)]) -> anyhow::Result<Gateway> {
+    let dir = std::env::temp_dir().join(format!("turngate-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let file = dir.join("config.toml");
+    std::fs::write(&file, toml)?;
+    Gateway::start(&["--config", file.to_str().unwrap()], env).await
+}
+
+/// POSTs `image` to the session's upload endpoint: (status, body, when it answered).
+async fn post_image(
+    gw: &Gateway,
+    client: &Client,
+    image: Vec<u8>,
+) -> anyhow::Result<(u16, serde_json::Value, tokio::time::Instant)> {
+    let r = gw
+        .http
+        .post(format!("{}{}/images", gw.base, client.location))
+        .header("content-type", "image/gif")
+        .body(image)
+        .send()
+        .await?;
+    let status = r.status().as_u16();
+    let retry_after = r.headers().contains_key("retry-after");
+    let mut body: serde_json::Value = r.json().await?;
+    body["retry_after_sent"] = retry_after.into();
+    Ok((status, body, tokio::time::Instant::now()))
+}
+
+#[tokio::test]
+async fn sessions_take_turns_at_the_image_validators() -> anyhow::Result<()> {
+    let gw = gateway_with(
+        "fair-validators",
+        "[uploads]\nvalidators = 1\nvalidation_wait_ms = 60000\ndecode_timeout_ms = 60000\n",
+        &[],
+    )
+    .await?;
+    let greedy = Client::connect(&gw, true).await?;
+    greedy.session_id().await?;
+    let polite = Client::connect(&gw, true).await?;
+    polite.session_id().await?;
+    // The greedy session sends three images that are slow to check…
+    let slow = canvas_gif(2000, 5);
+    let greedy_uploads =
+        futures_util::future::try_join_all((0..3).map(|_| post_image(&gw, &greedy, slow.clone())));
+    let polite_upload = async {
+        // …and the polite one a small image just after.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        post_image(&gw, &polite, png(64, 48)).await
+    };
+    let (greedy_done, polite_done) = tokio::join!(greedy_uploads, polite_upload);
+    let mut greedy_done = greedy_done?;
+    let polite_done = polite_done?;
+    assert_eq!(polite_done.0, 201, "{:#}", polite_done.1);
+    greedy_done.sort_by_key(|(_, _, at)| *at);
+    for (status, body, _) in &greedy_done {
+        assert_eq!(*status, 201, "{body:#}");
+    }
+    // The small image waited for one greedy validation at most, not for three.
+    assert!(
+        polite_done.2 < greedy_done[1].2,
+        "the polite image was checked after the greedy session's second"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn waiting_for_a_validator_and_decoding_are_both_bounded() -> anyhow::Result<()> {
+    // One validator, and an image waits for it at most 200 ms.
+    let gw = gateway_with(
+        "validator-wait",
+        "[uploads]\nvalidators = 1\nvalidation_wait_ms = 200\ndecode_timeout_ms = 60000\n",
+        &[],
+    )
+    .await?;
+    let busy = Client::connect(&gw, true).await?;
+    busy.session_id().await?;
+    let other = Client::connect(&gw, true).await?;
+    other.session_id().await?;
+    let slow = post_image(&gw, &busy, canvas_gif(2000, 5));
+    let refused = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        post_image(&gw, &other, png(64, 48)).await
+    };
+    let (slow, refused) = tokio::join!(slow, refused);
+    assert_eq!(slow?.0, 201);
+    let (status, body, _) = refused?;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (503, Some("overloaded")),
+        "{body:#}"
+    );
+    assert_eq!(body["retry_after_sent"], true);
+    assert_eq!(
+        gw.metric("turngate_uploads_total{outcome=\"overloaded\"}")
+            .await?,
+        1.0
+    );
+
+    // An image that takes longer than the decode time limit is refused at the limit.
+    let gw = gateway_with(
+        "decode-timeout",
+        "[uploads]\ndecode_timeout_ms = 100\n",
+        &[],
+    )
+    .await?;
+    let client = Client::connect(&gw, true).await?;
+    client.session_id().await?;
+    let started = tokio::time::Instant::now();
+    let (status, body, answered) = post_image(&gw, &client, canvas_gif(2000, 20)).await?;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (422, Some("decode_timeout")),
+        "{body:#}"
+    );
+    assert!(answered - started < Duration::from_secs(2));
+    Ok(())
+}
+
+#[tokio::test]
+async fn images_held_by_unprocessed_turns_are_bounded_gateway_wide() -> anyhow::Result<()> {
+    // Room for two images of about 480 KB, not three.
+    let gw = gateway_with(
+        "held-images",
+        "[uploads]\nmax_image_bytes = 600000\nmax_held_bytes = 1100000\n",
+        &[],
+    )
+    .await?;
+    let client = Client::connect(&gw, true).await?;
+    client.session_id().await?;
+    client
+        .send_event(serde_json::json!({"type": "turn.start"}))
+        .await?;
+    client
+        .inbox
+        .wait("turn.started", 1, Duration::from_secs(2))
+        .await?;
+    let image = noise_png(400, 400);
+    assert!(image.len() > 400_000, "{}", image.len());
+    for _ in 0..2 {
+        let (status, body, _) = post_image(&gw, &client, image.clone()).await?;
+        assert_eq!(status, 201, "{body:#}");
+    }
+    // The turn is still open: its images are held, and a third does not fit.
+    let held = gw.metric("turngate_image_bytes_held").await?;
+    assert!(held >= 2.0 * image.len() as f64, "{held}");
+    let (status, body, _) = post_image(&gw, &client, image.clone()).await?;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (503, Some("overloaded")),
+        "{body:#}"
+    );
+    // Once the turn has been processed, its images are given back.
+    client
+        .send_event(serde_json::json!({"type": "turn.end"}))
+        .await?;
+    client
+        .inbox
+        .wait("turn.completed", 1, Duration::from_secs(5))
+        .await?;
+    assert_eq!(gw.metric("turngate_image_bytes_held").await?, 0.0);
+    let (status, body, _) = post_image(&gw, &client, image).await?;
+    assert_eq!(status, 201, "{body:#}");
+    Ok(())
+}

@@ -84,6 +84,8 @@ pub enum ErrorCode {
     CorruptImage,
     /// Width × height exceeds the pixel limit (decompression bombs included).
     TooManyPixels,
+    /// The image did not decode within the per-image time limit.
+    DecodeTimeout,
     /// The named turn's processing has started (or finished): it takes no more input.
     TurnClosed,
     /// The named turn does not exist in this session.
@@ -146,6 +148,7 @@ impl ErrorCode {
         Self::UnsupportedImageFormat,
         Self::CorruptImage,
         Self::TooManyPixels,
+        Self::DecodeTimeout,
         Self::TurnClosed,
         Self::UnknownTurn,
         Self::BackendTimeout,
@@ -196,6 +199,7 @@ impl ErrorCode {
             Self::UnsupportedImageFormat => "unsupported_image_format",
             Self::CorruptImage => "corrupt_image",
             Self::TooManyPixels => "too_many_pixels",
+            Self::DecodeTimeout => "decode_timeout",
             Self::TurnClosed => "turn_closed",
             Self::UnknownTurn => "unknown_turn",
             Self::BackendTimeout => "backend_timeout",

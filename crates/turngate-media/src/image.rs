@@ -6,9 +6,13 @@
 //! `image` crate's own `Limits` cap width, height and allocation but not the pixel count,
 //! so a 10000×10000 image (well under its 512 MiB default) would otherwise be decoded.
 //! Then the image is fully decoded under `Limits` sized from the header, so truncated or
-//! corrupt data is caught. This is CPU work: callers run it off the async runtime.
+//! corrupt data is caught, within a time limit ([`ImageLimits::decode_timeout`]): the
+//! decoder reads through a reader that fails once the time is up, and animations are
+//! checked between frames. This is CPU work: callers run it off the async runtime (and
+//! stop waiting at the time limit, for a decoder that reads all its input first).
 
-use std::io::Cursor;
+use std::io::{self, BufRead, Cursor, Read, Seek, SeekFrom};
+use std::time::{Duration, Instant};
 
 use image::codecs::gif::GifDecoder;
 use image::codecs::webp::WebPDecoder;
@@ -20,14 +24,29 @@ use turngate_core::{Error, ErrorCode};
 pub struct ImageLimits {
     /// Largest width × height. Default 40 megapixels.
     pub max_pixels: u64,
+    /// Longest a validation may take; longer is `decode_timeout`. Default 3 s (a 40 MP
+    /// PNG decodes in about 1 s here, see BENCHMARKS.md).
+    pub decode_timeout: Duration,
 }
 
 impl Default for ImageLimits {
     fn default() -> Self {
         Self {
             max_pixels: 40_000_000,
+            decode_timeout: Duration::from_secs(3),
         }
     }
+}
+
+/// The refusal of an image that did not decode within `limit`.
+pub fn decode_timeout(limit: Duration) -> Error {
+    Error::refused(
+        ErrorCode::DecodeTimeout,
+        format!(
+            "the image did not decode within {} ms; it is refused",
+            limit.as_millis()
+        ),
+    )
 }
 
 /// A valid image.
@@ -56,6 +75,19 @@ const ALLOC_SLACK: u64 = 16 * 1024 * 1024;
 
 /// Checks that `bytes` are an accepted, decodable image within the limits.
 pub fn validate(bytes: &[u8], limits: &ImageLimits) -> Result<ImageInfo, Error> {
+    let deadline = Instant::now() + limits.decode_timeout;
+    let info = validate_until(bytes, limits, deadline)?;
+    if Instant::now() > deadline {
+        return Err(decode_timeout(limits.decode_timeout));
+    }
+    Ok(info)
+}
+
+fn validate_until(
+    bytes: &[u8],
+    limits: &ImageLimits,
+    deadline: Instant,
+) -> Result<ImageInfo, Error> {
     let format = image::guess_format(bytes).map_err(|_| other_image(bytes))?;
     let mime = match format {
         ImageFormat::Png => "image/png",
@@ -66,12 +98,20 @@ pub fn validate(bytes: &[u8], limits: &ImageLimits) -> Result<ImageInfo, Error> 
         other => return Err(unsupported(&format!("{other:?}"))),
     };
     let corrupt = |e: image::ImageError| {
+        if Instant::now() >= deadline {
+            // The reader gave up: whatever the decoder made of that, it is the time.
+            return decode_timeout(limits.decode_timeout);
+        }
         Error::refused(
             ErrorCode::CorruptImage,
             format!("the {mime} does not decode: {e}"),
         )
     };
-    let mut probe = ImageReader::with_format(Cursor::new(bytes), format);
+    let input = || Timed {
+        inner: Cursor::new(bytes),
+        deadline,
+    };
+    let mut probe = ImageReader::with_format(input(), format);
     let mut probe_limits = Limits::default();
     probe_limits.max_alloc = Some(PROBE_ALLOC);
     probe.limits(probe_limits);
@@ -109,22 +149,22 @@ pub fn validate(bytes: &[u8], limits: &ImageLimits) -> Result<ImageInfo, Error> 
         // Animations: every frame is decoded (one at a time), so damage in a later
         // frame is caught too; all frames together stay within a pixel budget.
         ImageFormat::Gif => {
-            let mut decoder = GifDecoder::new(Cursor::new(bytes)).map_err(corrupt)?;
+            let mut decoder = GifDecoder::new(input()).map_err(corrupt)?;
             decoder.set_limits(decode_limits).map_err(corrupt)?;
-            decode_frames(decoder.into_frames(), pixels, limits, mime)?;
+            decode_frames(decoder.into_frames(), pixels, limits, deadline, corrupt)?;
         }
         ImageFormat::WebP => {
-            let mut decoder = WebPDecoder::new(Cursor::new(bytes)).map_err(corrupt)?;
+            let mut decoder = WebPDecoder::new(input()).map_err(corrupt)?;
             if decoder.has_animation() {
                 decoder.set_limits(decode_limits).map_err(corrupt)?;
-                decode_frames(decoder.into_frames(), pixels, limits, mime)?;
+                decode_frames(decoder.into_frames(), pixels, limits, deadline, corrupt)?;
             } else {
                 decoder.set_limits(decode_limits).map_err(corrupt)?;
                 image::DynamicImage::from_decoder(decoder).map_err(corrupt)?;
             }
         }
         _ => {
-            let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
+            let mut reader = ImageReader::with_format(input(), format);
             reader.limits(decode_limits);
             reader.decode().map_err(corrupt)?;
         }
@@ -169,16 +209,15 @@ fn decode_frames(
     frames: image::Frames<'_>,
     frame_pixels: u64,
     limits: &ImageLimits,
-    mime: &str,
+    deadline: Instant,
+    corrupt: impl Fn(image::ImageError) -> Error,
 ) -> Result<(), Error> {
     let mut decoded = 0u64;
     for frame in frames {
-        frame.map_err(|e| {
-            Error::refused(
-                ErrorCode::CorruptImage,
-                format!("the {mime} does not decode: {e}"),
-            )
-        })?;
+        frame.map_err(&corrupt)?;
+        if Instant::now() >= deadline {
+            return Err(decode_timeout(limits.decode_timeout));
+        }
         decoded += frame_pixels;
         if decoded > ANIMATION_PIXEL_BUDGET * limits.max_pixels {
             return Err(Error::refused(
@@ -191,6 +230,49 @@ fn decode_frames(
         }
     }
     Ok(())
+}
+
+/// The image's bytes as a decoder reads them, failing with `TimedOut` once the
+/// deadline has passed: decoders that read as they go (PNG, GIF, WebP) stop there.
+struct Timed<'a> {
+    inner: Cursor<&'a [u8]>,
+    deadline: Instant,
+}
+
+impl Timed<'_> {
+    fn check(&self) -> io::Result<()> {
+        if Instant::now() >= self.deadline {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the decode time limit passed",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Read for Timed<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.check()?;
+        self.inner.read(buf)
+    }
+}
+
+impl BufRead for Timed<'_> {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        self.check()?;
+        self.inner.fill_buf()
+    }
+
+    fn consume(&mut self, amount: usize) {
+        self.inner.consume(amount);
+    }
+}
+
+impl Seek for Timed<'_> {
+    fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
+        self.inner.seek(to)
+    }
 }
 
 #[cfg(test)]
@@ -246,6 +328,38 @@ mod tests {
     }
 
     #[test]
+    fn an_image_that_decodes_too_slowly_is_refused_in_time() {
+        // 24 frames of 1000×1000: each is composited onto the canvas, taking well over
+        // the 1 ms allowed here.
+        let frames: Vec<image::Frame> = (0..24)
+            .map(|i| {
+                image::Frame::new(image::RgbaImage::from_pixel(
+                    1000,
+                    1000,
+                    image::Rgba([i * 10, 0, 0, 255]),
+                ))
+            })
+            .collect();
+        let mut gif = Vec::new();
+        image::codecs::gif::GifEncoder::new(&mut gif)
+            .encode_frames(frames)
+            .unwrap();
+        let limits = ImageLimits {
+            decode_timeout: Duration::from_millis(1),
+            ..ImageLimits::default()
+        };
+        let started = Instant::now();
+        let err = validate(&gif, &limits).unwrap_err();
+        assert_eq!(err.code(), ErrorCode::DecodeTimeout, "{err}");
+        assert!(started.elapsed() < Duration::from_millis(500));
+        let patient = ImageLimits {
+            decode_timeout: Duration::from_secs(60),
+            ..ImageLimits::default()
+        };
+        assert!(validate(&gif, &patient).is_ok());
+    }
+
+    #[test]
     fn refuses_each_kind_of_bad_image_with_its_code() {
         assert_eq!(code(b"hello, not an image at all"), ErrorCode::NotAnImage);
         // An iPhone photo (HEIC) and an AVIF, by their ISO-BMFF `ftyp` brands.
@@ -277,7 +391,10 @@ mod tests {
         let mut truncated = png(64, 48);
         truncated.truncate(truncated.len() / 2);
         assert_eq!(code(&truncated), ErrorCode::CorruptImage);
-        let limits = ImageLimits { max_pixels: 1000 };
+        let limits = ImageLimits {
+            max_pixels: 1000,
+            ..ImageLimits::default()
+        };
         assert_eq!(
             validate(&png(40, 30), &limits).unwrap_err().code(),
             ErrorCode::TooManyPixels

@@ -139,6 +139,12 @@ pub struct UploadsConfig {
     pub timeout_ms: u64,
     /// Image validations (decoding) running at once across the gateway.
     pub validators: usize,
+    /// Longest an image waits for a validator, in milliseconds.
+    pub validation_wait_ms: u64,
+    /// Longest one image's validation may take, in milliseconds.
+    pub decode_timeout_ms: u64,
+    /// Bytes of images held gateway-wide by uploads and turns not yet processed.
+    pub max_held_bytes: u64,
     /// Uploads one turn may take.
     pub max_per_turn: u32,
 }
@@ -153,6 +159,11 @@ impl Default for UploadsConfig {
             max_in_flight_bytes: u.max_in_flight_bytes,
             timeout_ms: u.timeout.as_millis() as u64,
             validators: 2,
+            validation_wait_ms: 10_000,
+            decode_timeout_ms: turngate_media::image::ImageLimits::default()
+                .decode_timeout
+                .as_millis() as u64,
+            max_held_bytes: 512 << 20,
             max_per_turn: turngate_core::TurnConfig::default().max_uploads_per_turn,
         }
     }
@@ -627,6 +638,12 @@ impl Config {
         if m.ips.is_empty() {
             return fail("media.ips (--media-ip) must name at least one address".into());
         }
+        if self.uploads.max_held_bytes < self.uploads.max_image_bytes {
+            return fail(format!(
+                "uploads.max_held_bytes ({}) must hold at least one image of uploads.max_image_bytes ({})",
+                self.uploads.max_held_bytes, self.uploads.max_image_bytes
+            ));
+        }
         if m.port_min == 0 || m.port_min > m.port_max {
             return fail(format!(
                 "media.port_min ({}) must be at least 1 and not above media.port_max ({})",
@@ -669,6 +686,12 @@ impl Config {
                 self.uploads.max_in_flight_bytes,
             ),
             ("uploads.timeout_ms", self.uploads.timeout_ms),
+            (
+                "uploads.validation_wait_ms",
+                self.uploads.validation_wait_ms,
+            ),
+            ("uploads.decode_timeout_ms", self.uploads.decode_timeout_ms),
+            ("uploads.max_held_bytes", self.uploads.max_held_bytes),
             (
                 "llm.first_token_timeout_ms",
                 self.llm.first_token_timeout_ms,
@@ -759,8 +782,11 @@ impl Config {
             },
             images: turngate_media::image::ImageLimits {
                 max_pixels: u.max_pixels,
+                decode_timeout: Duration::from_millis(u.decode_timeout_ms),
             },
             validators: std::sync::Arc::new(tokio::sync::Semaphore::new(u.validators)),
+            validation_wait: Duration::from_millis(u.validation_wait_ms),
+            image_budget: turngate_media::session::ImageBudget::new(u.max_held_bytes),
             turn: TurnConfig {
                 hangover: Duration::from_millis(t.hangover_ms),
                 preroll: Duration::from_millis(t.preroll_ms),

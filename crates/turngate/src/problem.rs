@@ -36,7 +36,7 @@ pub fn status(code: ErrorCode) -> StatusCode {
         NoAudio | UnsupportedCodec => StatusCode::UNPROCESSABLE_ENTITY,
         UnsupportedMediaType | UnsupportedImageFormat => StatusCode::UNSUPPORTED_MEDIA_TYPE,
         PayloadTooLarge | ImageTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-        NotAnImage | CorruptImage | TooManyPixels | Sha256Mismatch => {
+        NotAnImage | CorruptImage | TooManyPixels | DecodeTimeout | Sha256Mismatch => {
             StatusCode::UNPROCESSABLE_ENTITY
         }
         TurnClosed => StatusCode::CONFLICT,

@@ -67,7 +67,7 @@ pub use control::CONTROL_LABEL;
 pub use counters::{Counts, SessionCounters};
 pub use outbox::{Finished, ToClient, TurnReport};
 pub use shared::SessionShared;
-pub use uploads::{BlobRecord, UploadRequest};
+pub use uploads::{BlobRecord, HeldImage, ImageBudget, UploadRequest};
 
 use ingress::{Ingress, Input};
 use outbox::Outbox;
@@ -96,8 +96,15 @@ pub struct SessionConfig {
     /// Limits of the images themselves.
     pub images: ImageLimits,
     /// Image validations running at once, across all sessions (CPU work, run on the
-    /// blocking pool). Shared: clone the `Arc`.
+    /// blocking pool). Shared: clone the `Arc`. A session runs one validation at a
+    /// time, so sessions take turns at them.
     pub validators: Arc<Semaphore>,
+    /// Longest an image waits for a validator (its session's turn, then a free one);
+    /// then it is refused `overloaded`.
+    pub validation_wait: Duration,
+    /// Bytes of images held gateway-wide, from `image.begin` (or an HTTP upload's
+    /// headers) until their turn's processing ends. Shared: clone it.
+    pub image_budget: ImageBudget,
     /// Turn detection timing.
     pub turn: TurnConfig,
     /// VAD score (0–1) a frame needs to begin speech (see [`crate::vad`]).
@@ -123,6 +130,8 @@ impl Default for SessionConfig {
             uploads: UploadLimits::default(),
             images: ImageLimits::default(),
             validators: Arc::new(Semaphore::new(2)),
+            validation_wait: Duration::from_secs(10),
+            image_budget: ImageBudget::new(512 << 20),
             turn: TurnConfig::default(),
             vad_onset: 0.9,
             vad_sustain: 0.5,
@@ -150,9 +159,10 @@ pub enum Downstream {
         /// Cancelled on barge-in; the engine's `interrupted` bit is its only source.
         cancel: CancellationToken,
     },
-    /// An accepted image, tagged with its turn. Comes before its turn's
+    /// An accepted image, tagged with its turn, and its place in the gateway's image
+    /// budget (keep it until the turn's processing ends). Comes before its turn's
     /// `ProcessingStarted`.
-    Blob(Tagged<turngate_core::Blob>),
+    Blob(Tagged<turngate_core::Blob>, HeldImage),
     /// A turn's input ended: all its frames have been sent. When the session ends,
     /// the queue closes after its last turn's `ProcessingStarted`.
     TurnEnded(TurnInfo),
@@ -254,6 +264,8 @@ pub fn start(
         channel: None,
         validated: mpsc::channel(VALIDATED_QUEUE),
         validating: HashMap::new(),
+        validator_share: Arc::new(Semaphore::new(1)),
+        held: HashMap::new(),
         blob_seq: 0,
         http_uploads: 0,
         close: close_rx,
@@ -287,6 +299,10 @@ struct Driver {
     ),
     /// Uploads being validated: their turn and size.
     validating: HashMap<String, (TurnId, u64)>,
+    /// The session's one validation at a time.
+    validator_share: Arc<Semaphore>,
+    /// The image budget held by each upload open or being validated.
+    held: HashMap<String, HeldImage>,
     blob_seq: u64,
     http_uploads: u64,
     /// Why and when the session was asked to end, once it has been.

@@ -3,20 +3,72 @@
 //!
 //! Every upload the engine tagged is reported back to it exactly once (accepted or not),
 //! so a turn's processing never starts while one of its uploads is still open.
+//!
+//! Bounds: an upload reserves its declared size in the gateway-wide [`ImageBudget`] when
+//! it begins and keeps it, once accepted, until its turn's processing ends; a session
+//! validates one image at a time, waiting at most `validation_wait` for its turn and a
+//! free validator; a validation is abandoned at the decode time limit.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::oneshot;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use turngate_core::upload::{
     Aborted, ChunkOutcome, EndOutcome, Received, UploadBegin, parse_chunk,
 };
 use turngate_core::{Blob, BlobId, Error, ErrorCode, ServerEvent, Tagged, TurnId};
 
 use super::{Downstream, Driver};
-use crate::image::{ImageInfo, validate};
+use crate::image::{ImageInfo, decode_timeout, validate};
+
+/// The gateway-wide budget of image bytes held by uploads and by turns not yet
+/// processed, in KiB permits of a semaphore. Cloning shares it.
+#[derive(Clone, Debug)]
+pub struct ImageBudget {
+    permits: Arc<Semaphore>,
+    kib: usize,
+}
+
+impl ImageBudget {
+    /// A budget of `bytes` (rounded down to KiB, at least 1 KiB).
+    pub fn new(bytes: u64) -> Self {
+        let kib = ((bytes / 1024) as usize).clamp(1, Semaphore::MAX_PERMITS);
+        Self {
+            permits: Arc::new(Semaphore::new(kib)),
+            kib,
+        }
+    }
+
+    /// Bytes held now.
+    pub fn held_bytes(&self) -> u64 {
+        (self.kib - self.permits.available_permits()) as u64 * 1024
+    }
+
+    /// Reserves `bytes`, or refuses `overloaded` at once if the budget cannot hold them.
+    fn reserve(&self, bytes: u64) -> Result<HeldImage, Error> {
+        let kib = u32::try_from(bytes.div_ceil(1024)).unwrap_or(u32::MAX);
+        Arc::clone(&self.permits)
+            .try_acquire_many_owned(kib)
+            .map(|permit| HeldImage { _permit: permit })
+            .map_err(|_| {
+                Error::refused(
+                    ErrorCode::Overloaded,
+                    format!(
+                        "the gateway holds its budget of {} MiB of images waiting for processing; try again shortly",
+                        self.kib >> 10
+                    ),
+                )
+            })
+    }
+}
+
+/// An image's place in the [`ImageBudget`], given back when dropped.
+#[derive(Debug)]
+pub struct HeldImage {
+    _permit: OwnedSemaphorePermit,
+}
 
 /// An accepted image, as the session API lists it.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
@@ -38,6 +90,11 @@ pub struct BlobRecord {
     /// Size in bytes.
     pub bytes: u64,
 }
+
+/// How long past the decode time limit the session waits for a validation that does
+/// not stop by itself (the decoder checks the time as it reads; this covers one that
+/// reads all its input first).
+const DECODE_SLACK: Duration = Duration::from_millis(100);
 
 /// An HTTP upload's steps, on their way to the session task. It is tagged when its
 /// request arrives (`Begin`, before the body is read), so it belongs to the turn open
@@ -88,18 +145,26 @@ pub(super) struct Validated {
 impl Driver {
     pub(super) async fn on_image_begin(&mut self, begin: UploadBegin) {
         let upload_id = begin.upload_id.clone();
-        if let Err(error) = self.uploads.check(&begin) {
-            return self.reject(&upload_id, &error, 0).await;
-        }
+        let held = match self
+            .uploads
+            .check(&begin)
+            .and_then(|()| self.config.image_budget.reserve(begin.size))
+        {
+            Ok(held) => held,
+            Err(error) => return self.reject(&upload_id, &error, 0).await,
+        };
         let at = self.now();
         match self.engine.handle_upload_started(at, begin.turn_id) {
-            Ok(turn) => {
-                // Checked above, nothing changed since: this cannot fail.
-                if let Err(error) = self.uploads.begin(at, begin, turn) {
+            Ok(turn) => match self.uploads.begin(at, begin, turn) {
+                Ok(()) => {
+                    self.held.insert(upload_id, held);
+                }
+                // Checked above, nothing changed since: this cannot happen.
+                Err(error) => {
                     self.finished(turn);
                     self.reject(&upload_id, &error, 0).await;
                 }
-            }
+            },
             Err(error) => self.reject(&upload_id, &error, 0).await,
         }
     }
@@ -145,17 +210,23 @@ impl Driver {
                     sha256: None,
                     turn_id,
                 };
-                let result = match self.uploads.check(&begin) {
-                    Ok(()) => self.engine.handle_upload_started(self.now(), turn_id),
-                    Err(error) => Err(error),
-                };
-                let result = result.and_then(|turn| {
-                    let began = self.uploads.begin_bounded(self.now(), begin, turn);
-                    if began.is_err() {
-                        self.finished(turn);
-                    }
-                    began.map(|()| upload_id)
-                });
+                let result = self
+                    .uploads
+                    .check(&begin)
+                    .and_then(|()| self.config.image_budget.reserve(size))
+                    .and_then(|held| {
+                        let turn = self.engine.handle_upload_started(self.now(), turn_id)?;
+                        match self.uploads.begin_bounded(self.now(), begin, turn) {
+                            Ok(()) => {
+                                self.held.insert(upload_id.clone(), held);
+                                Ok(upload_id)
+                            }
+                            Err(error) => {
+                                self.finished(turn);
+                                Err(error)
+                            }
+                        }
+                    });
                 if let Err(error) = &result {
                     self.count_rejected(error, 0);
                 }
@@ -199,16 +270,20 @@ impl Driver {
             // Abandoned when the session closed; already counted.
             return;
         }
+        let held = self.held.remove(&received.upload_id);
         self.uploads.release(&received.upload_id);
         self.finished(received.turn_id);
-        match result {
-            Ok(info) => {
-                let event = self.accept(received, info).await;
+        match (result, held) {
+            (Ok(info), Some(held)) => {
+                let event = self.accept(received, info, held).await;
                 if let Some(reply) = reply {
                     let _ = reply.send(Ok(event));
                 }
             }
-            Err(error) => {
+            (Ok(_), None) => {
+                tracing::error!(session = %self.shared.id, upload_id = received.upload_id, "An accepted image held no budget.");
+            }
+            (Err(error), _) => {
                 let freed = received.bytes.len() as u64;
                 match reply {
                     // The HTTP client gets the problem; the data channel hears nothing.
@@ -248,7 +323,12 @@ impl Driver {
         self.drain().await;
     }
 
-    async fn accept(&mut self, received: Received, info: ImageInfo) -> ServerEvent {
+    async fn accept(
+        &mut self,
+        received: Received,
+        info: ImageInfo,
+        held: HeldImage,
+    ) -> ServerEvent {
         let counters = &self.shared.counters;
         counters.images_accepted.fetch_add(1, Ordering::Relaxed);
         counters
@@ -298,7 +378,7 @@ impl Driver {
             at: self.now(),
             value: blob,
         };
-        self.send_downstream(Downstream::Blob(tagged)).await;
+        self.send_downstream(Downstream::Blob(tagged, held)).await;
         event
     }
 
@@ -311,26 +391,47 @@ impl Driver {
             received.upload_id.clone(),
             (received.turn_id, received.bytes.len() as u64),
         );
-        let permits = Arc::clone(&self.config.validators);
+        let mine = Arc::clone(&self.validator_share);
+        let validators = Arc::clone(&self.config.validators);
+        let wait = self.config.validation_wait;
         let limits = self.config.images.clone();
         let done = self.validated.0.clone();
         tokio::spawn(async move {
             let bytes = received.bytes.clone();
-            let result = match permits.acquire_owned().await {
-                Ok(permit) => tokio::task::spawn_blocking(move || {
-                    let _permit = permit;
-                    validate(&bytes, &limits)
-                })
-                .await
-                .unwrap_or_else(|_| {
-                    Err(Error::refused(
-                        ErrorCode::Internal,
-                        "image validation failed",
-                    ))
-                }),
-                Err(_) => Err(Error::refused(
+            let permits = async {
+                let mine = mine.acquire_owned().await.ok()?;
+                let validator = validators.acquire_owned().await.ok()?;
+                Some((mine, validator))
+            };
+            let result = match tokio::time::timeout(wait, permits).await {
+                Ok(Some(permits)) => {
+                    let limit = limits.decode_timeout;
+                    // Both permits stay with the decoding thread: should it overrun the
+                    // time limit (a decoder that reads all its input first), its session
+                    // and its validator stay busy until it ends.
+                    let decoding = tokio::task::spawn_blocking(move || {
+                        let _permits = permits;
+                        validate(&bytes, &limits)
+                    });
+                    match tokio::time::timeout(limit + DECODE_SLACK, decoding).await {
+                        Ok(Ok(result)) => result,
+                        Ok(Err(_)) => Err(Error::refused(
+                            ErrorCode::Internal,
+                            "image validation failed",
+                        )),
+                        Err(_) => Err(decode_timeout(limit)),
+                    }
+                }
+                Ok(None) => Err(Error::refused(
                     ErrorCode::Internal,
                     "image validation is shut down",
+                )),
+                Err(_) => Err(Error::refused(
+                    ErrorCode::Overloaded,
+                    format!(
+                        "no image validator came free within {} ms; try again shortly",
+                        wait.as_millis()
+                    ),
                 )),
             };
             let _ = done
@@ -349,8 +450,11 @@ impl Driver {
             .await;
     }
 
-    /// Tells the engine an upload of `turn` is over.
+    /// Tells the engine an upload of `turn` is over, and gives back the image budget of
+    /// every upload no longer open or being validated.
     fn finished(&mut self, turn: TurnId) {
+        let uploads = &self.uploads;
+        self.held.retain(|upload_id, _| uploads.holds(upload_id));
         let at = self.now();
         if let Err(e) = self.engine.handle_upload_finished(at, turn) {
             tracing::warn!(session = %self.shared.id, turn = %turn, error = %e, "Upload finished for no pending upload.");

@@ -89,6 +89,13 @@ fn render(app: &App) -> String {
             n as f64,
         );
     }
+    out.single(
+        "turngate_image_bytes_held",
+        "Bytes of images held by uploads and by turns not yet processed (bounded by \
+         uploads.max_held_bytes; beyond, uploads are refused `overloaded`).",
+        "gauge",
+        app.session.image_budget.held_bytes() as f64,
+    );
     app.turns.metrics.write(&mut out);
     out.single(
         "turngate_turns_processing",

@@ -189,9 +189,9 @@ pub async fn own_session(
                     owner.push_frame(frame);
                 }
             }
-            Downstream::Blob(blob) => {
+            Downstream::Blob(blob, held) => {
                 if let Some(owner) = blob.turn_id.and_then(|id| owners.get_mut(&id)) {
-                    owner.push_blob(blob);
+                    owner.push_blob(blob, held);
                 }
             }
             Downstream::TurnEnded(turn) => {

@@ -22,7 +22,7 @@ use turngate_backends::TurnContext;
 use turngate_core::{
     AudioFrame, Blob, CompletionStatus, StageStatus, Stages, Tagged, TurnId, TurnInfo, TurnState,
 };
-use turngate_media::session::{SessionShared, TurnReport};
+use turngate_media::session::{HeldImage, SessionShared, TurnReport};
 use turngate_telemetry::{AudioStats, TurnTrace, names, snake};
 
 use super::prompt::{self, Described, Exchange};
@@ -47,6 +47,9 @@ pub(super) struct Turn {
     cancel: CancellationToken,
     frames: Vec<Tagged<AudioFrame>>,
     blobs: Vec<Tagged<Blob>>,
+    /// The blobs' places in the gateway's image budget, given back when the owner is
+    /// dropped (its processing ended).
+    held: Vec<HeldImage>,
     frames_cap: usize,
     /// Samples of PCM in `frames`, and the most it may hold.
     samples: u64,
@@ -103,6 +106,7 @@ impl Turn {
             cancel,
             frames: Vec::new(),
             blobs: Vec::new(),
+            held: Vec::new(),
             frames_cap: services.frames_cap,
             samples: 0,
             samples_cap: services.samples_cap,
@@ -135,7 +139,8 @@ impl Turn {
         self.frames.push(frame);
     }
 
-    pub fn push_blob(&mut self, blob: Tagged<Blob>) {
+    pub fn push_blob(&mut self, blob: Tagged<Blob>, held: HeldImage) {
+        self.held.push(held);
         let wall = |at: Duration| self.shared.started + at;
         self.trace
             .image(&blob.value, wall(blob.value.began_at), wall(blob.at));
