@@ -294,3 +294,96 @@ async fn ended_sessions_are_retained_up_to_the_configured_count() -> anyhow::Res
     assert_eq!(status, 404);
     Ok(())
 }
+
+/// A session with `turns` client turns, deleted once they have all completed: its id.
+async fn session_of_turns(gw: &Gateway, turns: usize) -> anyhow::Result<String> {
+    let client = Client::connect(gw, true).await?;
+    let id = client.session_id().await?;
+    for _ in 0..turns {
+        client
+            .send_event(serde_json::json!({"type": "turn.start"}))
+            .await?;
+        client
+            .send_event(serde_json::json!({"type": "turn.end"}))
+            .await?;
+    }
+    client
+        .inbox
+        .wait("turn.completed", turns, Duration::from_secs(10))
+        .await?;
+    assert_eq!(client.delete(gw).await?, 204);
+    gw.wait_session(&id, Duration::from_secs(5), |s| s["state"] == "ended")
+        .await?;
+    Ok(id)
+}
+
+#[tokio::test]
+async fn ended_sessions_are_retained_within_a_byte_budget_and_listed_a_page_at_a_time()
+-> anyhow::Result<()> {
+    let dir = std::env::temp_dir().join(format!("turngate-retain-bytes-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let file = dir.join("retain.toml");
+    std::fs::write(&file, "[sessions]\nretain_ended_bytes = 50000\n")?;
+    let gw = Gateway::start(&["--config", file.to_str().unwrap()], &[]).await?;
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        ids.push(session_of_turns(&gw, 20).await?);
+    }
+    // Four sessions of twenty turns do not fit in 50 kB: the oldest went first, the
+    // newest stays; what is kept fits.
+    let (status, _) = gw.get(&format!("/v1/sessions/{}", ids[0])).await?;
+    assert_eq!(status, 404);
+    let (status, newest) = gw.get(&format!("/v1/sessions/{}", ids[3])).await?;
+    assert_eq!(status, 200, "{newest:#}");
+    let retained = gw.metric("turngate_sessions_retained_bytes").await?;
+    assert!(retained > 0.0 && retained <= 50_000.0, "{retained}");
+
+    // The list, one at a time, oldest first.
+    let mut all: Vec<String> = Vec::new();
+    let mut query = "/v1/sessions?limit=1".to_owned();
+    loop {
+        let (_, page) = gw.get(&query).await?;
+        let sessions = page["sessions"].as_array().unwrap();
+        assert!(sessions.len() <= 1, "{page:#}");
+        all.extend(
+            sessions
+                .iter()
+                .map(|s| s["session_id"].as_str().unwrap().to_owned()),
+        );
+        match page["next"].as_str() {
+            Some(next) => query = format!("/v1/sessions?limit=1&after={next}"),
+            None => break,
+        }
+    }
+    assert!(all.len() >= 2, "{all:?}");
+    assert!(all.iter().all(|id| ids[1..].contains(id)), "{all:?}");
+    assert_eq!(all.last(), Some(&ids[3]));
+    let mut sorted = all.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(all, sorted, "oldest first, each once");
+    let (status, _) = gw.get("/v1/sessions?limit=0").await?;
+    assert_eq!(status, 400);
+
+    // One session's turns, five at a time.
+    let mut numbers = Vec::new();
+    let mut after = 0;
+    loop {
+        let (_, page) = gw
+            .get(&format!(
+                "/v1/sessions/{}?limit=5&after_turn={after}",
+                ids[3]
+            ))
+            .await?;
+        assert_eq!(page["turns_total"], 20);
+        let turns = page["turns"].as_array().unwrap();
+        assert!(turns.len() <= 5);
+        numbers.extend(turns.iter().map(|t| t["turn_number"].as_u64().unwrap()));
+        match page["next_after_turn"].as_u64() {
+            Some(n) => after = n,
+            None => break,
+        }
+    }
+    assert_eq!(numbers, (1..=20).collect::<Vec<u64>>());
+    Ok(())
+}

@@ -17,7 +17,7 @@ use turngate_media::session::{self, SessionConfig};
 
 use crate::config::Config;
 use crate::problem::Problem;
-use crate::registry::{Entry, Registry};
+use crate::registry::{Entry, Registry, Retention};
 use crate::turn;
 
 /// Everything the handlers share.
@@ -51,8 +51,11 @@ impl App {
                     config.sessions.max_pending,
                     config.sessions.max_pending_per_ip,
                 ),
-                config.sessions.retain_ended,
-                Duration::from_secs(config.sessions.retain_ended_s),
+                Retention {
+                    count: config.sessions.retain_ended,
+                    age: Duration::from_secs(config.sessions.retain_ended_s),
+                    bytes: config.sessions.retain_ended_bytes,
+                },
             ),
             ports: PortPool::new(config.media.port_min..=config.media.port_max),
             peer: config.peer(),

@@ -217,6 +217,8 @@ pub struct SessionsConfig {
     pub retain_ended: usize,
     /// ...and for at most this long (seconds).
     pub retain_ended_s: u64,
+    /// Estimated bytes of the ended sessions kept queryable, together.
+    pub retain_ended_bytes: u64,
 }
 
 /// `[media]`
@@ -300,6 +302,7 @@ impl Default for SessionsConfig {
             max_pending_per_ip: 8,
             retain_ended: 1000,
             retain_ended_s: 3600,
+            retain_ended_bytes: 256 << 20,
         }
     }
 }
@@ -362,7 +365,8 @@ Configuration file keys (TOML; every key optional; defaults shown):
   max_pending = 64                  sessions not yet connected, gateway-wide; more get 429 (--max-pending)
   max_pending_per_ip = 8            ...per client address (--max-pending-per-ip, TURNGATE_MAX_PENDING_PER_IP)
   retain_ended = 1000               ended sessions kept queryable...
-  retain_ended_s = 3600             ...and for how long
+  retain_ended_s = 3600             ...for how long
+  retain_ended_bytes = 268435456    ...and holding at most this much memory together (estimated)
   [media]
   ips = [\"127.0.0.1\"]               media addresses (--media-ip, TURNGATE_MEDIA_IP)
   port_min = 40000                  UDP port range, one port per session

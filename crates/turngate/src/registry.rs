@@ -1,8 +1,10 @@
 //! The sessions of this node: live ones by WHIP resource id and by session id, and
-//! recently ended ones (kept in memory, bounded by count and age).
+//! recently ended ones (kept in memory, bounded by count, age and an estimate of their
+//! bytes).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::IpAddr;
+use std::ops::Bound;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -26,10 +28,18 @@ impl Entry {
 #[derive(Default)]
 struct Maps {
     by_resource: HashMap<String, SessionId>,
-    by_id: HashMap<SessionId, Arc<Entry>>,
+    /// Ordered by id, which is ordered by start time (ids are minted time-first).
+    by_id: BTreeMap<SessionId, Arc<Entry>>,
     ended: VecDeque<(Instant, SessionId)>,
     /// What the sessions no longer held counted.
     forgotten: Totals,
+}
+
+impl Maps {
+    /// The estimated bytes a session holds.
+    fn bytes(&self, id: &SessionId) -> u64 {
+        self.by_id.get(id).map_or(0, |e| e.shared.retained_bytes())
+    }
 }
 
 /// Counters summed over sessions, for `/metrics`.
@@ -85,8 +95,19 @@ pub struct Registry {
     max_pending: usize,
     max_pending_per_ip: usize,
     max: usize,
-    retain: usize,
-    retain_for: Duration,
+    retention: Retention,
+}
+
+/// How many ended sessions stay queryable, and for how long.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Retention {
+    /// At most this many.
+    pub count: usize,
+    /// For at most this long after they end.
+    pub age: Duration,
+    /// Holding at most this many bytes together, by
+    /// [`SessionShared::retained_bytes`](turngate_media::session::SessionShared::retained_bytes).
+    pub bytes: u64,
 }
 
 /// A reserved place under `max_sessions`, released on drop unless it became a session.
@@ -104,13 +125,12 @@ impl Drop for Slot<'_> {
 }
 
 impl Registry {
-    /// A registry allowing `max` live sessions and keeping `retain` ended ones for
-    /// `retain_for`.
+    /// A registry allowing `max` live sessions and keeping ended ones within
+    /// `retention`.
     pub fn new(
         max: usize,
         (max_pending, max_pending_per_ip): (usize, usize),
-        retain: usize,
-        retain_for: Duration,
+        retention: Retention,
     ) -> Self {
         Self {
             maps: Mutex::default(),
@@ -119,8 +139,7 @@ impl Registry {
             max_pending,
             max_pending_per_ip,
             max,
-            retain,
-            retain_for,
+            retention,
         }
     }
 
@@ -191,13 +210,26 @@ impl Registry {
         maps.by_id.get(&id).cloned()
     }
 
-    /// Live and retained sessions, oldest first.
-    pub fn all(&self) -> Vec<Arc<Entry>> {
+    /// Up to `limit` live and retained sessions started after the one `after` names
+    /// (from the first if `None`), oldest first, and whether more follow.
+    pub fn page(&self, after: Option<SessionId>, limit: usize) -> (Vec<Arc<Entry>>, bool) {
         let mut maps = self.lock();
         self.prune(&mut maps);
-        let mut all: Vec<_> = maps.by_id.values().cloned().collect();
-        all.sort_by_key(|e| e.shared.id);
-        all
+        let from = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let mut range = maps.by_id.range((from, Bound::Unbounded));
+        let page: Vec<_> = range
+            .by_ref()
+            .take(limit)
+            .map(|(_, e)| Arc::clone(e))
+            .collect();
+        let more = range.next().is_some();
+        (page, more)
+    }
+
+    /// The estimated bytes of live and retained sessions.
+    pub fn retained_bytes(&self) -> u64 {
+        let maps = self.lock();
+        maps.by_id.values().map(|e| e.shared.retained_bytes()).sum()
     }
 
     /// Live sessions.
@@ -220,12 +252,17 @@ impl Registry {
         self.prune(&mut maps);
     }
 
-    /// Forgets retained sessions beyond the count or older than the age limit.
+    /// Forgets the oldest retained sessions while there are more than the count, while
+    /// the oldest is older than the age limit, or while they hold more than the bytes
+    /// limit. (Bytes are summed afresh: an ended session's turns may still complete.)
     fn prune(&self, maps: &mut Maps) {
+        let mut held: u64 = maps.ended.iter().map(|(_, id)| maps.bytes(id)).sum();
         while let Some(&(at, id)) = maps.ended.front() {
-            if maps.ended.len() <= self.retain && at.elapsed() < self.retain_for {
+            let r = &self.retention;
+            if maps.ended.len() <= r.count && at.elapsed() < r.age && held <= r.bytes {
                 break;
             }
+            held -= maps.bytes(&id);
             maps.ended.pop_front();
             if let Some(entry) = maps.by_id.remove(&id) {
                 maps.forgotten.add(&entry.shared.counters);

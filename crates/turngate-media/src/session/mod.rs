@@ -32,7 +32,7 @@
 //! way — then uploads are settled and the open turn ends `session_closed`.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -226,6 +226,7 @@ pub fn start(
         turns: Mutex::new(Vec::new()),
         results: Mutex::default(),
         blobs: Mutex::new(Vec::new()),
+        retained: AtomicU64::new(0),
         uploads: uploads_tx,
         to_client: to_client_tx,
         ended: watch::channel(None).0,
@@ -551,7 +552,10 @@ impl Driver {
         };
         match turns.iter_mut().rev().find(|t| t.id == turn.id) {
             Some(slot) => *slot = turn.clone(),
-            None => turns.push(turn.clone()),
+            None => {
+                turns.push(turn.clone());
+                self.shared.retain(shared::RETAINED_PER_TURN);
+            }
         }
     }
 

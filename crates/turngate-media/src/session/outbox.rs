@@ -159,8 +159,12 @@ impl Driver {
                     "completed".into(),
                     serde_json::to_value(&completed).unwrap_or_default(),
                 );
+                let details = Value::Object(details);
+                // A `Value` holds about twice its JSON text (strings plus map nodes).
+                let text = serde_json::to_string(&details).map_or(0, |t| t.len());
+                self.shared.retain(2 * text + 64);
                 if let Ok(mut results) = self.shared.results.lock() {
-                    results.insert(turn_id, Value::Object(details));
+                    results.insert(turn_id, details);
                 }
                 self.send_event(completed.clone()).await;
                 let _ = reply.send(Finished {

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -15,6 +15,9 @@ use turngate_core::{Error, ErrorCode, ServerEvent, SessionId, TurnId, TurnInfo};
 use super::{
     BlobRecord, Finished, SessionCounters, SessionEnd, ToClient, TurnReport, UploadRequest,
 };
+
+/// Bytes a recorded turn is estimated to hold: its [`TurnInfo`] and a slot in the list.
+pub const RETAINED_PER_TURN: usize = std::mem::size_of::<TurnInfo>() + 64;
 
 /// State shared between a session's tasks and the API.
 pub struct SessionShared {
@@ -30,6 +33,8 @@ pub struct SessionShared {
     /// What processing made of each completed turn (see [`TurnReport::details`]).
     pub(super) results: Mutex<HashMap<TurnId, serde_json::Value>>,
     pub(super) blobs: Mutex<Vec<BlobRecord>>,
+    /// An estimate of the bytes `turns`, `results` and `blobs` hold.
+    pub(super) retained: AtomicU64,
     pub(super) uploads: mpsc::Sender<UploadRequest>,
     pub(super) to_client: mpsc::Sender<ToClient>,
     pub(super) ended: watch::Sender<Option<(SystemTime, SessionEnd)>>,
@@ -44,6 +49,32 @@ impl SessionShared {
     /// The session's turns so far.
     pub fn turns(&self) -> Vec<TurnInfo> {
         self.turns.lock().map(|t| t.clone()).unwrap_or_default()
+    }
+
+    /// Up to `limit` of the session's turns numbered above `after`, in order, and how
+    /// many turns it has in all. Copies only the page.
+    pub fn turns_page(&self, after: u32, limit: usize) -> (Vec<TurnInfo>, usize) {
+        let Ok(turns) = self.turns.lock() else {
+            return (Vec::new(), 0);
+        };
+        // Turns are recorded in the order they open, which is their numbers' order.
+        let from = turns.partition_point(|t| t.number <= after);
+        (
+            turns[from..].iter().take(limit).cloned().collect(),
+            turns.len(),
+        )
+    }
+
+    /// An estimate of the bytes the session's turns, their results and its image
+    /// records hold in memory (the images themselves are not kept): what retaining
+    /// the session costs. Grows with each turn (see [`RETAINED_PER_TURN`]), result and
+    /// image.
+    pub fn retained_bytes(&self) -> u64 {
+        self.retained.load(Ordering::Relaxed)
+    }
+
+    pub(super) fn retain(&self, bytes: usize) {
+        self.retained.fetch_add(bytes as u64, Ordering::Relaxed);
     }
 
     /// What processing made of a completed turn: the report's details, `response`

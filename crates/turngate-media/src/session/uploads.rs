@@ -354,6 +354,9 @@ impl Driver {
             height: info.height,
             bytes: blob.bytes.len() as u64,
         };
+        self.shared.retain(
+            std::mem::size_of::<BlobRecord>() + record.upload_id.len() + record.declared_mime.len(),
+        );
         if let Ok(mut blobs) = self.shared.blobs.lock() {
             blobs.push(record);
         }

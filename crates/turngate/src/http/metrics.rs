@@ -36,6 +36,13 @@ fn render(app: &App) -> String {
         app.registry.pending() as f64,
     );
     out.single(
+        "turngate_sessions_retained_bytes",
+        "Estimated bytes of the turns, results and image records of live and retained \
+         sessions (ended ones bounded by sessions.retain_ended_bytes).",
+        "gauge",
+        app.registry.retained_bytes() as f64,
+    );
+    out.single(
         "turngate_sessions_started_total",
         "Sessions created.",
         "counter",

@@ -1,12 +1,14 @@
 //! `GET /v1/sessions` and `GET /v1/sessions/{session_id}`: live and recently ended
-//! sessions with their counters, and one session's turns with what processing made of
-//! them.
+//! sessions with their counters, a page at a time, and one session's turns with what
+//! processing made of them, a page at a time. The JSON is built on the blocking pool:
+//! a page of a thousand turns is milliseconds of work that must not hold up a runtime
+//! thread serving media.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use turngate_core::{ErrorCode, SessionId};
@@ -15,20 +17,82 @@ use crate::app::App;
 use crate::problem::Problem;
 use crate::registry::Entry;
 
-pub(super) async fn list_sessions(State(app): State<Arc<App>>) -> Response {
-    let sessions: Vec<Value> = app
-        .registry
-        .all()
-        .iter()
-        .map(|e| session_json(e, false))
-        .collect();
-    axum::Json(json!({ "sessions": sessions })).into_response()
+/// Items of a page when the request does not say.
+const DEFAULT_LIMIT: usize = 100;
+/// Most items of a page.
+const MAX_LIMIT: usize = 1000;
+
+/// `?after=…&limit=…` of the session list.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ListQuery {
+    /// The last session id of the previous page (`next` of its answer).
+    after: Option<String>,
+    /// Sessions per page: default 100, at most 1000.
+    limit: Option<usize>,
 }
 
+/// `?after_turn=…&limit=…` of one session's turns.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct TurnsQuery {
+    /// The last turn number of the previous page (`next_after_turn` of its answer).
+    after_turn: Option<u32>,
+    /// Turns per page: default 100, at most 1000.
+    limit: Option<usize>,
+}
+
+fn limit(requested: Option<usize>) -> Result<usize, Problem> {
+    match requested.unwrap_or(DEFAULT_LIMIT) {
+        n @ 1..=MAX_LIMIT => Ok(n),
+        n => Err(Problem::new(
+            ErrorCode::MalformedMessage,
+            format!("limit must be 1 to {MAX_LIMIT}, not {n}"),
+        )),
+    }
+}
+
+fn bad_query(e: impl std::fmt::Display) -> Problem {
+    Problem::new(ErrorCode::MalformedMessage, format!("bad query: {e}"))
+}
+
+/// Builds a response on the blocking pool.
+async fn off_runtime(build: impl FnOnce() -> Value + Send + 'static) -> Result<Response, Problem> {
+    tokio::task::spawn_blocking(build)
+        .await
+        .map(|v| axum::Json(v).into_response())
+        .map_err(|_| Problem::new(ErrorCode::Internal, "building the answer failed"))
+}
+
+/// Oldest first; `next` is the `after` of the next page, `null` on the last.
+pub(super) async fn list_sessions(
+    State(app): State<Arc<App>>,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, Problem> {
+    let Query(query) = query.map_err(bad_query)?;
+    let limit = limit(query.limit)?;
+    let after = match query.after {
+        Some(id) => Some(id.parse::<SessionId>().map_err(bad_query)?),
+        None => None,
+    };
+    let (page, more) = app.registry.page(after, limit);
+    off_runtime(move || {
+        let next = more.then(|| page.last().map(|e| e.shared.id)).flatten();
+        let sessions: Vec<Value> = page.iter().map(|e| session_json(e, None)).collect();
+        json!({ "sessions": sessions, "next": next })
+    })
+    .await
+}
+
+/// One session with a page of its turns: `turns_total`, and `next_after_turn`, the
+/// `after_turn` of the next page (`null` on the last).
 pub(super) async fn get_session(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
+    query: Result<Query<TurnsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, Problem> {
+    let Query(query) = query.map_err(bad_query)?;
+    let limit = limit(query.limit)?;
     let id: SessionId = id
         .parse()
         .map_err(|_| Problem::new(ErrorCode::NotFound, "no such session"))?;
@@ -36,15 +100,16 @@ pub(super) async fn get_session(
         .registry
         .get(id)
         .ok_or_else(|| Problem::new(ErrorCode::NotFound, "no such session"))?;
-    Ok(axum::Json(session_json(&entry, true)).into_response())
+    off_runtime(move || session_json(&entry, Some((query.after_turn.unwrap_or(0), limit)))).await
 }
 
 fn time(t: SystemTime) -> String {
     humantime::format_rfc3339_millis(t).to_string()
 }
 
-/// A session as JSON: counters always, turns when `detail`.
-fn session_json(entry: &Entry, detail: bool) -> Value {
+/// A session as JSON: counters always, and with `turns = (after, limit)` that page of
+/// its turns.
+fn session_json(entry: &Entry, turns: Option<(u32, usize)>) -> Value {
     let s = &entry.shared;
     let c = s.counters.read();
     let ended = s.ended();
@@ -73,14 +138,20 @@ fn session_json(entry: &Entry, detail: bool) -> Value {
             "upload_bytes_freed": c.upload_bytes_freed,
         },
     });
-    if detail {
-        let mut blobs: HashMap<_, Vec<_>> = HashMap::new();
+    if let Some((after, limit)) = turns {
+        let (page, total) = s.turns_page(after, limit);
+        let mut blobs: HashMap<_, Vec<_>> = page.iter().map(|t| (t.id, Vec::new())).collect();
         for blob in s.blobs() {
-            blobs.entry(blob.turn_id).or_default().push(blob);
+            if let Some(of_turn) = blobs.get_mut(&blob.turn_id) {
+                of_turn.push(blob);
+            }
         }
         let at = |d: std::time::Duration| time(s.started + d);
-        let turns: Vec<Value> = s
-            .turns()
+        let next = page
+            .last()
+            .filter(|last| last.number < total as u32)
+            .map(|last| last.number);
+        let turns: Vec<Value> = page
             .iter()
             .map(|t| {
                 let result = s.result(t.id);
@@ -110,6 +181,8 @@ fn session_json(entry: &Entry, detail: bool) -> Value {
             })
             .collect();
         v["turns"] = Value::Array(turns);
+        v["turns_total"] = total.into();
+        v["next_after_turn"] = next.into();
     }
     v
 }
