@@ -166,25 +166,35 @@ impl Backend {
         retry: bool,
         build: impl Fn(&reqwest::Client) -> reqwest::RequestBuilder,
     ) -> Result<(reqwest::Response, Slot), BackendError> {
-        self.send_with(ctx, retry, Some(self.timeout()), build)
-            .await
+        let slot = self.slot(ctx).await?;
+        let response = self
+            .send_in(ctx, retry, Some(self.timeout()), build)
+            .await?;
+        Ok((response, slot))
     }
 
-    /// [`send`](Self::send) with the given per-request timeout, or none: a stream's
-    /// reader keeps its own deadlines.
-    pub(crate) async fn send_with(
+    /// A call slot for the session of `ctx` (see [`crate::slots`]).
+    ///
+    /// Errors: `Overloaded` (shed).
+    pub async fn slot(&self, ctx: &TurnContext) -> Result<Slot, BackendError> {
+        self.slots
+            .acquire(ctx.session_id)
+            .await
+            .map_err(|reason| BackendError::Overloaded {
+                backend: self.name,
+                reason,
+            })
+    }
+
+    /// [`send`](Self::send) for a call that holds its slot already, with the given
+    /// per-request timeout, or none: a stream's reader keeps its own deadlines.
+    pub(crate) async fn send_in(
         &self,
         ctx: &TurnContext,
         retry: bool,
         timeout: Option<Duration>,
         build: impl Fn(&reqwest::Client) -> reqwest::RequestBuilder,
-    ) -> Result<(reqwest::Response, Slot), BackendError> {
-        let slot = self.slots.acquire(ctx.session_id).await.map_err(|reason| {
-            BackendError::Overloaded {
-                backend: self.name,
-                reason,
-            }
-        })?;
+    ) -> Result<reqwest::Response, BackendError> {
         let mut attempt = 0;
         loop {
             let result = self.attempt(ctx, timeout, &build).await;
@@ -194,7 +204,7 @@ impl Backend {
                     tokio::time::sleep(backoff(attempt)).await;
                     attempt += 1;
                 }
-                other => return other.map(|response| (response, slot)),
+                other => return other,
             }
         }
     }

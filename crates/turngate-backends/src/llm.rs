@@ -52,13 +52,13 @@ pub struct Usage {
 /// [`BackendConfig`](crate::BackendConfig)), never the stream.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct StreamTimeouts {
-    /// From the call's start (connection, retries and headers included) to the first
+    /// From the moment the call has a slot (connection, retries and headers included) to the first
     /// content delta; SSE comments and empty chunks do not count. Default 10 s.
     pub first_token: Duration,
     /// Once the first delta has arrived, the longest gap between any bytes of the stream
     /// (SSE comment keep-alives count). Default 10 s.
     pub idle: Duration,
-    /// The whole call, from its start to the end of the stream. Default 60 s.
+    /// The whole call, from the moment it has a slot to the end of the stream. Default 60 s.
     pub total: Duration,
 }
 
@@ -97,17 +97,20 @@ impl Drop for LlmStream {
 
 /// Starts a streamed chat completion of `messages` (OpenAI chat messages) and returns once
 /// the backend has answered with an event stream; read it with [`LlmStream::next`].
-/// Retries (where configured) happen only before the stream starts, within
-/// `timeouts.first_token`.
+/// The call waits for its slot first (up to the backend's `queue_timeout_ms`); its
+/// deadlines run from when it has one. Retries (where configured) happen only before
+/// the stream starts, within `timeouts.first_token`.
 ///
-/// Errors: `Timeout` (first token or total: no answer in time), `Unavailable`, `Status`,
-/// `Malformed` (the answer is not an event stream), `Config`.
+/// Errors: `Overloaded` (shed: no slot), `Timeout` (first token or total: no answer in
+/// time), `Unavailable`, `Status`, `Malformed` (the answer is not an event stream),
+/// `Config`.
 pub async fn stream(
     backend: &Backend,
     ctx: &TurnContext,
     messages: Vec<Message>,
     timeouts: StreamTimeouts,
 ) -> Result<LlmStream, BackendError> {
+    let slot = backend.slot(ctx).await?;
     let clock = Clock::start(backend.name, timeouts);
     let body = Request {
         model: &backend.config().model,
@@ -119,9 +122,9 @@ pub async fn stream(
         }),
     };
     let url = backend.url("/chat/completions");
-    let send = backend.send_with(ctx, true, None, |http| http.post(&url).json(&body));
+    let send = backend.send_in(ctx, true, None, |http| http.post(&url).json(&body));
     let (deadline, late) = clock.deadline(false);
-    let (response, permit) = tokio::time::timeout_at(deadline, send)
+    let response = tokio::time::timeout_at(deadline, send)
         .await
         .map_err(|_| late)??;
     let name = backend.name;
@@ -138,7 +141,7 @@ pub async fn stream(
     }
     let (tx, events) = mpsc::channel(STREAM_BUFFER);
     let reader = tokio::spawn(async move {
-        let _permit = permit;
+        let _slot = slot;
         if let Err(e) = read(clock, response, &tx).await {
             let _ = tx.send(Err(e)).await;
         }

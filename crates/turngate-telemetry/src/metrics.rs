@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicI64, Ordering};
 
 /// Latency buckets in seconds, 5 ms to 60 s.
 pub const LATENCY_BUCKETS: &[f64] = &[
@@ -33,8 +34,13 @@ impl<const N: usize> CounterVec<N> {
 
     /// Adds one to the counter with these label values.
     pub fn inc(&self, values: [&str; N]) {
+        self.add(values, 1);
+    }
+
+    /// Adds `n` to the counter with these label values.
+    pub fn add(&self, values: [&str; N], n: u64) {
         if let Ok(mut map) = self.values.lock() {
-            *map.entry(values.map(str::to_owned)).or_default() += 1;
+            *map.entry(values.map(str::to_owned)).or_default() += n;
         }
     }
 
@@ -141,8 +147,13 @@ pub struct Metrics {
     pub llm_first_token: HistogramVec<0>,
     /// HTTP connections closed, by why.
     pub http_connections_closed: CounterVec<1>,
-    /// Offers refused for a limit, by error code.
+    /// Offers refused, by error code.
     pub sessions_refused: CounterVec<1>,
+    /// Audio a turn's buffer did not keep, by what (`frames` beyond the frame cap,
+    /// `pcm` of frames beyond the samples cap).
+    pub turn_audio_capped: CounterVec<1>,
+    /// HTTP connections open now.
+    pub http_connections: AtomicI64,
 }
 
 impl Default for Metrics {
@@ -177,10 +188,18 @@ impl Default for Metrics {
                  or dropped at the shutdown deadline (shutdown).",
                 ["reason"],
             ),
+            turn_audio_capped: CounterVec::new(
+                "turngate_turn_audio_capped_total",
+                "Frames a turn's buffer did not keep (frames: over the frame cap) or kept \
+                 without their PCM (pcm: over the samples cap of turn.max_turn_ms): only a \
+                 sender faster than real time gets here.",
+                ["what"],
+            ),
+            http_connections: AtomicI64::new(0),
             sessions_refused: CounterVec::new(
                 "turngate_sessions_refused_total",
-                "Offers refused for a limit: too_many_sessions (sessions.max) or \
-                 too_many_pending (sessions.max_pending, sessions.max_pending_per_ip).",
+                "Offers refused, by error code: limits (too_many_sessions, too_many_pending, \
+                 no_media_port, payload_too_large, request_timeout) and bad offers.",
                 ["code"],
             ),
         }
@@ -190,6 +209,13 @@ impl Default for Metrics {
 impl Metrics {
     /// Writes every family.
     pub fn write(&self, out: &mut Exposition) {
+        out.single(
+            "turngate_http_connections",
+            "HTTP connections open now (bounded by http.max_connections).",
+            "gauge",
+            self.http_connections.load(Ordering::Relaxed) as f64,
+        );
+        self.turn_audio_capped.write(out);
         self.http_connections_closed.write(out);
         self.sessions_refused.write(out);
         self.turns_started.write(out);

@@ -85,18 +85,14 @@ impl App {
         offer: String,
         client: IpAddr,
     ) -> Result<(String, String), Problem> {
-        let refused = |code: ErrorCode, detail: String| {
-            self.turns.metrics.sessions_refused.inc([code.as_str()]);
-            Problem::new(code, detail)
-        };
         let pending = self
             .registry
             .reserve_pending(client)
-            .map_err(|detail| refused(ErrorCode::TooManyPending, detail))?;
+            .map_err(|detail| Problem::new(ErrorCode::TooManyPending, detail))?;
         let slot = self.registry.reserve().ok_or_else(|| {
-            refused(
+            Problem::new(
                 ErrorCode::TooManySessions,
-                "the gateway holds its maximum number of sessions; retry later".into(),
+                "the gateway holds its maximum number of sessions; retry later",
             )
         })?;
         let answered = peer::answer(&self.peer, &self.ports, offer)

@@ -393,10 +393,15 @@ Configuration file keys (TOML; every key optional; defaults shown):
   max_concurrent = 4                data-channel uploads open at once per session
   max_in_flight_bytes = 67108864    declared bytes of a session's open uploads (64 MiB)
   timeout_ms = 30000                longest an upload may stay open
-  validators = 2                    image decodes running at once, gateway-wide
+  validators = 2                    image decodes running at once, gateway-wide (one per session at a time)
+  validation_wait_ms = 10000        longest an image waits for a validator (then overloaded)
+  decode_timeout_ms = 3000          longest one image's validation (then decode_timeout)
+  max_held_bytes = 536870912        image bytes held gateway-wide until their turns are processed (512 MiB)
   [asr], [vision], [llm]            each: url (API base with /v1; empty = stage skipped), model,
                                     api_key, timeout_ms = 30000, retries = 1, max_concurrent = 16,
-                                    provider = \"openai\" (the API spoken, for gen_ai.provider.name)
+                                    max_concurrent_per_session = 4, max_queued = 64,
+                                    max_queued_per_session = 8, queue_timeout_ms = 10000 (beyond: shed,
+                                    overloaded), provider = \"openai\" (the API spoken, for gen_ai.provider.name)
                                     (env: TURNGATE_ASR_URL, _MODEL, _API_KEY, _TIMEOUT_MS, _RETRIES;
                                     likewise TURNGATE_VISION_*, TURNGATE_LLM_*)
   [vision] instruction              what the vision model is asked about each image
@@ -641,6 +646,17 @@ impl Config {
         let m = &self.media;
         if m.ips.is_empty() {
             return fail("media.ips (--media-ip) must name at least one address".into());
+        }
+        for (name, b) in [
+            ("asr", &self.asr),
+            ("vision", &self.vision.backend),
+            ("llm", &self.llm.backend),
+        ] {
+            if b.max_concurrent == 0 || b.max_concurrent_per_session == 0 {
+                return fail(format!(
+                    "{name}.max_concurrent and {name}.max_concurrent_per_session must be at least 1"
+                ));
+            }
         }
         if self.uploads.max_held_bytes < self.uploads.max_image_bytes {
             return fail(format!(

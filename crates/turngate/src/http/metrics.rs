@@ -68,6 +68,27 @@ fn render(app: &App) -> String {
     ] {
         out.sample("turngate_frames_total", &[("fate", fate)], n as f64);
     }
+    out.single(
+        "turngate_audio_concealed_seconds_total",
+        "Audio synthesized for lost packets and timestamp gaps (bounded per session by \
+         the wall time elapsed plus 200 ms).",
+        "counter",
+        c.samples_concealed as f64 / 16_000.0,
+    );
+    out.single(
+        "turngate_events_dropped_total",
+        "Events for clients dropped: the outbox (media.outbox) was full while the data \
+         channel was closed or backed up (media.data_channel_send_buffer).",
+        "counter",
+        c.events_dropped as f64,
+    );
+    out.single(
+        "turngate_messages_refused_total",
+        "Data-channel messages refused with an error event (malformed, unknown, or over a \
+         limit such as turn.max_turns).",
+        "counter",
+        c.messages_refused as f64,
+    );
     out.family(
         "turngate_uploads_total",
         "Image uploads by outcome: accepted, or the error code that refused them.",

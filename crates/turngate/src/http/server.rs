@@ -94,6 +94,8 @@ pub async fn serve(
         let connection =
             graceful.watch(http.serve_connection(TokioIo::new(Box::pin(tcp)), service));
         let (hard_stop, app) = (hard_stop.clone(), Arc::clone(&app));
+        let open = &app.turns.metrics.http_connections;
+        open.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tokio::spawn(async move {
             let reason = match hard_stop.run_until_cancelled(connection).await {
                 None => "shutdown",
@@ -104,7 +106,11 @@ pub async fn serve(
                 }
                 Some(Ok(())) => "ended",
             };
-            app.turns.metrics.http_connections_closed.inc([reason]);
+            let metrics = &app.turns.metrics;
+            metrics.http_connections_closed.inc([reason]);
+            metrics
+                .http_connections
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
             drop(permit);
         });
     }

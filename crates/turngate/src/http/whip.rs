@@ -17,9 +17,26 @@ use crate::app::App;
 use crate::problem::Problem;
 
 /// `POST /v1/whip`: an SDP offer in, `201 Created` with the answer and `Location` out.
+/// Every refusal is counted by its code (`turngate_sessions_refused_total`).
 pub(super) async fn create_session(
     State(app): State<Arc<App>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, Problem> {
+    let result = offer(Arc::clone(&app), peer, headers, body).await;
+    if let Err(problem) = &result {
+        app.turns
+            .metrics
+            .sessions_refused
+            .inc([problem.code.as_str()]);
+    }
+    result
+}
+
+async fn offer(
+    app: Arc<App>,
+    peer: SocketAddr,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, Problem> {

@@ -23,6 +23,7 @@ use turngate_core::{
     AudioFrame, Blob, CompletionStatus, StageStatus, Stages, Tagged, TurnId, TurnInfo, TurnState,
 };
 use turngate_media::session::{HeldImage, SessionShared, TurnReport};
+use turngate_telemetry::metrics::Metrics;
 use turngate_telemetry::{AudioStats, TurnTrace, names, snake};
 
 use super::prompt::{self, Described, Exchange};
@@ -170,7 +171,7 @@ impl Turn {
     /// completes it.
     pub async fn process(mut self, services: Arc<Services>, info: TurnInfo) {
         self.info = info;
-        let audio = self.measure();
+        let audio = self.measure(&services.metrics);
         let ctx = TurnContext {
             session_id: self.shared.id,
             turn_id: self.info.id,
@@ -293,8 +294,9 @@ impl Turn {
         // Dropping `self` settles the turn in the history, with its exchange.
     }
 
-    /// Measures the turn's audio and records it on the trace.
-    fn measure(&self) -> Audio {
+    /// Measures the turn's audio and records it on the trace (and in `metrics`, what
+    /// the caps kept out).
+    fn measure(&self, metrics: &Metrics) -> Audio {
         let audio = Audio {
             samples: self.frames.iter().map(|f| f.value.pcm.len() as u64).sum(),
             concealed: self
@@ -304,6 +306,9 @@ impl Turn {
                 .sum(),
         };
         if self.over_cap > 0 || self.pcm_over_cap > 0 {
+            let capped = &metrics.turn_audio_capped;
+            capped.add(["frames"], self.over_cap);
+            capped.add(["pcm"], self.pcm_over_cap);
             tracing::warn!(turn = %self.info.id, frames = self.over_cap, frames_without_pcm = self.pcm_over_cap, "Turn buffer over its cap: the sender sends faster than real time.");
         }
         if let (Some(first), Some(last)) = (self.frames.first(), self.frames.last()) {
