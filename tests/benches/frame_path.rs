@@ -94,7 +94,7 @@ fn frame_path(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, frame_path, image_validation);
+criterion_group!(benches, frame_path, image_validation, image_limits);
 criterion_main!(benches);
 
 /// Image validation of a 1280×720 screenshot: reading the header (the baseline) against
@@ -115,6 +115,28 @@ fn image_validation(c: &mut Criterion) {
     });
     group.bench_function("validate", |b| {
         b.iter(|| validate(black_box(&png), &ImageLimits::default()).unwrap())
+    });
+    group.finish();
+}
+
+/// What the validation limits are sized against: the largest image the pixel limit
+/// lets through (a 40 MP photo-like PNG) and a GIF of a few hundred bytes whose ten
+/// one-pixel frames each cost a decode of a 36 MP canvas, both without a time limit.
+fn image_limits(c: &mut Criterion) {
+    use turngate_media::image::{ImageLimits, validate};
+    let unlimited = ImageLimits {
+        decode_timeout: Duration::from_secs(600),
+        ..ImageLimits::default()
+    };
+    let mut group = c.benchmark_group("image_limits");
+    group.sample_size(10);
+    let largest = turngate_e2e::picture(7744, 5164, image::ImageFormat::Png);
+    group.bench_function("png_40mp", |b| {
+        b.iter(|| validate(black_box(&largest), &unlimited).unwrap())
+    });
+    let canvas = turngate_e2e::canvas_gif(6000, 10);
+    group.bench_function("gif_10_frames_on_36mp_canvas", |b| {
+        b.iter(|| validate(black_box(&canvas), &unlimited).unwrap())
     });
     group.finish();
 }

@@ -97,7 +97,7 @@ async fn main() -> anyhow::Result<()> {
         sent += client.packets_sent();
         client.delete(&gw).await?;
     }
-    let (_, list) = gw.get("/v1/sessions").await?;
+    let (_, list) = gw.get("/v1/sessions?limit=1000").await?;
     let received: u64 = list["sessions"]
         .as_array()
         .context("sessions")?
