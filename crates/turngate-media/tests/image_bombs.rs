@@ -1,5 +1,8 @@
 //! Metadata bombs: an image whose ancillary data inflates far beyond its size must not
 //! make validation allocate it. Measured with a counting allocator around `validate`.
+//! PNG is the accepted format whose ancillary data is compressed (iCCP, zTXt, iTXt);
+//! JPEG, WebP and GIF store theirs (EXIF, ICC, XMP, comments) as is, so it is bounded
+//! by the upload's size.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -43,14 +46,59 @@ fn png_with_icc_profile(profile: usize) -> Vec<u8> {
     out
 }
 
-#[test]
-fn an_icc_profile_bomb_is_not_inflated() {
-    let bomb = png_with_icc_profile(256 << 20);
+/// A 1×1 PNG with a chunk of type `kind` and `data` inserted after its header.
+fn png_with_chunk(kind: &[u8; 4], data: &[u8]) -> Vec<u8> {
+    let png = png_with_icc_profile(0);
+    // Signature (8) and IHDR (4 + 4 + 13 + 4).
+    let (head, tail) = png.split_at(33);
+    let mut out = head.to_vec();
+    out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(kind);
+    crc.update(data);
+    out.extend_from_slice(kind);
+    out.extend_from_slice(data);
+    out.extend_from_slice(&crc.finalize().to_be_bytes());
+    out.extend_from_slice(tail);
+    out
+}
+
+/// 256 MiB of text as a zlib stream (about 256 KiB).
+fn text_bomb() -> Vec<u8> {
+    use std::io::Write;
+    let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::best());
+    let chunk = vec![b'a'; 1 << 20];
+    for _ in 0..256 {
+        z.write_all(&chunk).unwrap();
+    }
+    z.finish().unwrap()
+}
+
+/// Validates `bomb` (a valid 1×1 PNG) and checks what it allocated on the way.
+fn assert_not_inflated(bomb: &[u8]) {
     assert!(bomb.len() < 1 << 20, "{} bytes", bomb.len());
     let before = CURRENT.load(Ordering::Relaxed);
     PEAK.store(before, Ordering::Relaxed);
-    let info = validate(&bomb, &ImageLimits::default()).expect("a valid 1×1 PNG");
+    let info = validate(bomb, &ImageLimits::default()).expect("a valid 1×1 PNG");
     assert_eq!((info.width, info.height), (1, 1));
     let grew = PEAK.load(Ordering::Relaxed) - before;
     assert!(grew < 64 << 20, "validation allocated {} MiB", grew >> 20);
+}
+
+#[test]
+fn an_icc_profile_bomb_is_not_inflated() {
+    assert_not_inflated(&png_with_icc_profile(256 << 20));
+}
+
+#[test]
+fn compressed_text_bombs_are_not_inflated() {
+    // zTXt: keyword, NUL, compression method 0, zlib stream.
+    let mut ztxt = b"Comment\0\0".to_vec();
+    ztxt.extend_from_slice(&text_bomb());
+    assert_not_inflated(&png_with_chunk(b"zTXt", &ztxt));
+    // iTXt: keyword, NUL, compressed (1), method 0, language, NUL, translated keyword,
+    // NUL, zlib stream.
+    let mut itxt = b"Description\0\x01\0en\0\0".to_vec();
+    itxt.extend_from_slice(&text_bomb());
+    assert_not_inflated(&png_with_chunk(b"iTXt", &itxt));
 }
