@@ -220,6 +220,23 @@ impl Gateway {
         }
     }
 
+    /// A gateway whose configuration file holds `toml` (written under a temporary
+    /// directory named after `name`), with more `args` and `env`.
+    pub async fn with_config(
+        name: &str,
+        toml: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
+        let dir = std::env::temp_dir().join(format!("turngate-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let file = dir.join("config.toml");
+        std::fs::write(&file, toml)?;
+        let mut all = vec!["--config", file.to_str().context("a UTF-8 path")?];
+        all.extend_from_slice(args);
+        Self::start(&all, env).await
+    }
+
     /// Sends SIGTERM and waits for the exit status.
     /// A `/metrics` sample's value: `name{labels}` as written, or `name` alone.
     pub async fn metric(&self, sample: &str) -> anyhow::Result<f64> {

@@ -515,13 +515,9 @@ async fn a_turn_whose_session_closed_still_completes_its_processing() -> anyhow:
 #[tokio::test]
 async fn with_send_images_the_llm_gets_the_images_themselves() -> anyhow::Result<()> {
     let (base, seen) = fake_openai().await?;
-    let dir = std::env::temp_dir().join(format!("turngate-send-images-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let file = dir.join("llm.toml");
-    std::fs::write(&file, "[llm]\nsend_images = true\n")?;
     let env = backend_env(&base, &base, &base);
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let gw = Gateway::start(&["--config", file.to_str().unwrap()], &env).await?;
+    let gw = Gateway::with_config("send-images", "[llm]\nsend_images = true\n", &[], &env).await?;
     let client = Client::connect(&gw, true).await?;
     client.session_id().await?;
     let image = png(64, 48);

@@ -262,11 +262,7 @@ async fn cors_preflight_is_answered_and_location_exposed() -> anyhow::Result<()>
 
 #[tokio::test]
 async fn ended_sessions_are_retained_up_to_the_configured_count() -> anyhow::Result<()> {
-    let dir = std::env::temp_dir().join(format!("turngate-retain-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let file = dir.join("retain.toml");
-    std::fs::write(&file, "[sessions]\nretain_ended = 1\n")?;
-    let gw = Gateway::start(&["--config", file.to_str().unwrap()], &[]).await?;
+    let gw = Gateway::with_config("retain", "[sessions]\nretain_ended = 1\n", &[], &[]).await?;
     let mut ids = Vec::new();
     for _ in 0..2 {
         let client = Client::connect(&gw, true).await?;
@@ -320,11 +316,8 @@ async fn session_of_turns(gw: &Gateway, turns: usize) -> anyhow::Result<String> 
 #[tokio::test]
 async fn ended_sessions_are_retained_within_a_byte_budget_and_listed_a_page_at_a_time()
 -> anyhow::Result<()> {
-    let dir = std::env::temp_dir().join(format!("turngate-retain-bytes-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let file = dir.join("retain.toml");
-    std::fs::write(&file, "[sessions]\nretain_ended_bytes = 50000\n")?;
-    let gw = Gateway::start(&["--config", file.to_str().unwrap()], &[]).await?;
+    let toml = "[sessions]\nretain_ended_bytes = 50000\n";
+    let gw = Gateway::with_config("retain-bytes", toml, &[], &[]).await?;
     let mut ids = Vec::new();
     for _ in 0..4 {
         ids.push(session_of_turns(&gw, 20).await?);

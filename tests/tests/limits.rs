@@ -348,23 +348,12 @@ async fn turns_beyond_the_backend_queue_are_shed_and_the_queue_depth_is_visible(
 -> anyhow::Result<()> {
     let (base, seen) = fake_openai::fake_openai().await?;
     seen.lock().unwrap().asr_fault = fake_openai::Fault::Hang;
-    let dir = std::env::temp_dir().join(format!("turngate-shed-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let file = dir.join("asr.toml");
-    std::fs::write(
-        &file,
-        "[asr]\nmax_concurrent = 2\nmax_queued = 8\nqueue_timeout_ms = 3000\ntimeout_ms = 30000\n",
-    )?;
     let env = fake_openai::backend_env(&base, "", "");
     let mut env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     env.retain(|(k, _)| *k != "TURNGATE_ASR_TIMEOUT_MS");
-    let args = [
-        "--config",
-        file.to_str().unwrap(),
-        "--max-pending-per-ip",
-        "64",
-    ];
-    let gw = Gateway::start(&args, &env).await?;
+    let toml =
+        "[asr]\nmax_concurrent = 2\nmax_queued = 8\nqueue_timeout_ms = 3000\ntimeout_ms = 30000\n";
+    let gw = Gateway::with_config("shed", toml, &["--max-pending-per-ip", "64"], &env).await?;
     let (rate, pcm) = wav::read(&data("speech.wav"))?;
     let packets = encode_opus(rate, &pcm)?;
     // Fifty sessions, one turn each, with a little speech, while ASR takes 10 s.
@@ -448,15 +437,6 @@ async fn wait_until(timeout: Duration, done: impl Fn() -> bool) -> anyhow::Resul
     Ok(())
 }
 
-/// A gateway with `toml` as its configuration file, backends from `env`.
-async fn gateway_with(name: &str, toml: &str, env: &[(&str, &str)]) -> anyhow::Result<Gateway> {
-    let dir = std::env::temp_dir().join(format!("turngate-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let file = dir.join("config.toml");
-    std::fs::write(&file, toml)?;
-    Gateway::start(&["--config", file.to_str().unwrap()], env).await
-}
-
 /// POSTs `image` to the session's upload endpoint: (status, body, when it answered).
 async fn post_image(
     gw: &Gateway,
@@ -479,9 +459,10 @@ async fn post_image(
 
 #[tokio::test]
 async fn sessions_take_turns_at_the_image_validators() -> anyhow::Result<()> {
-    let gw = gateway_with(
+    let gw = Gateway::with_config(
         "fair-validators",
         "[uploads]\nvalidators = 1\nvalidation_wait_ms = 60000\ndecode_timeout_ms = 60000\n",
+        &[],
         &[],
     )
     .await?;
@@ -517,9 +498,10 @@ async fn sessions_take_turns_at_the_image_validators() -> anyhow::Result<()> {
 #[tokio::test]
 async fn waiting_for_a_validator_and_decoding_are_both_bounded() -> anyhow::Result<()> {
     // One validator, and an image waits for it at most 200 ms.
-    let gw = gateway_with(
+    let gw = Gateway::with_config(
         "validator-wait",
         "[uploads]\nvalidators = 1\nvalidation_wait_ms = 200\ndecode_timeout_ms = 60000\n",
+        &[],
         &[],
     )
     .await?;
@@ -548,9 +530,10 @@ async fn waiting_for_a_validator_and_decoding_are_both_bounded() -> anyhow::Resu
     );
 
     // An image that takes longer than the decode time limit is refused at the limit.
-    let gw = gateway_with(
+    let gw = Gateway::with_config(
         "decode-timeout",
         "[uploads]\ndecode_timeout_ms = 100\n",
+        &[],
         &[],
     )
     .await?;
@@ -570,9 +553,10 @@ async fn waiting_for_a_validator_and_decoding_are_both_bounded() -> anyhow::Resu
 #[tokio::test]
 async fn images_held_by_unprocessed_turns_are_bounded_gateway_wide() -> anyhow::Result<()> {
     // Room for two images of about 480 KB, not three.
-    let gw = gateway_with(
+    let gw = Gateway::with_config(
         "held-images",
         "[uploads]\nmax_image_bytes = 600000\nmax_held_bytes = 1100000\n",
+        &[],
         &[],
     )
     .await?;

@@ -318,11 +318,7 @@ async fn interleaved_chunks_of_two_uploads_both_arrive_intact() -> anyhow::Resul
 
 #[tokio::test]
 async fn each_bad_upload_is_refused_with_its_code_and_audio_is_unharmed() -> anyhow::Result<()> {
-    let dir = std::env::temp_dir().join(format!("turngate-uploads-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let file = dir.join("uploads.toml");
-    std::fs::write(&file, "[uploads]\ntimeout_ms = 1500\n")?;
-    let gw = Gateway::start(&["--config", file.to_str().unwrap()], &[]).await?;
+    let gw = Gateway::with_config("uploads", "[uploads]\ntimeout_ms = 1500\n", &[], &[]).await?;
     let client = Client::connect(&gw, true).await?;
     let session_id = client.session_id().await?;
     let speaking = {

@@ -134,11 +134,7 @@ async fn lost_packets_are_concealed_and_keep_the_turn_timing() -> anyhow::Result
 #[tokio::test]
 async fn events_for_a_client_without_data_channel_overflow_a_bounded_counted_outbox()
 -> anyhow::Result<()> {
-    let dir = std::env::temp_dir().join(format!("turngate-outbox-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let file = dir.join("outbox.toml");
-    std::fs::write(&file, "[media]\noutbox = 1\n")?;
-    let gw = Gateway::start(&["--config", file.to_str().unwrap()], &[]).await?;
+    let gw = Gateway::with_config("outbox", "[media]\noutbox = 1\n", &[], &[]).await?;
     let client = Client::connect(&gw, false).await?;
     let session_id = only_session_id(&gw).await?;
     client.send_wav("two-utterances.wav").await?;

@@ -304,21 +304,25 @@ mod tests {
         );
     }
 
-    #[test]
-    fn damage_in_a_later_animation_frame_is_caught() {
-        let frames: Vec<image::Frame> = (0..3)
-            .map(|i| {
-                image::Frame::new(image::RgbaImage::from_pixel(
-                    32,
-                    32,
-                    image::Rgba([i * 80, 0, 0, 255]),
-                ))
-            })
-            .collect();
+    /// A GIF of `frames` frames of `side` × `side`, each of its own colour.
+    fn animation(frames: u8, side: u32) -> Vec<u8> {
+        let frames = (0..frames).map(|i| {
+            image::Frame::new(image::RgbaImage::from_pixel(
+                side,
+                side,
+                image::Rgba([i.wrapping_mul(10), 0, 0, 255]),
+            ))
+        });
         let mut gif = Vec::new();
         image::codecs::gif::GifEncoder::new(&mut gif)
             .encode_frames(frames)
             .unwrap();
+        gif
+    }
+
+    #[test]
+    fn damage_in_a_later_animation_frame_is_caught() {
+        let gif = animation(3, 32);
         assert_eq!(
             validate(&gif, &ImageLimits::default()).unwrap().mime,
             "image/gif"
@@ -332,19 +336,7 @@ mod tests {
     fn an_image_that_decodes_too_slowly_is_refused_in_time() {
         // 24 frames of 1000×1000: each is composited onto the canvas, taking well over
         // the 1 ms allowed here.
-        let frames: Vec<image::Frame> = (0..24)
-            .map(|i| {
-                image::Frame::new(image::RgbaImage::from_pixel(
-                    1000,
-                    1000,
-                    image::Rgba([i * 10, 0, 0, 255]),
-                ))
-            })
-            .collect();
-        let mut gif = Vec::new();
-        image::codecs::gif::GifEncoder::new(&mut gif)
-            .encode_frames(frames)
-            .unwrap();
+        let gif = animation(24, 1000);
         let limits = ImageLimits {
             decode_timeout: Duration::from_millis(1),
             ..ImageLimits::default()
