@@ -551,49 +551,82 @@ async fn waiting_for_a_validator_and_decoding_are_both_bounded() -> anyhow::Resu
 }
 
 #[tokio::test]
-async fn images_held_by_unprocessed_turns_are_bounded_gateway_wide() -> anyhow::Result<()> {
-    // Room for two images of about 480 KB, not three.
+async fn images_held_by_unprocessed_turns_are_bounded_per_session_and_gateway_wide()
+-> anyhow::Result<()> {
+    // A session may hold two images of about 480 KB, the gateway three.
     let gw = Gateway::with_config(
         "held-images",
-        "[uploads]\nmax_image_bytes = 600000\nmax_held_bytes = 1100000\n",
+        "[uploads]\nmax_image_bytes = 600000\nmax_in_flight_bytes = 1100000\n\
+         max_held_bytes = 1700000\n",
         &[],
         &[],
     )
     .await?;
-    let client = Client::connect(&gw, true).await?;
-    client.session_id().await?;
-    client
+    let first = Client::connect(&gw, true).await?;
+    first.session_id().await?;
+    let second = Client::connect(&gw, true).await?;
+    second.session_id().await?;
+    // Declaring large uploads and sending nothing holds no image bytes.
+    let mut stalled = Vec::new();
+    for client in [&first, &second] {
+        let mut socket = tokio::net::TcpStream::connect(gw.base.trim_start_matches("http://")).await?;
+        let head = format!(
+            "POST {}/images HTTP/1.1\r\nhost: x\r\ncontent-type: image/png\r\ncontent-length: 500000\r\n\r\nP",
+            client.location
+        );
+        tokio::io::AsyncWriteExt::write_all(&mut socket, head.as_bytes()).await?;
+        stalled.push(socket);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(gw.metric("turngate_image_bytes_held").await?, 0.0);
+    // Dropped: their in-flight reservations are freed.
+    drop(stalled);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    first
         .send_event(serde_json::json!({"type": "turn.start"}))
         .await?;
-    client
+    first
         .inbox
         .wait("turn.started", 1, Duration::from_secs(2))
         .await?;
     let image = noise_png(400, 400);
     assert!(image.len() > 400_000, "{}", image.len());
     for _ in 0..2 {
-        let (status, body, _) = post_image(&gw, &client, image.clone()).await?;
+        let (status, body, _) = post_image(&gw, &first, image.clone()).await?;
         assert_eq!(status, 201, "{body:#}");
     }
-    // The turn is still open: its images are held, and a third does not fit.
+    // Its turn is still open: its images are held, and a third is over its share…
     let held = gw.metric("turngate_image_bytes_held").await?;
     assert!(held >= 2.0 * image.len() as f64, "{held}");
-    let (status, body, _) = post_image(&gw, &client, image.clone()).await?;
+    let (status, body, _) = post_image(&gw, &first, image.clone()).await?;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (429, Some("upload_budget_exceeded")),
+        "{body:#}"
+    );
+    // …while another session still has room, until the gateway's budget is full.
+    let (status, body, _) = post_image(&gw, &second, image.clone()).await?;
+    assert_eq!(status, 201, "{body:#}");
+    let (status, body, _) = post_image(&gw, &second, image.clone()).await?;
     assert_eq!(
         (status, body["code"].as_str()),
         (503, Some("overloaded")),
         "{body:#}"
     );
-    // Once the turn has been processed, its images are given back.
-    client
+    // Once the turns have been processed, their images are given back.
+    first
         .send_event(serde_json::json!({"type": "turn.end"}))
         .await?;
-    client
+    first
+        .inbox
+        .wait("turn.completed", 1, Duration::from_secs(5))
+        .await?;
+    second
         .inbox
         .wait("turn.completed", 1, Duration::from_secs(5))
         .await?;
     assert_eq!(gw.metric("turngate_image_bytes_held").await?, 0.0);
-    let (status, body, _) = post_image(&gw, &client, image).await?;
+    let (status, body, _) = post_image(&gw, &first, image).await?;
     assert_eq!(status, 201, "{body:#}");
     Ok(())
 }

@@ -18,6 +18,9 @@ use crate::id::TurnId;
 
 /// Longest `upload_id`, in bytes (it must fit the chunk header's length byte).
 pub const MAX_UPLOAD_ID_BYTES: usize = 64;
+/// Longest declared content type kept: RFC 6838 §4.2 allows 127 characters each for
+/// type and subtype names, so `type/subtype` fits, with room for a short parameter.
+pub const MAX_MIME_BYTES: usize = 255;
 /// Recently aborted uploads whose late chunks are dropped quietly rather than each
 /// answered with `unknown_upload`.
 const REMEMBER_ABORTED: usize = 16;
@@ -327,6 +330,9 @@ impl Reassembler {
                 format!("upload {upload_id:?} timed out before its body arrived"),
             ));
         };
+        if let Err(error) = check_mime(&declared_mime) {
+            return Ok(EndOutcome::Aborted(self.abort(upload_id, error)));
+        }
         let len = bytes.len() as u64;
         if len == 0 || len > open.size {
             let error = if len == 0 {
@@ -438,6 +444,7 @@ fn check_declaration(begin: &UploadBegin, limits: &UploadLimits) -> Result<(), E
             format!("upload_id must be 1–{MAX_UPLOAD_ID_BYTES} bytes, not {id_len}"),
         ));
     }
+    check_mime(&begin.mime)?;
     if begin.size == 0 {
         return Err(Error::refused(
             ErrorCode::SizeRequired,
@@ -450,6 +457,21 @@ fn check_declaration(begin: &UploadBegin, limits: &UploadLimits) -> Result<(), E
             format!(
                 "{} bytes is over the limit of {} bytes",
                 begin.size, limits.max_image_bytes
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// A declared content type longer than [`MAX_MIME_BYTES`] is refused
+/// `unsupported_media_type`: it is kept with the image and echoed to the client.
+fn check_mime(mime: &str) -> Result<(), Error> {
+    if mime.len() > MAX_MIME_BYTES {
+        return Err(Error::refused(
+            ErrorCode::UnsupportedMediaType,
+            format!(
+                "the declared content type is {} bytes, over the limit of {MAX_MIME_BYTES}",
+                mime.len()
             ),
         ));
     }

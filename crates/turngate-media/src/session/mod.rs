@@ -102,8 +102,9 @@ pub struct SessionConfig {
     /// Longest an image waits for a validator (its session's turn, then a free one);
     /// then it is refused `overloaded`.
     pub validation_wait: Duration,
-    /// Bytes of images held gateway-wide, from `image.begin` (or an HTTP upload's
-    /// headers) until their turn's processing ends. Shared: clone it.
+    /// Bytes of images held gateway-wide, from their arrival until their turn's
+    /// processing ends (each session at most `uploads.max_in_flight_bytes` of them).
+    /// Shared: clone it.
     pub image_budget: ImageBudget,
     /// Turn detection timing.
     pub turn: TurnConfig,
@@ -225,7 +226,7 @@ pub fn start(
         clock,
         turns: Mutex::new(Vec::new()),
         results: Mutex::default(),
-        blobs: Mutex::new(Vec::new()),
+        blobs: Mutex::default(),
         retained: AtomicU64::new(0),
         uploads: uploads_tx,
         to_client: to_client_tx,
@@ -250,6 +251,9 @@ pub fn start(
         StdRng::from_rng(rng),
     )
     .with_sampler(config.sampler.clone());
+    let held_share = Arc::new(Semaphore::new(
+        ((config.uploads.max_in_flight_bytes / 1024) as usize).clamp(1, Semaphore::MAX_PERMITS),
+    ));
     let driver = Driver {
         decoder,
         vad: VoiceDetector::new(config.vad_onset, config.vad_sustain),
@@ -267,6 +271,7 @@ pub fn start(
         validating: HashMap::new(),
         validator_share: Arc::new(Semaphore::new(1)),
         held: HashMap::new(),
+        held_share,
         blob_seq: 0,
         http_uploads: 0,
         close: close_rx,
@@ -302,8 +307,10 @@ struct Driver {
     validating: HashMap<String, (TurnId, u64)>,
     /// The session's one validation at a time.
     validator_share: Arc<Semaphore>,
-    /// The image budget held by each upload open or being validated.
+    /// The image budget held by each upload being validated.
     held: HashMap<String, HeldImage>,
+    /// The session's share of the image budget (KiB permits).
+    held_share: Arc<Semaphore>,
     blob_seq: u64,
     http_uploads: u64,
     /// Why and when the session was asked to end, once it has been.

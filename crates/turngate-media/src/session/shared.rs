@@ -32,7 +32,8 @@ pub struct SessionShared {
     pub(super) turns: Mutex<Vec<TurnInfo>>,
     /// What processing made of each completed turn (see [`TurnReport::details`]).
     pub(super) results: Mutex<HashMap<TurnId, serde_json::Value>>,
-    pub(super) blobs: Mutex<Vec<BlobRecord>>,
+    /// The accepted images, by turn.
+    pub(super) blobs: Mutex<HashMap<TurnId, Vec<BlobRecord>>>,
     /// An estimate of the bytes `turns`, `results` and `blobs` hold.
     pub(super) retained: AtomicU64,
     pub(super) uploads: mpsc::Sender<UploadRequest>,
@@ -83,9 +84,16 @@ impl SessionShared {
         self.results.lock().ok()?.get(&turn).cloned()
     }
 
-    /// The images accepted so far.
-    pub fn blobs(&self) -> Vec<BlobRecord> {
-        self.blobs.lock().map(|b| b.clone()).unwrap_or_default()
+    /// The images accepted so far for each of `turns` (a turn without any has none
+    /// listed). Copies only theirs.
+    pub fn blobs_of(&self, turns: &[TurnId]) -> HashMap<TurnId, Vec<BlobRecord>> {
+        let Ok(blobs) = self.blobs.lock() else {
+            return HashMap::new();
+        };
+        turns
+            .iter()
+            .filter_map(|t| Some((*t, blobs.get(t)?.clone())))
+            .collect()
     }
 
     /// Begins an HTTP upload of at most `size` bytes: tagged with the turn open now and

@@ -4,8 +4,9 @@
 //! Every upload the engine tagged is reported back to it exactly once (accepted or not),
 //! so a turn's processing never starts while one of its uploads is still open.
 //!
-//! Bounds: an upload reserves its declared size in the gateway-wide [`ImageBudget`] when
-//! it begins and keeps it, once accepted, until its turn's processing ends; a session
+//! Bounds: an upload that has arrived whole takes its size from its session's share and
+//! from the gateway-wide [`ImageBudget`], and keeps it, once accepted, until its turn's
+//! processing ends (bytes still arriving count against the session's in-flight limit); a session
 //! validates one image at a time, waiting at most `validation_wait` for its turn and a
 //! free validator; a validation is abandoned at the decode time limit.
 
@@ -46,12 +47,21 @@ impl ImageBudget {
         (self.kib - self.permits.available_permits()) as u64 * 1024
     }
 
-    /// Reserves `bytes`, or refuses `overloaded` at once if the budget cannot hold them.
-    fn reserve(&self, bytes: u64) -> Result<HeldImage, Error> {
+    /// Reserves `bytes` in `session`'s share (KiB permits; full: `upload_budget_exceeded`)
+    /// and in the budget (full: `overloaded`), refusing at once if either cannot hold
+    /// them.
+    fn reserve(&self, bytes: u64, session: &Arc<Semaphore>) -> Result<HeldImage, Error> {
         let kib = u32::try_from(bytes.div_ceil(1024)).unwrap_or(u32::MAX);
-        Arc::clone(&self.permits)
+        let mine = Arc::clone(session)
             .try_acquire_many_owned(kib)
-            .map(|permit| HeldImage { _permit: permit })
+            .map_err(|_| {
+                Error::refused(
+                    ErrorCode::UploadBudgetExceeded,
+                    "this session's images waiting for their turn's processing would exceed its share (uploads.max_in_flight_bytes)",
+                )
+            })?;
+        let all = Arc::clone(&self.permits)
+            .try_acquire_many_owned(kib)
             .map_err(|_| {
                 Error::refused(
                     ErrorCode::Overloaded,
@@ -60,14 +70,19 @@ impl ImageBudget {
                         self.kib >> 10
                     ),
                 )
-            })
+            })?;
+        Ok(HeldImage {
+            _session: mine,
+            _gateway: all,
+        })
     }
 }
 
 /// An image's place in the [`ImageBudget`], given back when dropped.
 #[derive(Debug)]
 pub struct HeldImage {
-    _permit: OwnedSemaphorePermit,
+    _session: OwnedSemaphorePermit,
+    _gateway: OwnedSemaphorePermit,
 }
 
 /// An accepted image, as the session API lists it.
@@ -145,26 +160,18 @@ pub(super) struct Validated {
 impl Driver {
     pub(super) async fn on_image_begin(&mut self, begin: UploadBegin) {
         let upload_id = begin.upload_id.clone();
-        let held = match self
-            .uploads
-            .check(&begin)
-            .and_then(|()| self.config.image_budget.reserve(begin.size))
-        {
-            Ok(held) => held,
-            Err(error) => return self.reject(&upload_id, &error, 0).await,
-        };
+        if let Err(error) = self.uploads.check(&begin) {
+            return self.reject(&upload_id, &error, 0).await;
+        }
         let at = self.now();
         match self.engine.handle_upload_started(at, begin.turn_id) {
-            Ok(turn) => match self.uploads.begin(at, begin, turn) {
-                Ok(()) => {
-                    self.held.insert(upload_id, held);
-                }
-                // Checked above, nothing changed since: this cannot happen.
-                Err(error) => {
+            Ok(turn) => {
+                // Checked above, nothing changed since: this cannot fail.
+                if let Err(error) = self.uploads.begin(at, begin, turn) {
                     self.finished(turn);
                     self.reject(&upload_id, &error, 0).await;
                 }
-            },
+            }
             Err(error) => self.reject(&upload_id, &error, 0).await,
         }
     }
@@ -186,7 +193,7 @@ impl Driver {
 
     pub(super) async fn on_image_end(&mut self, upload_id: &str) {
         match self.uploads.end(upload_id) {
-            Ok(EndOutcome::Received(received)) => self.spawn_validation(received, None),
+            Ok(EndOutcome::Received(received)) => self.received(received, None).await,
             Ok(EndOutcome::Aborted(aborted)) => self.aborted(aborted).await,
             Err(error) => self.reject(upload_id, &error, 0).await,
         }
@@ -210,23 +217,17 @@ impl Driver {
                     sha256: None,
                     turn_id,
                 };
-                let result = self
-                    .uploads
-                    .check(&begin)
-                    .and_then(|()| self.config.image_budget.reserve(size))
-                    .and_then(|held| {
-                        let turn = self.engine.handle_upload_started(self.now(), turn_id)?;
-                        match self.uploads.begin_bounded(self.now(), begin, turn) {
-                            Ok(()) => {
-                                self.held.insert(upload_id.clone(), held);
-                                Ok(upload_id)
-                            }
-                            Err(error) => {
-                                self.finished(turn);
-                                Err(error)
-                            }
-                        }
-                    });
+                let result = match self.uploads.check(&begin) {
+                    Ok(()) => self.engine.handle_upload_started(self.now(), turn_id),
+                    Err(error) => Err(error),
+                };
+                let result = result.and_then(|turn| {
+                    let began = self.uploads.begin_bounded(self.now(), begin, turn);
+                    if began.is_err() {
+                        self.finished(turn);
+                    }
+                    began.map(|()| upload_id)
+                });
                 if let Err(error) = &result {
                     self.count_rejected(error, 0);
                 }
@@ -239,7 +240,7 @@ impl Driver {
                 sha256,
                 reply,
             } => match self.uploads.complete_whole(&upload_id, mime, bytes, sha256) {
-                Ok(EndOutcome::Received(received)) => self.spawn_validation(received, Some(reply)),
+                Ok(EndOutcome::Received(received)) => self.received(received, Some(reply)).await,
                 Ok(EndOutcome::Aborted(aborted)) => {
                     self.finished(aborted.turn_id);
                     self.count_rejected(&aborted.error, aborted.bytes_freed);
@@ -358,7 +359,7 @@ impl Driver {
             std::mem::size_of::<BlobRecord>() + record.upload_id.len() + record.declared_mime.len(),
         );
         if let Ok(mut blobs) = self.shared.blobs.lock() {
-            blobs.push(record);
+            blobs.entry(record.turn_id).or_default().push(record);
         }
         let event = ServerEvent::ImageAccepted {
             upload_id: blob.upload_id.clone(),
@@ -383,6 +384,34 @@ impl Driver {
         };
         self.send_downstream(Downstream::Blob(tagged, held)).await;
         event
+    }
+
+    /// An upload has arrived whole: it takes its place in the session's share and the
+    /// gateway's budget of held images, then is validated; or it is refused if either
+    /// is full.
+    async fn received(
+        &mut self,
+        received: Received,
+        reply: Option<oneshot::Sender<Result<ServerEvent, Error>>>,
+    ) {
+        let size = received.bytes.len() as u64;
+        match self.config.image_budget.reserve(size, &self.held_share) {
+            Ok(held) => {
+                self.held.insert(received.upload_id.clone(), held);
+                self.spawn_validation(received, reply);
+            }
+            Err(error) => {
+                self.uploads.release(&received.upload_id);
+                self.finished(received.turn_id);
+                match reply {
+                    Some(reply) => {
+                        self.count_rejected(&error, size);
+                        let _ = reply.send(Err(error));
+                    }
+                    None => self.reject(&received.upload_id, &error, size).await,
+                }
+            }
+        }
     }
 
     fn spawn_validation(

@@ -4,7 +4,6 @@
 //! a page of a thousand turns is milliseconds of work that must not hold up a runtime
 //! thread serving media.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -140,12 +139,8 @@ fn session_json(entry: &Entry, turns: Option<(u32, usize)>) -> Value {
     });
     if let Some((after, limit)) = turns {
         let (page, total) = s.turns_page(after, limit);
-        let mut blobs: HashMap<_, Vec<_>> = page.iter().map(|t| (t.id, Vec::new())).collect();
-        for blob in s.blobs() {
-            if let Some(of_turn) = blobs.get_mut(&blob.turn_id) {
-                of_turn.push(blob);
-            }
-        }
+        let ids: Vec<_> = page.iter().map(|t| t.id).collect();
+        let blobs = s.blobs_of(&ids);
         let at = |d: std::time::Duration| time(s.started + d);
         let next = page
             .last()
