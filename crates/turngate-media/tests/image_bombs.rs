@@ -46,6 +46,19 @@ fn png_with_icc_profile(profile: usize) -> Vec<u8> {
     out
 }
 
+/// A `side` × `side` grayscale PNG (one byte per pixel) whose iCCP chunk inflates to
+/// `profile` bytes.
+fn gray_png_with_icc_profile(side: u32, profile: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut encoder = image::codecs::png::PngEncoder::new(&mut out);
+    encoder.set_icc_profile(vec![0; profile]).unwrap();
+    let pixels = vec![128u8; (side * side) as usize];
+    encoder
+        .write_image(&pixels, side, side, image::ExtendedColorType::L8)
+        .unwrap();
+    out
+}
+
 /// A 1×1 PNG with a chunk of type `kind` and `data` inserted after its header.
 fn png_with_chunk(kind: &[u8; 4], data: &[u8]) -> Vec<u8> {
     let png = png_with_icc_profile(0);
@@ -88,6 +101,20 @@ fn assert_not_inflated(bomb: &[u8]) {
 #[test]
 fn an_icc_profile_bomb_is_not_inflated() {
     assert_not_inflated(&png_with_icc_profile(256 << 20));
+}
+
+#[test]
+fn a_large_image_gives_its_metadata_no_more_room_than_its_pixels_need() {
+    // 16 MP of one byte each: the full decode's budget is sized from the header's
+    // pixel format, not from the widest one (8 bytes per pixel, 128 MiB here).
+    let bomb = gray_png_with_icc_profile(4000, 256 << 20);
+    assert!(bomb.len() < 1 << 20, "{} bytes", bomb.len());
+    let before = CURRENT.load(Ordering::Relaxed);
+    PEAK.store(before, Ordering::Relaxed);
+    let info = validate(&bomb, &ImageLimits::default()).expect("a valid PNG");
+    assert_eq!((info.width, info.height), (4000, 4000));
+    let grew = PEAK.load(Ordering::Relaxed) - before;
+    assert!(grew < 64 << 20, "validation allocated {} MiB", grew >> 20);
 }
 
 #[test]
