@@ -263,6 +263,41 @@ async fn offers_that_never_connect_from_one_address_do_not_lock_out_others() -> 
 }
 
 #[tokio::test]
+async fn one_address_cannot_hold_every_session() -> anyhow::Result<()> {
+    let toml = "[http]\ntrusted_proxies = [\"127.0.0.1\"]\n[sessions]\nmax_per_ip = 2\n";
+    let gw = Gateway::with_config("per-address", toml, &[], &[]).await?;
+    let gw_ref = &gw;
+    let connect = |from: &'static str| {
+        Client::connect_with(true, move |offer| async move {
+            let (status, location, answer) =
+                post_offer_with(gw_ref, &offer, &[("x-forwarded-for", from)]).await?;
+            anyhow::ensure!(status == 201, "{status}: {answer}");
+            Ok((answer, location.unwrap_or_default()))
+        })
+    };
+    // Two connected sessions from one address; a third is refused.
+    let _first = connect("203.0.113.7").await?;
+    let _second = connect("203.0.113.7").await?;
+    let (status, body) = pending_offer(&gw, "203.0.113.7").await?;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (503, Some("too_many_sessions")),
+        "{body}"
+    );
+    // Another address connects.
+    let other = connect("198.51.100.9").await?;
+    other.session_id().await?;
+    // An IPv6 client counts by its /64: two addresses of one prefix share a limit.
+    assert_eq!(pending_offer(&gw, "2001:db8:1:2::1").await?.0, 201);
+    assert_eq!(pending_offer(&gw, "2001:db8:1:2::ffff").await?.0, 201);
+    assert_eq!(pending_offer(&gw, "2001:db8:1:2:abcd::9").await?.0, 503);
+    assert_eq!(pending_offer(&gw, "2001:db8:1:3::1").await?.0, 201);
+    let refused = "turngate_sessions_refused_total{code=\"too_many_sessions\"}";
+    assert_eq!(gw.metric(refused).await?, 2.0);
+    Ok(())
+}
+
+#[tokio::test]
 async fn forwarded_for_from_an_untrusted_peer_is_ignored() -> anyhow::Result<()> {
     let gw = Gateway::start(&[], &[]).await?;
     // Every offer claims another address; without trusted proxies all count as the
@@ -353,7 +388,8 @@ async fn turns_beyond_the_backend_queue_are_shed_and_the_queue_depth_is_visible(
     env.retain(|(k, _)| *k != "TURNGATE_ASR_TIMEOUT_MS");
     let toml =
         "[asr]\nmax_concurrent = 2\nmax_queued = 8\nqueue_timeout_ms = 3000\ntimeout_ms = 30000\n";
-    let gw = Gateway::with_config("shed", toml, &["--max-pending-per-ip", "64"], &env).await?;
+    let args = ["--max-pending-per-ip", "64", "--max-sessions-per-ip", "64"];
+    let gw = Gateway::with_config("shed", toml, &args, &env).await?;
     let (rate, pcm) = wav::read(&data("speech.wav"))?;
     let packets = encode_opus(rate, &pcm)?;
     // Fifty sessions, one turn each, with a little speech, while ASR takes 10 s.
@@ -569,7 +605,8 @@ async fn images_held_by_unprocessed_turns_are_bounded_per_session_and_gateway_wi
     // Declaring large uploads and sending nothing holds no image bytes.
     let mut stalled = Vec::new();
     for client in [&first, &second] {
-        let mut socket = tokio::net::TcpStream::connect(gw.base.trim_start_matches("http://")).await?;
+        let mut socket =
+            tokio::net::TcpStream::connect(gw.base.trim_start_matches("http://")).await?;
         let head = format!(
             "POST {}/images HTTP/1.1\r\nhost: x\r\ncontent-type: image/png\r\ncontent-length: 500000\r\n\r\nP",
             client.location

@@ -17,7 +17,7 @@ use turngate_media::session::{self, SessionConfig};
 
 use crate::config::Config;
 use crate::problem::Problem;
-use crate::registry::{Entry, Registry, Retention};
+use crate::registry::{Entry, Full, Registry, Retention};
 use crate::turn;
 
 /// Everything the handlers share.
@@ -46,7 +46,7 @@ impl App {
     ) -> anyhow::Result<Arc<Self>> {
         Ok(Arc::new(Self {
             registry: Registry::new(
-                config.sessions.max,
+                (config.sessions.max, config.sessions.max_per_ip),
                 (
                     config.sessions.max_pending,
                     config.sessions.max_pending_per_ip,
@@ -89,10 +89,17 @@ impl App {
             .registry
             .reserve_pending(client)
             .map_err(|detail| Problem::new(ErrorCode::TooManyPending, detail))?;
-        let slot = self.registry.reserve().ok_or_else(|| {
+        let slot = self.registry.reserve(client).map_err(|full| {
             Problem::new(
                 ErrorCode::TooManySessions,
-                "the gateway holds its maximum number of sessions; retry later",
+                match full {
+                    Full::Gateway => {
+                        "the gateway holds its maximum number of sessions; retry later"
+                    }
+                    Full::Address => {
+                        "the gateway holds as many sessions as it gives one address; retry later"
+                    }
+                },
             )
         })?;
         let answered = peer::answer(&self.peer, &self.ports, offer)

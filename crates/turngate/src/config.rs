@@ -213,6 +213,8 @@ pub struct SessionsConfig {
     pub max_pending: usize,
     /// The same, per client address (see `http.trusted_proxies`).
     pub max_pending_per_ip: usize,
+    /// Live sessions (connected or not) of one client address (an IPv6 address's /64).
+    pub max_per_ip: usize,
     /// Ended sessions kept queryable, at most this many...
     pub retain_ended: usize,
     /// ...and for at most this long (seconds).
@@ -300,6 +302,7 @@ impl Default for SessionsConfig {
             max: 200,
             max_pending: 64,
             max_pending_per_ip: 8,
+            max_per_ip: 32,
             retain_ended: 1000,
             retain_ended_s: 3600,
             retain_ended_bytes: 256 << 20,
@@ -364,6 +367,8 @@ Configuration file keys (TOML; every key optional; defaults shown):
   max = 200                         live sessions; more get 503 (--max-sessions, TURNGATE_MAX_SESSIONS)
   max_pending = 64                  sessions not yet connected, gateway-wide; more get 429 (--max-pending)
   max_pending_per_ip = 8            ...per client address (--max-pending-per-ip, TURNGATE_MAX_PENDING_PER_IP)
+  max_per_ip = 32                   live sessions of one client address (an IPv6 /64); more get 503
+                                    (--max-sessions-per-ip, TURNGATE_MAX_SESSIONS_PER_IP)
   retain_ended = 1000               ended sessions kept queryable...
   retain_ended_s = 3600             ...for how long
   retain_ended_bytes = 268435456    ...and holding at most this much memory together (estimated)
@@ -460,6 +465,9 @@ pub struct Overrides {
     /// Sessions not yet connected, at most, per client address [default: 8].
     #[arg(long, env = "TURNGATE_MAX_PENDING_PER_IP", value_name = "N")]
     pub max_pending_per_ip: Option<usize>,
+    /// Live sessions at most per client address (an IPv6 /64) [default: 32].
+    #[arg(long, env = "TURNGATE_MAX_SESSIONS_PER_IP", value_name = "N")]
+    pub max_sessions_per_ip: Option<usize>,
     /// Browser origins allowed by CORS, comma-separated, or `*` [default: none].
     #[arg(
         long,
@@ -597,6 +605,9 @@ impl Config {
         if let Some(v) = o.max_pending {
             config.sessions.max_pending = v;
         }
+        if let Some(v) = o.max_sessions_per_ip {
+            config.sessions.max_per_ip = v;
+        }
         if let Some(v) = o.max_pending_per_ip {
             config.sessions.max_pending_per_ip = v;
         }
@@ -683,6 +694,7 @@ impl Config {
                 "sessions.max_pending_per_ip",
                 self.sessions.max_pending_per_ip,
             ),
+            ("sessions.max_per_ip", self.sessions.max_per_ip),
             ("turn.max_turns", self.turn.max_turns),
             ("uploads.max_concurrent", self.uploads.max_concurrent),
             ("uploads.validators", self.uploads.validators),

@@ -28,6 +28,10 @@ impl Entry {
 #[derive(Default)]
 struct Maps {
     by_resource: HashMap<String, SessionId>,
+    /// Live sessions (reserved ones included) by client address ([`address_key`]), and
+    /// the address of each live resource.
+    live_by_ip: HashMap<IpAddr, usize>,
+    ip_of: HashMap<String, IpAddr>,
     /// Ordered by id, which is ordered by start time (ids are minted time-first).
     by_id: BTreeMap<SessionId, Arc<Entry>>,
     ended: VecDeque<(Instant, SessionId)>,
@@ -36,6 +40,15 @@ struct Maps {
 }
 
 impl Maps {
+    fn release_ip(&mut self, ip: IpAddr) {
+        if let Some(n) = self.live_by_ip.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                self.live_by_ip.remove(&ip);
+            }
+        }
+    }
+
     /// The estimated bytes a session holds.
     fn bytes(&self, id: &SessionId) -> u64 {
         self.by_id.get(id).map_or(0, |e| e.shared.retained_bytes())
@@ -95,6 +108,7 @@ pub struct Registry {
     max_pending: usize,
     max_pending_per_ip: usize,
     max: usize,
+    max_per_ip: usize,
     retention: Retention,
 }
 
@@ -110,9 +124,11 @@ pub struct Retention {
     pub bytes: u64,
 }
 
-/// A reserved place under `max_sessions`, released on drop unless it became a session.
+/// A reserved place under `sessions.max` and `sessions.max_per_ip`, released on drop
+/// unless it became a session.
 pub struct Slot<'a> {
     registry: &'a Registry,
+    ip: IpAddr,
     used: bool,
 }
 
@@ -120,15 +136,40 @@ impl Drop for Slot<'_> {
     fn drop(&mut self) {
         if !self.used {
             self.registry.slots.fetch_sub(1, Ordering::AcqRel);
+            self.registry.lock().release_ip(self.ip);
         }
     }
 }
 
+/// The key a client address is counted under: an IPv4 address, or an IPv6 address's
+/// /64 (one subscriber's usual allocation, so one client cannot count as 2^64).
+pub fn address_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+    }
+}
+
+/// Which limit refused a session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Full {
+    /// `sessions.max`.
+    Gateway,
+    /// `sessions.max_per_ip`.
+    Address,
+}
+
 impl Registry {
-    /// A registry allowing `max` live sessions and keeping ended ones within
-    /// `retention`.
+    /// A registry allowing `max` live sessions (`max_per_ip` from one address) and
+    /// keeping ended ones within `retention`.
     pub fn new(
-        max: usize,
+        (max, max_per_ip): (usize, usize),
         (max_pending, max_pending_per_ip): (usize, usize),
         retention: Retention,
     ) -> Self {
@@ -139,26 +180,36 @@ impl Registry {
             max_pending,
             max_pending_per_ip,
             max,
+            max_per_ip,
             retention,
         }
     }
 
-    /// Reserves a place for a new session, if under the limit.
-    pub fn reserve(&self) -> Option<Slot<'_>> {
+    /// Reserves a place for a new session of `ip`, if under both limits.
+    pub fn reserve(&self, ip: IpAddr) -> Result<Slot<'_>, Full> {
+        let ip = address_key(ip);
+        let mut maps = self.lock();
+        let mine = maps.live_by_ip.get(&ip).copied().unwrap_or(0);
+        if mine >= self.max_per_ip {
+            return Err(Full::Address);
+        }
         self.slots
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < self.max).then_some(n + 1)
             })
-            .ok()
-            .map(|_| Slot {
-                registry: self,
-                used: false,
-            })
+            .map_err(|_| Full::Gateway)?;
+        *maps.live_by_ip.entry(ip).or_default() += 1;
+        Ok(Slot {
+            registry: self,
+            ip,
+            used: false,
+        })
     }
 
     /// Reserves a place for a session of `ip` whose peer has not connected yet; `Err`
     /// says which limit is full.
     pub fn reserve_pending(&self, ip: IpAddr) -> Result<PendingSlot, String> {
+        let ip = address_key(ip);
         let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
         if pending.total >= self.max_pending {
             return Err(format!(
@@ -190,6 +241,7 @@ impl Registry {
     pub fn insert(&self, mut slot: Slot<'_>, resource: String, entry: Arc<Entry>) {
         slot.used = true;
         let mut maps = self.lock();
+        maps.ip_of.insert(resource.clone(), slot.ip);
         maps.by_resource.insert(resource, entry.shared.id);
         maps.by_id.insert(entry.shared.id, entry);
     }
@@ -248,6 +300,9 @@ impl Registry {
         if let Some(id) = maps.by_resource.remove(resource) {
             maps.ended.push_back((Instant::now(), id));
             self.slots.fetch_sub(1, Ordering::AcqRel);
+            if let Some(ip) = maps.ip_of.remove(resource) {
+                maps.release_ip(ip);
+            }
         }
         self.prune(&mut maps);
     }
