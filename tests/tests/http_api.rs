@@ -380,3 +380,48 @@ async fn ended_sessions_are_retained_within_a_byte_budget_and_listed_a_page_at_a
     assert_eq!(numbers, (1..=20).collect::<Vec<u64>>());
     Ok(())
 }
+
+#[tokio::test]
+async fn a_live_session_stops_opening_turns_when_its_record_is_full() -> anyhow::Result<()> {
+    let gw = Gateway::with_config(
+        "record-full",
+        "[sessions]\nmax_record_bytes = 20000\n",
+        &[],
+        &[],
+    )
+    .await?;
+    let client = Client::connect(&gw, true).await?;
+    let id = client.session_id().await?;
+    // Turn after turn, each completed (and recorded) before the next.
+    for n in 1..=40 {
+        client
+            .send_event(serde_json::json!({"type": "turn.start"}))
+            .await?;
+        client
+            .send_event(serde_json::json!({"type": "turn.end"}))
+            .await?;
+        if client
+            .inbox
+            .wait("turn.completed", n, Duration::from_secs(2))
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    let refused = client.inbox.of("error");
+    assert!(!refused.is_empty(), "every turn opened");
+    assert_eq!(refused[0]["code"], "too_many_turns", "{refused:#?}");
+    let session = gw
+        .wait_session(&id, Duration::from_secs(5), |s| {
+            s["turns"]
+                .as_array()
+                .is_some_and(|t| t.iter().all(|t| t["state"] == "completed"))
+        })
+        .await?;
+    let turns = session["turns_total"].as_u64().unwrap();
+    assert!((5..40).contains(&turns), "{turns} turns recorded");
+    let held = gw.metric("turngate_sessions_retained_bytes").await?;
+    assert!(held <= 25_000.0, "{held}");
+    Ok(())
+}

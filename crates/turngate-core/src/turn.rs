@@ -321,6 +321,15 @@ impl<R: Rng> TurnEngine<R> {
         }
     }
 
+    /// Opens no more turns from now on, as if `max_turns` had been reached (the
+    /// session's record is full). Whether this changed anything.
+    pub fn stop_new_turns(&mut self) -> bool {
+        let stopped = self.turns.len().min(self.config.max_turns);
+        let changed = stopped < self.config.max_turns;
+        self.config.max_turns = stopped;
+        changed
+    }
+
     /// Decides with `sampler` whether each new turn's trace is recorded.
     pub fn with_sampler(mut self, sampler: Option<TurnSampler>) -> Self {
         self.sampler = sampler;

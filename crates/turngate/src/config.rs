@@ -215,6 +215,9 @@ pub struct SessionsConfig {
     pub max_pending_per_ip: usize,
     /// Live sessions (connected or not) of one client address (an IPv6 address's /64).
     pub max_per_ip: usize,
+    /// Estimated bytes one session's record (turns, results, image records) may hold;
+    /// past it the session opens no more turns.
+    pub max_record_bytes: u64,
     /// Ended sessions kept queryable, at most this many...
     pub retain_ended: usize,
     /// ...and for at most this long (seconds).
@@ -303,6 +306,7 @@ impl Default for SessionsConfig {
             max_pending: 64,
             max_pending_per_ip: 8,
             max_per_ip: 32,
+            max_record_bytes: 8 << 20,
             retain_ended: 1000,
             retain_ended_s: 3600,
             retain_ended_bytes: 256 << 20,
@@ -369,6 +373,7 @@ Configuration file keys (TOML; every key optional; defaults shown):
   max_pending_per_ip = 8            ...per client address (--max-pending-per-ip, TURNGATE_MAX_PENDING_PER_IP)
   max_per_ip = 32                   live sessions of one client address (an IPv6 /64); more get 503
                                     (--max-sessions-per-ip, TURNGATE_MAX_SESSIONS_PER_IP)
+  max_record_bytes = 8388608        what one session's turns and results may hold; then no more turns
   retain_ended = 1000               ended sessions kept queryable...
   retain_ended_s = 3600             ...for how long
   retain_ended_bytes = 268435456    ...and holding at most this much memory together (estimated)
@@ -724,6 +729,7 @@ impl Config {
             ),
             ("uploads.decode_timeout_ms", self.uploads.decode_timeout_ms),
             ("uploads.max_held_bytes", self.uploads.max_held_bytes),
+            ("sessions.max_record_bytes", self.sessions.max_record_bytes),
             (
                 "llm.first_token_timeout_ms",
                 self.llm.first_token_timeout_ms,
@@ -829,6 +835,7 @@ impl Config {
             },
             vad_onset: self.vad.onset,
             vad_sustain: self.vad.sustain,
+            max_record_bytes: self.sessions.max_record_bytes,
             ingress_queue: self.media.ingress_queue,
             downstream_queue: self.media.downstream_queue,
             outbox: self.media.outbox,

@@ -112,6 +112,9 @@ pub struct SessionConfig {
     pub vad_onset: f32,
     /// VAD score (0–1) a frame needs to continue speech.
     pub vad_sustain: f32,
+    /// Bytes the session's record (its turns, their results, its image records) may hold,
+    /// by [`SessionShared::retained_bytes`]; past it the session opens no more turns.
+    pub max_record_bytes: u64,
     /// RTP packets queued between receipt and the turn engine (50 ≈ 1 s of 20 ms audio).
     pub ingress_queue: usize,
     /// Tagged frames and turn events queued for downstream consumers.
@@ -136,6 +139,7 @@ impl Default for SessionConfig {
             turn: TurnConfig::default(),
             vad_onset: 0.9,
             vad_sustain: 0.5,
+            max_record_bytes: 8 << 20,
             ingress_queue: 50,
             downstream_queue: 500,
             outbox: 64,
@@ -553,16 +557,36 @@ impl Driver {
         }
     }
 
-    fn record_turn(&self, turn: &TurnInfo) {
-        let Ok(mut turns) = self.shared.turns.lock() else {
-            return;
-        };
-        match turns.iter_mut().rev().find(|t| t.id == turn.id) {
-            Some(slot) => *slot = turn.clone(),
-            None => {
-                turns.push(turn.clone());
-                self.shared.retain(shared::RETAINED_PER_TURN);
+    fn record_turn(&mut self, turn: &TurnInfo) {
+        let added = {
+            let Ok(mut turns) = self.shared.turns.lock() else {
+                return;
+            };
+            match turns.iter_mut().rev().find(|t| t.id == turn.id) {
+                Some(slot) => {
+                    *slot = turn.clone();
+                    false
+                }
+                None => {
+                    turns.push(turn.clone());
+                    true
+                }
             }
+        };
+        if added {
+            self.retain(shared::RETAINED_PER_TURN);
+        }
+    }
+
+    /// Adds `bytes` to the estimate of what the session's record holds; past
+    /// `max_record_bytes` the session opens no more turns (`too_many_turns`), as at
+    /// `max_turns`.
+    fn retain(&mut self, bytes: usize) {
+        self.shared.retain(bytes);
+        if self.shared.retained_bytes() > self.config.max_record_bytes
+            && self.engine.stop_new_turns()
+        {
+            tracing::warn!(session = %self.shared.id, bytes = self.shared.retained_bytes(), "The session's record is full: it opens no more turns.");
         }
     }
 

@@ -162,7 +162,7 @@ impl Driver {
                 let details = Value::Object(details);
                 // A `Value` holds about twice its JSON text (strings plus map nodes).
                 let text = serde_json::to_string(&details).map_or(0, |t| t.len());
-                self.shared.retain(2 * text + 64);
+                self.retain(2 * text + 64);
                 if let Ok(mut results) = self.shared.results.lock() {
                     results.insert(turn_id, details);
                 }

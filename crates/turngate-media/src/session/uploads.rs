@@ -355,7 +355,7 @@ impl Driver {
             height: info.height,
             bytes: blob.bytes.len() as u64,
         };
-        self.shared.retain(
+        self.retain(
             std::mem::size_of::<BlobRecord>() + record.upload_id.len() + record.declared_mime.len(),
         );
         if let Ok(mut blobs) = self.shared.blobs.lock() {
