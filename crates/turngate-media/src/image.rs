@@ -99,7 +99,14 @@ fn validate_until(
         ImageFormat::WebP => "image/webp",
         ImageFormat::Gif => "image/gif",
         ImageFormat::Avif => return Err(unsupported("AVIF")),
-        other => return Err(unsupported(&format!("{other:?}"))),
+        other => {
+            let name = other
+                .extensions_str()
+                .first()
+                .copied()
+                .unwrap_or("this format");
+            return Err(unsupported(&name.to_ascii_uppercase()));
+        }
     };
     let corrupt = |e: image::ImageError| {
         if Instant::now() >= deadline {
@@ -186,22 +193,46 @@ fn validate_until(
     })
 }
 
-/// What bytes the image crate does not recognise are: an image of a format it does not
-/// know (HEIC/HEIF, as iPhones take photos, by its ISO-BMFF brand; others by their
-/// signature, via `infer`), or not an image at all.
+/// What bytes the image crate does not recognise are: an ISO-BMFF image (HEIC/HEIF, as
+/// iPhones take photos, or AVIF) by the brands of its `ftyp` box, another image format
+/// by its signature (via `infer`), or not an image at all.
 fn other_image(bytes: &[u8]) -> Error {
+    if let Some(name) = bmff_image(bytes) {
+        return unsupported(name);
+    }
     match infer::get(bytes) {
-        Some(kind) if matches!(kind.mime_type(), "image/heif" | "image/heic") => {
-            unsupported("HEIC/HEIF")
-        }
         Some(kind) if kind.matcher_type() == infer::MatcherType::Image => {
-            unsupported(kind.mime_type())
+            unsupported(&kind.extension().to_ascii_uppercase())
         }
         _ => Error::refused(
             ErrorCode::NotAnImage,
             "the bytes are not a recognised image format",
         ),
     }
+}
+
+/// `HEIC/HEIF` or `AVIF` if `bytes` start with an ISO-BMFF `ftyp` box (ISO/IEC 14496-12
+/// §4.3) whose major or compatible brands name one (ISO/IEC 23008-12 and the AVIF
+/// specification list them).
+fn bmff_image(bytes: &[u8]) -> Option<&'static str> {
+    if bytes.get(4..8)? != b"ftyp" {
+        return None;
+    }
+    let size = u32::from_be_bytes(bytes.get(..4)?.try_into().ok()?) as usize;
+    let ftyp = bytes.get(8..size.clamp(16, 4096).min(bytes.len()))?;
+    // The major brand, the minor version, then compatible brands.
+    let brands =
+        std::iter::once(ftyp.get(..4)?).chain(ftyp.get(8..).unwrap_or_default().chunks_exact(4));
+    let mut heif = false;
+    for brand in brands {
+        match brand {
+            b"avif" | b"avis" => return Some("AVIF"),
+            b"heic" | b"heix" | b"heim" | b"heis" | b"hevc" | b"hevx" | b"hevm" | b"hevs"
+            | b"mif1" | b"mif2" | b"msf1" | b"miaf" => heif = true,
+            _ => {}
+        }
+    }
+    heif.then_some("HEIC/HEIF")
 }
 
 /// `unsupported_image_format`, naming the format and what is accepted.
@@ -368,13 +399,14 @@ mod tests {
         for (brand, name) in [
             (&b"heic"[..], "HEIC/HEIF"),
             (b"mif1", "HEIC/HEIF"),
+            (b"hevc", "HEIC/HEIF"),
             (b"avif", "AVIF"),
         ] {
             let mut file = vec![0, 0, 0, 24];
             file.extend_from_slice(b"ftyp");
             file.extend_from_slice(brand);
             file.extend_from_slice(&[0, 0, 0, 0]);
-            file.extend_from_slice(b"mif1heic");
+            file.extend_from_slice(b"mif1miaf");
             file.extend_from_slice(&[0; 64]);
             let err = validate(&file, &ImageLimits::default()).unwrap_err();
             assert_eq!(
@@ -385,11 +417,16 @@ mod tests {
             assert!(err.to_string().contains(name), "{err}");
             assert!(err.to_string().contains("PNG, JPEG, WebP or GIF"), "{err}");
         }
-        // A TIFF header: recognised, not accepted.
-        assert_eq!(
-            code(b"II*\x00\x08\x00\x00\x00rest"),
-            ErrorCode::UnsupportedImageFormat
-        );
+        // A TIFF and a BMP header: recognised, not accepted, named as people name them.
+        let tiff = validate(b"II*\x00\x08\x00\x00\x00rest", &ImageLimits::default()).unwrap_err();
+        assert_eq!(tiff.code(), ErrorCode::UnsupportedImageFormat);
+        assert!(tiff.to_string().starts_with("TIF"), "{tiff}");
+        let bmp = validate(
+            b"BM\x36\x00\x00\x00\x00\x00\x00\x00\x36\x00\x00\x00\x28\x00\x00\x00",
+            &ImageLimits::default(),
+        )
+        .unwrap_err();
+        assert!(bmp.to_string().starts_with("BMP images"), "{bmp}");
         let mut truncated = png(64, 48);
         truncated.truncate(truncated.len() / 2);
         assert_eq!(code(&truncated), ErrorCode::CorruptImage);
