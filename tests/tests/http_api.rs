@@ -291,17 +291,22 @@ async fn ended_sessions_are_retained_up_to_the_configured_count() -> anyhow::Res
     Ok(())
 }
 
+/// A client turn with nothing in it: `turn.start`, then `turn.end`.
+async fn empty_turn(client: &Client) -> anyhow::Result<()> {
+    client
+        .send_event(serde_json::json!({"type": "turn.start"}))
+        .await?;
+    client
+        .send_event(serde_json::json!({"type": "turn.end"}))
+        .await
+}
+
 /// A session with `turns` client turns, deleted once they have all completed: its id.
 async fn session_of_turns(gw: &Gateway, turns: usize) -> anyhow::Result<String> {
     let client = Client::connect(gw, true).await?;
     let id = client.session_id().await?;
     for _ in 0..turns {
-        client
-            .send_event(serde_json::json!({"type": "turn.start"}))
-            .await?;
-        client
-            .send_event(serde_json::json!({"type": "turn.end"}))
-            .await?;
+        empty_turn(&client).await?;
     }
     client
         .inbox
@@ -394,12 +399,7 @@ async fn a_live_session_stops_opening_turns_when_its_record_is_full() -> anyhow:
     let id = client.session_id().await?;
     // Turn after turn, each completed (and recorded) before the next.
     for n in 1..=40 {
-        client
-            .send_event(serde_json::json!({"type": "turn.start"}))
-            .await?;
-        client
-            .send_event(serde_json::json!({"type": "turn.end"}))
-            .await?;
+        empty_turn(&client).await?;
         if client
             .inbox
             .wait("turn.completed", n, Duration::from_secs(2))
