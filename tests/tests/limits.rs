@@ -602,6 +602,14 @@ async fn images_held_by_unprocessed_turns_are_bounded_per_session_and_gateway_wi
     first.session_id().await?;
     let second = Client::connect(&gw, true).await?;
     second.session_id().await?;
+    // A client turn is open (uploads join it).
+    first
+        .send_event(serde_json::json!({"type": "turn.start"}))
+        .await?;
+    first
+        .inbox
+        .wait("turn.started", 1, Duration::from_secs(2))
+        .await?;
     // Declaring large uploads and sending nothing holds no image bytes.
     let mut stalled = Vec::new();
     for client in [&first, &second] {
@@ -619,13 +627,6 @@ async fn images_held_by_unprocessed_turns_are_bounded_per_session_and_gateway_wi
     // Dropped: their in-flight reservations are freed.
     drop(stalled);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    first
-        .send_event(serde_json::json!({"type": "turn.start"}))
-        .await?;
-    first
-        .inbox
-        .wait("turn.started", 1, Duration::from_secs(2))
-        .await?;
     let image = noise_png(400, 400);
     assert!(image.len() > 400_000, "{}", image.len());
     for _ in 0..2 {

@@ -102,6 +102,12 @@ pub enum ErrorCode {
     BackendStreamBroken,
     /// A request's body did not arrive within the body read timeout.
     RequestTimeout,
+    /// The request needs a valid token (or the operator credential) and has none.
+    Unauthorized,
+    /// The token is valid but does not allow this.
+    Forbidden,
+    /// Too many sessions created too fast by this subject or address.
+    RateLimited,
     /// The gateway is at a capacity bound and shed the work: a backend's queue was full
     /// or no call slot came free in time, no image validator came free in time, or the
     /// gateway holds its budget of image bytes. Retrying later may succeed.
@@ -157,6 +163,9 @@ impl ErrorCode {
         Self::BackendMalformed,
         Self::BackendStreamBroken,
         Self::RequestTimeout,
+        Self::Unauthorized,
+        Self::Forbidden,
+        Self::RateLimited,
         Self::Overloaded,
         Self::Internal,
     ];
@@ -208,6 +217,9 @@ impl ErrorCode {
             Self::BackendMalformed => "backend_malformed",
             Self::BackendStreamBroken => "backend_stream_broken",
             Self::RequestTimeout => "request_timeout",
+            Self::Unauthorized => "unauthorized",
+            Self::Forbidden => "forbidden",
+            Self::RateLimited => "rate_limited",
             Self::Overloaded => "overloaded",
             Self::Internal => "internal",
         }

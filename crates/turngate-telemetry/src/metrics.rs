@@ -154,6 +154,8 @@ pub struct Metrics {
     pub turn_audio_capped: CounterVec<1>,
     /// HTTP connections open now.
     pub http_connections: AtomicI64,
+    /// Requests refused by authentication, by reason.
+    pub auth_refused: CounterVec<1>,
 }
 
 impl Default for Metrics {
@@ -196,6 +198,13 @@ impl Default for Metrics {
                 ["what"],
             ),
             http_connections: AtomicI64::new(0),
+            auth_refused: CounterVec::new(
+                "turngate_auth_refused_total",
+                "Requests refused by authentication (401/403), by reason: missing, malformed, \
+                 unknown_key, algorithm, signature, expired, not_yet_valid, audience, issuer, \
+                 missing_claim, scope, admin_token.",
+                ["reason"],
+            ),
             sessions_refused: CounterVec::new(
                 "turngate_sessions_refused_total",
                 "Offers refused, by error code: limits (too_many_sessions, too_many_pending, \
@@ -216,6 +225,7 @@ impl Metrics {
             self.http_connections.load(Ordering::Relaxed) as f64,
         );
         self.turn_audio_capped.write(out);
+        self.auth_refused.write(out);
         self.http_connections_closed.write(out);
         self.sessions_refused.write(out);
         self.turns_started.write(out);

@@ -11,10 +11,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use axum::http::HeaderMap;
 use turngate_core::ErrorCode;
 use turngate_media::peer::{self, PeerConfig, PortPool};
 use turngate_media::session::{self, SessionConfig};
 
+use crate::auth::{Action, Auth, AuthSettings, Claims, Refusal};
 use crate::config::Config;
 use crate::problem::Problem;
 use crate::registry::{Entry, Full, Registry, Retention};
@@ -36,6 +38,8 @@ pub struct App {
     pub shutting_down: AtomicBool,
     /// Backends, telemetry and metrics of turn processing, and its running tasks.
     pub turns: Arc<turn::Services>,
+    /// How tokens and the operator credential are checked.
+    pub auth: Auth,
 }
 
 impl App {
@@ -70,7 +74,32 @@ impl App {
             body_read_timeout: Duration::from_millis(config.http.body_read_timeout_ms),
             shutting_down: AtomicBool::new(false),
             turns: Arc::new(turn::Services::new(config, telemetry)?),
+            auth: auth(&config.auth)?,
         }))
+    }
+
+    /// A client allowed to do `action`, or the refusal (counted).
+    pub fn client(&self, headers: &HeaderMap, action: Action) -> Result<Claims, Problem> {
+        self.auth
+            .client(headers, action)
+            .map_err(|refusal| self.refused(refusal))
+    }
+
+    /// The operator credential, or the refusal (counted).
+    pub fn admin(&self, headers: &HeaderMap) -> Result<(), Problem> {
+        self.auth
+            .admin(headers)
+            .map_err(|refusal| self.refused(refusal))
+    }
+
+    fn refused(&self, refusal: Refusal) -> Problem {
+        self.turns.metrics.auth_refused.inc([refusal.as_str()]);
+        let code = if refusal.forbidden() {
+            ErrorCode::Forbidden
+        } else {
+            ErrorCode::Unauthorized
+        };
+        Problem::new(code, refusal.message())
     }
 
     /// Whether the gateway is shutting down (no new sessions).
@@ -84,6 +113,7 @@ impl App {
         self: Arc<Self>,
         offer: String,
         client: IpAddr,
+        subject: Option<String>,
     ) -> Result<(String, String), Problem> {
         let pending = self
             .registry
@@ -123,7 +153,7 @@ impl App {
             .map_err(|e| Problem::new(e.code(), e.to_string()))?;
         let resource = resource_id(&mut rng);
         let conversation = turn::Conversation::new(self.turns.history_turns());
-        let entry = Arc::new(Entry::new(Arc::clone(&started.shared)));
+        let entry = Arc::new(Entry::new(Arc::clone(&started.shared), subject));
         self.registry
             .insert(slot, resource.clone(), Arc::clone(&entry));
         tracing::info!(session = %entry.shared.id, "Session created.");
@@ -144,6 +174,25 @@ impl App {
         });
         Ok((answer, resource))
     }
+}
+
+/// The checker for the `[auth]` settings (the JWKS file read now).
+fn auth(config: &crate::config::AuthConfig) -> anyhow::Result<Auth> {
+    let jwks =
+        match &config.jwks_file {
+            Some(path) => Some(std::fs::read_to_string(path).map_err(|e| {
+                anyhow::anyhow!("auth.jwks_file: cannot read {}: {e}", path.display())
+            })?),
+            None => None,
+        };
+    Auth::new(&AuthSettings {
+        hs256_secret: config.hs256_secret.as_ref().map(|s| s.0.as_str()),
+        jwks: jwks.as_deref(),
+        admin_token: config.admin_token.as_ref().map(|s| s.0.as_str()),
+        audience: &config.audience,
+        issuer: config.issuer.as_deref(),
+        leeway_s: config.leeway_s,
+    })
 }
 
 /// A WHIP resource id: 128 random bits, 32 lowercase hex.

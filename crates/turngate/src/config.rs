@@ -42,6 +42,53 @@ pub struct Config {
     pub llm: LlmConfig,
     /// Spans and metrics (the exporter itself is configured by the `OTEL_*` variables).
     pub telemetry: TelemetryConfig,
+    /// Client tokens and the operator credential.
+    pub auth: AuthConfig,
+    /// Serve without authentication on a non-loopback address (`--insecure-no-auth`;
+    /// flag only).
+    #[serde(skip)]
+    pub insecure_no_auth: bool,
+}
+
+/// `[auth]`: with none of `hs256_secret`, `jwks_file` and `admin_token` set, every route
+/// is open and the gateway listens on loopback only.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// HS256 secret for client tokens, at least 32 bytes (`TURNGATE_AUTH_HS256_SECRET`).
+    /// Never logged (an `ApiKey` prints as `***`).
+    pub hs256_secret: Option<turngate_backends::client::ApiKey>,
+    /// A JWKS file of public keys (RS256, ES256, EdDSA) by `kid`
+    /// (`TURNGATE_AUTH_JWKS_FILE`).
+    pub jwks_file: Option<PathBuf>,
+    /// The operator's bearer token (`TURNGATE_ADMIN_TOKEN`). Never logged.
+    pub admin_token: Option<turngate_backends::client::ApiKey>,
+    /// The `aud` client tokens must carry.
+    pub audience: String,
+    /// The `iss` client tokens must carry, if set.
+    pub issuer: Option<String>,
+    /// Clock leeway on `exp` and `nbf`, in seconds; at most 5.
+    pub leeway_s: u64,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            hs256_secret: None,
+            jwks_file: None,
+            admin_token: None,
+            audience: "turngate".into(),
+            issuer: None,
+            leeway_s: crate::auth::MAX_LEEWAY_S,
+        }
+    }
+}
+
+impl AuthConfig {
+    /// Whether anything is configured that turns authentication on.
+    pub fn enabled(&self) -> bool {
+        self.hs256_secret.is_some() || self.jwks_file.is_some() || self.admin_token.is_some()
+    }
 }
 
 /// `[telemetry]`
@@ -295,6 +342,8 @@ impl Default for Config {
             vision: VisionConfig::default(),
             llm: LlmConfig::default(),
             telemetry: TelemetryConfig::default(),
+            auth: AuthConfig::default(),
+            insecure_no_auth: false,
         }
     }
 }
@@ -424,6 +473,13 @@ Configuration file keys (TOML; every key optional; defaults shown):
   [llm] idle_timeout_ms = 10000     longest pause within a streamed answer
                                     (TURNGATE_LLM_IDLE_TIMEOUT_MS)
   max_per_turn = 32                 uploads one turn may take
+  [auth]                            off (every route open, loopback only) until one of these is set:
+  hs256_secret                      client tokens' HS256 secret, >= 32 bytes (TURNGATE_AUTH_HS256_SECRET)
+  jwks_file                         public keys by kid: RS256/ES256/EdDSA (TURNGATE_AUTH_JWKS_FILE)
+  admin_token                       the operator's bearer token (TURNGATE_ADMIN_TOKEN)
+  audience = \"turngate\"            the aud client tokens must carry
+  issuer                            the iss they must carry, if set
+  leeway_s = 5                      clock leeway on exp and nbf, at most 5
   [telemetry]
   capture_content = false           transcripts, prompts, answers and images in span attributes
                                     (TURNGATE_TELEMETRY_CAPTURE_CONTENT); the OTLP exporter is
@@ -470,6 +526,11 @@ pub struct Overrides {
     /// Sessions not yet connected, at most, per client address [default: 8].
     #[arg(long, env = "TURNGATE_MAX_PENDING_PER_IP", value_name = "N")]
     pub max_pending_per_ip: Option<usize>,
+    /// Serve on a non-loopback address without any authentication configured. For
+    /// trusted networks only: anyone who reaches the port can open sessions and read
+    /// every transcript.
+    #[arg(long)]
+    pub insecure_no_auth: bool,
     /// Live sessions at most per client address (an IPv6 /64) [default: 32].
     #[arg(long, env = "TURNGATE_MAX_SESSIONS_PER_IP", value_name = "N")]
     pub max_sessions_per_ip: Option<usize>,
@@ -502,6 +563,10 @@ fn check_flattened_keys(table: &toml::Table) -> Result<(), String> {
         "timeout_ms",
         "retries",
         "max_concurrent",
+        "max_concurrent_per_session",
+        "max_queued",
+        "max_queued_per_session",
+        "queue_timeout_ms",
         "provider",
     ];
     for (section, own) in [
@@ -623,6 +688,17 @@ impl Config {
                 .filter(|s| !s.is_empty())
                 .collect();
         }
+        let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        if let Some(v) = env("TURNGATE_AUTH_HS256_SECRET") {
+            config.auth.hs256_secret = Some(turngate_backends::client::ApiKey(v));
+        }
+        if let Some(v) = env("TURNGATE_AUTH_JWKS_FILE") {
+            config.auth.jwks_file = Some(v.into());
+        }
+        if let Some(v) = env("TURNGATE_ADMIN_TOKEN") {
+            config.auth.admin_token = Some(turngate_backends::client::ApiKey(v));
+        }
+        config.insecure_no_auth = o.insecure_no_auth;
         for (prefix, backend) in [
             ("TURNGATE_ASR", &mut config.asr),
             ("TURNGATE_VISION", &mut config.vision.backend),
@@ -673,6 +749,29 @@ impl Config {
                     "{name}.max_concurrent and {name}.max_concurrent_per_session must be at least 1"
                 ));
             }
+        }
+        if !self.listen.ip().is_loopback() && !self.auth.enabled() && !self.insecure_no_auth {
+            return fail(format!(
+                "refusing to listen on {} without authentication: set auth.hs256_secret \
+                 (TURNGATE_AUTH_HS256_SECRET) or auth.jwks_file (TURNGATE_AUTH_JWKS_FILE), and \
+                 auth.admin_token (TURNGATE_ADMIN_TOKEN); or listen on loopback; or pass \
+                 --insecure-no-auth",
+                self.listen
+            ));
+        }
+        if self.auth.leeway_s > crate::auth::MAX_LEEWAY_S {
+            return fail(format!(
+                "auth.leeway_s ({}) must be at most {}",
+                self.auth.leeway_s,
+                crate::auth::MAX_LEEWAY_S
+            ));
+        }
+        if let Some(secret) = &self.auth.hs256_secret
+            && secret.0.len() < 32
+        {
+            return fail(
+                "auth.hs256_secret (TURNGATE_AUTH_HS256_SECRET) must be at least 32 bytes".into(),
+            );
         }
         if self.uploads.max_held_bytes < self.uploads.max_image_bytes {
             return fail(format!(

@@ -4,6 +4,7 @@
 //! tags every frame with its turn. See README.md.
 
 mod app;
+mod auth;
 mod config;
 mod http;
 mod problem;
@@ -42,6 +43,29 @@ enum Command {
     /// Run the gateway. Settings: defaults < TOML file (--config) < TURNGATE_* < flags.
     #[command(after_long_help = config::KEYS_HELP)]
     Serve(config::Overrides),
+    /// Client tokens for development.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Mints a client token signed with the configured HS256 secret
+    /// (auth.hs256_secret or TURNGATE_AUTH_HS256_SECRET) for the configured audience.
+    Create {
+        /// The subject (`sub`): whose sessions these are.
+        #[arg(long)]
+        sub: String,
+        /// How long the token is valid, e.g. `1h`, `15m`.
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        ttl: Duration,
+        /// Space-separated actions (`whip upload`, `admin`) [default: whip upload].
+        #[arg(long)]
+        scope: Option<String>,
+        /// TOML configuration file with the `[auth]` settings.
+        #[arg(long, env = "TURNGATE_CONFIG", value_name = "FILE")]
+        config: Option<std::path::PathBuf>,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -63,6 +87,30 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .enable_all()
                 .build()?
                 .block_on(serve(config))
+        }
+        Command::Token(TokenCommand::Create {
+            sub,
+            ttl,
+            scope,
+            config,
+        }) => {
+            let config = config::Config::load(&config::Overrides {
+                config,
+                ..config::Overrides::default()
+            })?;
+            let secret =
+                config.auth.hs256_secret.as_ref().context(
+                    "no HS256 secret: set auth.hs256_secret or TURNGATE_AUTH_HS256_SECRET",
+                )?;
+            let token = auth::mint(
+                &secret.0,
+                &config.auth.audience,
+                &sub,
+                ttl.as_secs(),
+                scope.as_deref(),
+            )?;
+            println!("{token}");
+            Ok(())
         }
     }
 }

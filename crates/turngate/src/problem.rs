@@ -50,6 +50,9 @@ pub fn status(code: ErrorCode) -> StatusCode {
         }
         Internal => StatusCode::INTERNAL_SERVER_ERROR,
         RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+        Unauthorized => StatusCode::UNAUTHORIZED,
+        Forbidden => StatusCode::FORBIDDEN,
+        RateLimited => StatusCode::TOO_MANY_REQUESTS,
         BackendTimeout => StatusCode::GATEWAY_TIMEOUT,
         BackendUnavailable | BackendStatus | BackendMalformed | BackendStreamBroken => {
             StatusCode::BAD_GATEWAY
@@ -82,8 +85,12 @@ impl IntoResponse for Problem {
                 | ErrorCode::NoMediaPort
                 | ErrorCode::ShuttingDown
                 | ErrorCode::Overloaded
+                | ErrorCode::RateLimited
         ) {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_S));
+        }
+        if self.code == ErrorCode::Unauthorized {
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         response
     }

@@ -16,12 +16,20 @@ use turngate_media::session::{Counts, SessionCounters, SessionShared};
 pub struct Entry {
     /// The media side's shared state: counters, turns and their results.
     pub shared: Arc<SessionShared>,
+    /// The `sub` of the token that created it, if any: only that subject may end it or
+    /// upload to it.
+    pub subject: Option<String>,
 }
 
 impl Entry {
     /// A new session's entry.
-    pub fn new(shared: Arc<SessionShared>) -> Self {
-        Self { shared }
+    pub fn new(shared: Arc<SessionShared>, subject: Option<String>) -> Self {
+        Self { shared, subject }
+    }
+
+    /// Whether a client with `claims` may act on this session: its creator's subject.
+    pub fn belongs_to(&self, claims: &crate::auth::Claims) -> bool {
+        self.subject == claims.sub
     }
 }
 

@@ -1,4 +1,5 @@
-//! `GET /v1/sessions` and `GET /v1/sessions/{session_id}`: live and recently ended
+//! `GET /v1/sessions` and `GET /v1/sessions/{session_id}` (the operator credential, once
+//! authentication is on): live and recently ended
 //! sessions with their counters, a page at a time, and one session's turns with what
 //! processing made of them, a page at a time. The JSON is built on the blocking pool:
 //! a page of a thousand turns is milliseconds of work that must not hold up a runtime
@@ -8,6 +9,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use turngate_core::{ErrorCode, SessionId};
@@ -66,8 +68,10 @@ async fn off_runtime(build: impl FnOnce() -> Value + Send + 'static) -> Result<R
 /// Oldest first; `next` is the `after` of the next page, `null` on the last.
 pub(super) async fn list_sessions(
     State(app): State<Arc<App>>,
+    headers: HeaderMap,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, Problem> {
+    app.admin(&headers)?;
     let Query(query) = query.map_err(bad_query)?;
     let limit = limit(query.limit)?;
     let after = match query.after {
@@ -88,8 +92,10 @@ pub(super) async fn list_sessions(
 pub(super) async fn get_session(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
+    headers: HeaderMap,
     query: Result<Query<TurnsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, Problem> {
+    app.admin(&headers)?;
     let Query(query) = query.map_err(bad_query)?;
     let limit = limit(query.limit)?;
     let id: SessionId = id

@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use turngate_core::ErrorCode;
 
 use crate::app::App;
+use crate::auth::Action;
 use crate::problem::Problem;
 
 /// Bytes of multipart headers and boundaries allowed around an image.
@@ -42,12 +43,18 @@ pub(super) async fn upload_image(
     query: Result<Query<UploadQuery>, QueryRejection>,
     request: Request,
 ) -> Result<Response, Problem> {
-    let entry = app.registry.by_resource(&resource).ok_or_else(|| {
-        Problem::new(
-            ErrorCode::NotFound,
-            "no such WHIP resource (or it has ended)",
-        )
-    })?;
+    // Another subject's session is as good as absent.
+    let claims = app.client(request.headers(), Action::Upload)?;
+    let entry = app
+        .registry
+        .by_resource(&resource)
+        .filter(|entry| entry.belongs_to(&claims))
+        .ok_or_else(|| {
+            Problem::new(
+                ErrorCode::NotFound,
+                "no such WHIP resource (or it has ended)",
+            )
+        })?;
     let shared = &entry.shared;
     let refuse = |error: turngate_core::Error| {
         shared.count_rejected(&error, 0);

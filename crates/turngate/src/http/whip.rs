@@ -14,6 +14,7 @@ use turngate_media::peer;
 use turngate_media::session::SessionEnd;
 
 use crate::app::App;
+use crate::auth::Action;
 use crate::problem::Problem;
 
 /// `POST /v1/whip`: an SDP offer in, `201 Created` with the answer and `Location` out.
@@ -46,6 +47,7 @@ async fn offer(
             "the gateway is shutting down",
         ));
     }
+    let claims = app.client(&headers, Action::Whip)?;
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -87,7 +89,7 @@ async fn offer(
     // Set up in a task of its own: a client that hangs up mid-way must not leave a
     // half-built peer connection (and its socket) behind.
     let client = client_ip(peer.ip(), &headers, &app.trusted_proxies);
-    let setup = tokio::spawn(Arc::clone(&app).open_session(offer, client));
+    let setup = tokio::spawn(Arc::clone(&app).open_session(offer, client, claims.sub));
     let (answer, resource) = setup
         .await
         .map_err(|_| Problem::new(ErrorCode::Internal, "session setup failed"))??;
@@ -104,16 +106,25 @@ async fn offer(
 }
 
 /// `DELETE /v1/whip/{resource}`: ends the session and frees what it held.
+///
+/// Needs a token of the session's creator (scope `whip`); another subject's gets 404, as
+/// if the resource did not exist.
 pub(super) async fn delete_session(
     State(app): State<Arc<App>>,
     Path(resource): Path<String>,
+    headers: HeaderMap,
 ) -> Result<StatusCode, Problem> {
-    let entry = app.registry.by_resource(&resource).ok_or_else(|| {
-        Problem::new(
-            ErrorCode::NotFound,
-            "no such WHIP resource (or it has ended)",
-        )
-    })?;
+    let claims = app.client(&headers, Action::Whip)?;
+    let entry = app
+        .registry
+        .by_resource(&resource)
+        .filter(|entry| entry.belongs_to(&claims))
+        .ok_or_else(|| {
+            Problem::new(
+                ErrorCode::NotFound,
+                "no such WHIP resource (or it has ended)",
+            )
+        })?;
     entry.shared.close(SessionEnd::Deleted);
     entry.shared.wait_ended().await;
     Ok(StatusCode::NO_CONTENT)

@@ -1,0 +1,342 @@
+//! Who may do what. Clients present a JWT (RFC 7519) as `Authorization: Bearer …` to
+//! open a session (`whip`), end it and upload images to it (`upload`); operators present
+//! the admin token, or a JWT with scope `admin`, to read sessions.
+//!
+//! Keys: an HS256 secret and/or a JWKS file (RFC 7517) of public keys by `kid`. Each key
+//! verifies with the one algorithm it was configured for — a token's `alg` header never
+//! chooses it — so `alg: none` and an HS256 token "signed" with an RSA public key are
+//! refused. Required claims: `exp` and `aud`; `iss` when configured; `nbf` when present;
+//! at most [`MAX_LEEWAY_S`] of clock leeway (the library's default is 60 s).
+//!
+//! With no key and no admin token configured, everything is open: the loopback
+//! development default (the gateway refuses to listen elsewhere like that unless told
+//! `--insecure-no-auth`).
+
+use std::collections::HashMap;
+
+use axum::http::HeaderMap;
+use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use subtle::ConstantTimeEq;
+
+/// Most leeway allowed on `exp` and `nbf`, in seconds.
+pub const MAX_LEEWAY_S: u64 = 5;
+
+/// What a client token allows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Open a session (`POST /v1/whip`).
+    Whip,
+    /// End a session and upload images to it.
+    Upload,
+}
+
+impl Action {
+    fn scope(self) -> &'static str {
+        match self {
+            Self::Whip => "whip",
+            Self::Upload => "upload",
+        }
+    }
+}
+
+/// Why a request was refused, as counted in `turngate_auth_refused_total{reason}`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// No `Authorization: Bearer` header.
+    Missing,
+    /// Not a JWT, or one of an algorithm the gateway does not take (`none` included).
+    Malformed,
+    /// No configured key for the token (its `kid`, or HS256 without a secret).
+    UnknownKey,
+    /// The token's `alg` is not the one its key is pinned to.
+    Algorithm,
+    /// The signature does not verify.
+    Signature,
+    /// `exp` has passed (beyond the leeway).
+    Expired,
+    /// `nbf` is still ahead (beyond the leeway).
+    NotYetValid,
+    /// `aud` is not the configured audience.
+    Audience,
+    /// `iss` is not the configured issuer.
+    Issuer,
+    /// A required claim (`exp`, `aud`, and `iss` when an issuer is configured) is missing.
+    MissingClaim,
+    /// The token is valid but its scope does not allow the action (403).
+    Scope,
+    /// The admin credential is wrong.
+    AdminToken,
+}
+
+impl Refusal {
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Missing => "missing",
+            Self::Malformed => "malformed",
+            Self::UnknownKey => "unknown_key",
+            Self::Algorithm => "algorithm",
+            Self::Signature => "signature",
+            Self::Expired => "expired",
+            Self::NotYetValid => "not_yet_valid",
+            Self::Audience => "audience",
+            Self::Issuer => "issuer",
+            Self::MissingClaim => "missing_claim",
+            Self::Scope => "scope",
+            Self::AdminToken => "admin_token",
+        }
+    }
+
+    /// What the client is told: enough to fix its token, nothing about the keys.
+    pub fn message(self) -> &'static str {
+        match self {
+            Self::Missing => "send Authorization: Bearer <token>",
+            Self::Malformed => "the token is not a JWT of an accepted algorithm",
+            Self::UnknownKey => "no key of this gateway signs such a token",
+            Self::Algorithm => "the token's algorithm is not its key's",
+            Self::Signature => "the token's signature does not verify",
+            Self::Expired => "the token has expired",
+            Self::NotYetValid => "the token is not valid yet",
+            Self::Audience => "the token is not for this gateway (aud)",
+            Self::Issuer => "the token's issuer is not accepted (iss)",
+            Self::MissingClaim => "the token lacks a required claim (exp, aud, iss)",
+            Self::Scope => "the token's scope does not allow this",
+            Self::AdminToken => "this needs the operator credential",
+        }
+    }
+
+    /// Whether the client is known but not allowed (403) rather than unknown (401).
+    pub fn forbidden(self) -> bool {
+        self == Self::Scope
+    }
+}
+
+/// The claims the gateway reads.
+#[derive(Clone, Debug, Default, serde::Deserialize, serde::Serialize)]
+pub struct Claims {
+    /// The subject: whose sessions these are.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sub: Option<String>,
+    /// Space-separated actions: `whip`, `upload`, `admin`. Absent: `whip upload`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+    /// Every other claim, for `auth.span_claims`.
+    #[serde(flatten)]
+    pub other: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Claims {
+    fn allows(&self, scope: &str) -> bool {
+        match &self.scope {
+            Some(scopes) => scopes.split(' ').any(|s| s == scope),
+            None => scope == "whip" || scope == "upload",
+        }
+    }
+}
+
+/// How tokens are checked. See the module docs.
+pub struct Auth {
+    hs256: Option<DecodingKey>,
+    /// Public keys by `kid`, each with the algorithm it is pinned to.
+    jwks: HashMap<String, (DecodingKey, Algorithm)>,
+    admin_token: Option<String>,
+    audience: String,
+    issuer: Option<String>,
+    leeway_s: u64,
+}
+
+/// The auth settings, as configured.
+pub struct AuthSettings<'a> {
+    /// The HS256 secret (at least 32 bytes).
+    pub hs256_secret: Option<&'a str>,
+    /// A JWKS document's text.
+    pub jwks: Option<&'a str>,
+    /// The operator's bearer token.
+    pub admin_token: Option<&'a str>,
+    /// `aud` required.
+    pub audience: &'a str,
+    /// `iss` required, if set.
+    pub issuer: Option<&'a str>,
+    /// Clock leeway in seconds (at most [`MAX_LEEWAY_S`]).
+    pub leeway_s: u64,
+}
+
+impl Auth {
+    /// Keys from the settings.
+    ///
+    /// Errors: a secret shorter than 32 bytes, a JWKS that does not parse, a key
+    /// without `kid` or of a type the gateway does not take, a leeway over 5 s.
+    pub fn new(settings: &AuthSettings<'_>) -> anyhow::Result<Self> {
+        anyhow::ensure!(
+            settings.leeway_s <= MAX_LEEWAY_S,
+            "auth.leeway_s must be at most {MAX_LEEWAY_S}"
+        );
+        let hs256 = match settings.hs256_secret {
+            Some(secret) => {
+                anyhow::ensure!(
+                    secret.len() >= 32,
+                    "auth.hs256_secret (TURNGATE_AUTH_HS256_SECRET) must be at least 32 bytes"
+                );
+                Some(DecodingKey::from_secret(secret.as_bytes()))
+            }
+            None => None,
+        };
+        let mut jwks = HashMap::new();
+        if let Some(text) = settings.jwks {
+            let set: JwkSet = serde_json::from_str(text)
+                .map_err(|e| anyhow::anyhow!("auth.jwks_file is not a JWKS: {e}"))?;
+            for jwk in &set.keys {
+                let kid = jwk
+                    .common
+                    .key_id
+                    .clone()
+                    .ok_or_else(|| anyhow::anyhow!("auth.jwks_file: every key needs a kid"))?;
+                let algorithm = match &jwk.algorithm {
+                    AlgorithmParameters::RSA(_) => Algorithm::RS256,
+                    AlgorithmParameters::EllipticCurve(_) => Algorithm::ES256,
+                    AlgorithmParameters::OctetKeyPair(_) => Algorithm::EdDSA,
+                    AlgorithmParameters::OctetKey(_) => anyhow::bail!(
+                        "auth.jwks_file: key {kid} is a secret; put secrets in auth.hs256_secret"
+                    ),
+                };
+                let key = DecodingKey::from_jwk(jwk)
+                    .map_err(|e| anyhow::anyhow!("auth.jwks_file: key {kid}: {e}"))?;
+                jwks.insert(kid, (key, algorithm));
+            }
+        }
+        Ok(Self {
+            hs256,
+            jwks,
+            admin_token: settings.admin_token.map(str::to_owned),
+            audience: settings.audience.to_owned(),
+            issuer: settings.issuer.map(str::to_owned),
+            leeway_s: settings.leeway_s,
+        })
+    }
+
+    /// Whether nothing is configured: every route is open (loopback only).
+    pub fn is_open(&self) -> bool {
+        self.hs256.is_none() && self.jwks.is_empty() && self.admin_token.is_none()
+    }
+
+    /// Whether a key for client tokens is configured.
+    pub fn has_keys(&self) -> bool {
+        self.hs256.is_some() || !self.jwks.is_empty()
+    }
+
+    /// The claims of a client allowed to do `action`; empty claims when open.
+    pub fn client(&self, headers: &HeaderMap, action: Action) -> Result<Claims, Refusal> {
+        if self.is_open() {
+            return Ok(Claims::default());
+        }
+        let claims = self.verify(bearer(headers)?)?;
+        if !claims.allows(action.scope()) {
+            return Err(Refusal::Scope);
+        }
+        Ok(claims)
+    }
+
+    /// Whether the request carries the operator credential: the admin token, or a JWT
+    /// with scope `admin`. Always when open.
+    pub fn admin(&self, headers: &HeaderMap) -> Result<(), Refusal> {
+        if self.is_open() {
+            return Ok(());
+        }
+        let token = bearer(headers)?;
+        if let Some(admin) = &self.admin_token
+            && bool::from(token.as_bytes().ct_eq(admin.as_bytes()))
+        {
+            return Ok(());
+        }
+        if !self.has_keys() {
+            return Err(Refusal::AdminToken);
+        }
+        match self.verify(token) {
+            Ok(claims) if claims.allows("admin") => Ok(()),
+            Ok(_) => Err(Refusal::Scope),
+            // Not a JWT: a wrong admin token.
+            Err(Refusal::Malformed) if self.admin_token.is_some() => Err(Refusal::AdminToken),
+            Err(refusal) => Err(refusal),
+        }
+    }
+
+    /// Verifies a JWT with the key its header names, pinned to that key's algorithm.
+    fn verify(&self, token: &str) -> Result<Claims, Refusal> {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| Refusal::Malformed)?;
+        let (key, algorithm) = match header.kid.as_deref().and_then(|k| self.jwks.get(k)) {
+            Some((key, algorithm)) => (key, *algorithm),
+            None => match (&self.hs256, header.alg) {
+                (Some(key), Algorithm::HS256) => (key, Algorithm::HS256),
+                _ => return Err(Refusal::UnknownKey),
+            },
+        };
+        if header.alg != algorithm {
+            return Err(Refusal::Algorithm);
+        }
+        let mut validation = Validation::new(algorithm);
+        validation.leeway = self.leeway_s;
+        validation.validate_nbf = true;
+        validation.set_audience(&[&self.audience]);
+        match &self.issuer {
+            // Without `iss` among the required claims the library accepts a token that
+            // has none.
+            Some(issuer) => {
+                validation.set_required_spec_claims(&["exp", "aud", "iss"]);
+                validation.set_issuer(&[issuer]);
+            }
+            None => validation.set_required_spec_claims(&["exp", "aud"]),
+        }
+        jsonwebtoken::decode::<Claims>(token, key, &validation)
+            .map(|data| data.claims)
+            .map_err(|e| {
+                use jsonwebtoken::errors::ErrorKind;
+                match e.kind() {
+                    ErrorKind::InvalidSignature => Refusal::Signature,
+                    ErrorKind::ExpiredSignature => Refusal::Expired,
+                    ErrorKind::ImmatureSignature => Refusal::NotYetValid,
+                    ErrorKind::InvalidAudience => Refusal::Audience,
+                    ErrorKind::InvalidIssuer => Refusal::Issuer,
+                    ErrorKind::MissingRequiredClaim(_) => Refusal::MissingClaim,
+                    ErrorKind::InvalidAlgorithm => Refusal::Algorithm,
+                    _ => Refusal::Malformed,
+                }
+            })
+    }
+}
+
+/// The token of an `Authorization: Bearer …` header.
+fn bearer(headers: &HeaderMap) -> Result<&str, Refusal> {
+    let value = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .ok_or(Refusal::Missing)?;
+    let value = value.to_str().map_err(|_| Refusal::Malformed)?;
+    match value.split_once(' ') {
+        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => Ok(token.trim()),
+        _ => Err(Refusal::Missing),
+    }
+}
+
+/// A development token signed with the HS256 secret: `sub`, `aud`, `exp` = now + `ttl_s`,
+/// and `scope` if given.
+pub fn mint(
+    secret: &str,
+    audience: &str,
+    sub: &str,
+    ttl_s: u64,
+    scope: Option<&str>,
+) -> anyhow::Result<String> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    let mut claims =
+        serde_json::json!({"sub": sub, "aud": audience, "iat": now, "exp": now + ttl_s});
+    if let Some(scope) = scope {
+        claims["scope"] = scope.into();
+    }
+    Ok(jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )?)
+}

@@ -1,0 +1,396 @@
+//! Access control as a client developer and an attacker meet it: client tokens (HS256
+//! and RS256 from a JWKS file), the operator credential, and the refusal of every kind
+//! of bad token with its status and counter.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{Value, json};
+use turngate_e2e::*;
+
+const SECRET: &str = "a-test-secret-of-at-least-32-bytes!!";
+const ADMIN: &str = "operator-token-for-tests";
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// Claims valid now for `sub`, overridden by `extra`.
+fn claims(sub: &str, extra: Value) -> Value {
+    let mut claims = json!({"sub": sub, "aud": "turngate", "iss": "tests", "exp": now() + 300});
+    for (k, v) in extra.as_object().unwrap() {
+        if v.is_null() {
+            claims.as_object_mut().unwrap().remove(k);
+        } else {
+            claims[k] = v.clone();
+        }
+    }
+    claims
+}
+
+fn hs256(claims: &Value) -> String {
+    hs256_with(SECRET.as_bytes(), claims)
+}
+
+fn hs256_with(secret: &[u8], claims: &Value) -> String {
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        claims,
+        &EncodingKey::from_secret(secret),
+    )
+    .unwrap()
+}
+
+fn rs256(claims: &Value) -> String {
+    let mut header = Header::new(Algorithm::RS256);
+    header.kid = Some("test-rs256".into());
+    let key = std::fs::read(data("auth/rs256-test-key.der")).unwrap();
+    jsonwebtoken::encode(&header, claims, &EncodingKey::from_rsa_der(&key)).unwrap()
+}
+
+/// An unsigned token: `alg: none`.
+fn unsigned(claims: &Value) -> String {
+    use base64::Engine;
+    let b64 = |v: &Value| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string().as_bytes())
+    };
+    format!(
+        "{}.{}.",
+        b64(&json!({"alg": "none", "typ": "JWT"})),
+        b64(claims)
+    )
+}
+
+/// The gateway with an HS256 secret, the test JWKS, an issuer and the admin token.
+async fn gateway() -> anyhow::Result<Gateway> {
+    let jwks = data("auth/jwks.json");
+    let toml = format!(
+        "[auth]\njwks_file = {:?}\nissuer = \"tests\"\n",
+        jwks.to_str().unwrap()
+    );
+    Gateway::with_config(
+        "auth",
+        &toml,
+        &[],
+        &[
+            ("TURNGATE_AUTH_HS256_SECRET", SECRET),
+            ("TURNGATE_ADMIN_TOKEN", ADMIN),
+        ],
+    )
+    .await
+}
+
+/// POSTs an offer with `authorization` (if any): status, headers' WWW-Authenticate, body.
+async fn post_whip(
+    gw: &Gateway,
+    authorization: Option<&str>,
+) -> anyhow::Result<(u16, Option<String>, Value)> {
+    let mut request = gw
+        .http
+        .post(format!("{}/v1/whip", gw.base))
+        .header("content-type", "application/sdp")
+        .body("v=0\r\n");
+    if let Some(value) = authorization {
+        request = request.header("authorization", value);
+    }
+    let r = request.send().await?;
+    let status = r.status().as_u16();
+    let challenge = r
+        .headers()
+        .get("www-authenticate")
+        .map(|v| v.to_str().unwrap_or("").to_owned());
+    let body = r.json().await.unwrap_or_default();
+    Ok((status, challenge, body))
+}
+
+/// A connected client whose offer carried `token`.
+async fn connect(gw: &Gateway, token: &str) -> anyhow::Result<Client> {
+    let bearer = format!("Bearer {token}");
+    let client = Client::connect_with(true, |offer| {
+        let bearer = bearer.clone();
+        async move {
+            let (status, location, answer) =
+                post_offer_with(gw, &offer, &[("authorization", &bearer)]).await?;
+            anyhow::ensure!(status == 201, "{status}: {answer}");
+            Ok((answer, location.unwrap_or_default()))
+        }
+    })
+    .await?;
+    client.session_id().await?;
+    Ok(client)
+}
+
+#[tokio::test]
+async fn every_kind_of_bad_token_is_refused_and_counted() -> anyhow::Result<()> {
+    let gw = gateway().await?;
+    let rsa_public_key = {
+        let jwks: Value = serde_json::from_str(&std::fs::read_to_string(data("auth/jwks.json"))?)?;
+        jwks["keys"][0]["n"].as_str().unwrap().to_owned()
+    };
+    let mut forged_with_public_key = Header::new(Algorithm::HS256);
+    forged_with_public_key.kid = Some("test-rs256".into());
+    let forged = jsonwebtoken::encode(
+        &forged_with_public_key,
+        &claims("mallory", json!({})),
+        &EncodingKey::from_secret(rsa_public_key.as_bytes()),
+    )?;
+    let cases: Vec<(&str, Option<String>, u16, &str)> = vec![
+        ("no token", None, 401, "missing"),
+        (
+            "not a JWT",
+            Some("Bearer not-a-jwt".into()),
+            401,
+            "malformed",
+        ),
+        (
+            "wrong signature",
+            Some(format!(
+                "Bearer {}",
+                hs256_with(
+                    b"another-secret-of-at-least-32-bytes",
+                    &claims("a", json!({}))
+                )
+            )),
+            401,
+            "signature",
+        ),
+        (
+            "expired beyond the leeway",
+            Some(format!(
+                "Bearer {}",
+                hs256(&claims("a", json!({"exp": now() - 30})))
+            )),
+            401,
+            "expired",
+        ),
+        (
+            "not yet valid",
+            Some(format!(
+                "Bearer {}",
+                hs256(&claims("a", json!({"nbf": now() + 60})))
+            )),
+            401,
+            "not_yet_valid",
+        ),
+        (
+            "wrong audience",
+            Some(format!(
+                "Bearer {}",
+                hs256(&claims("a", json!({"aud": "someone-else"})))
+            )),
+            401,
+            "audience",
+        ),
+        (
+            "no audience",
+            Some(format!(
+                "Bearer {}",
+                hs256(&claims("a", json!({"aud": null})))
+            )),
+            401,
+            "missing_claim",
+        ),
+        (
+            "no issuer",
+            Some(format!("Bearer {}", hs256(&claims("a", json!({"iss": null}))))),
+            401,
+            "missing_claim",
+        ),
+        (
+            "wrong issuer",
+            Some(format!(
+                "Bearer {}",
+                hs256(&claims("a", json!({"iss": "elsewhere"})))
+            )),
+            401,
+            "issuer",
+        ),
+        (
+            "alg none",
+            Some(format!("Bearer {}", unsigned(&claims("a", json!({}))))),
+            401,
+            "malformed",
+        ),
+        (
+            "HS256 signed with the RSA public key",
+            Some(format!("Bearer {forged}")),
+            401,
+            "algorithm",
+        ),
+        (
+            "a scope without whip",
+            Some(format!(
+                "Bearer {}",
+                hs256(&claims("a", json!({"scope": "upload"})))
+            )),
+            403,
+            "scope",
+        ),
+    ];
+    for (what, authorization, status, reason) in &cases {
+        let (got, challenge, body) = post_whip(&gw, authorization.as_deref()).await?;
+        assert_eq!(got, *status, "{what}: {body}");
+        let code = if *status == 401 {
+            "unauthorized"
+        } else {
+            "forbidden"
+        };
+        assert_eq!(body["code"], code, "{what}: {body}");
+        if *status == 401 {
+            assert_eq!(challenge.as_deref(), Some("Bearer"), "{what}");
+        }
+        let counted = gw
+            .metric(&format!(
+                "turngate_auth_refused_total{{reason=\"{reason}\"}}"
+            ))
+            .await?;
+        assert!(counted >= 1.0, "{what}: not counted as {reason}");
+    }
+    // Nothing of a token reaches the log.
+    let log = gw.log();
+    for (_, authorization, ..) in &cases {
+        if let Some(a) = authorization {
+            let token = a.trim_start_matches("Bearer ");
+            assert!(!log.contains(token), "a token was logged");
+        }
+    }
+    assert!(!log.contains(SECRET) && !log.contains(ADMIN));
+    Ok(())
+}
+
+#[tokio::test]
+async fn valid_tokens_open_sessions_and_only_their_subject_may_touch_them() -> anyhow::Result<()> {
+    let gw = gateway().await?;
+    let alice = hs256(&claims("alice", json!({})));
+    let bob = rs256(&claims("bob", json!({})));
+    let client = connect(&gw, &alice).await?;
+    let _bobs = connect(&gw, &bob).await?;
+    let location = format!("{}{}", gw.base, client.location);
+    // Bob cannot upload to or end Alice's session: to him it does not exist.
+    let upload = |token: &str| {
+        gw.http
+            .post(format!("{location}/images"))
+            .header("authorization", format!("Bearer {token}"))
+            .header("content-type", "image/png")
+            .body(png(32, 24))
+            .send()
+    };
+    assert_eq!(upload(&bob).await?.status().as_u16(), 404);
+    let delete = |token: &str| {
+        gw.http
+            .delete(&location)
+            .header("authorization", format!("Bearer {token}"))
+            .send()
+    };
+    assert_eq!(delete(&bob).await?.status().as_u16(), 404);
+    // Without a token: 401.
+    assert_eq!(
+        gw.http.delete(&location).send().await?.status().as_u16(),
+        401
+    );
+    // Alice can.
+    assert_eq!(upload(&alice).await?.status().as_u16(), 201);
+    assert_eq!(delete(&alice).await?.status().as_u16(), 204);
+    Ok(())
+}
+
+#[tokio::test]
+async fn session_reads_need_the_operator_credential() -> anyhow::Result<()> {
+    let gw = gateway().await?;
+    let client = connect(&gw, &hs256(&claims("alice", json!({})))).await?;
+    let id = client.session_id().await?;
+    let read = |path: String, token: Option<String>| {
+        let mut request = gw.http.get(format!("{}{path}", gw.base));
+        if let Some(token) = token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        request.send()
+    };
+    for path in ["/v1/sessions".to_owned(), format!("/v1/sessions/{id}")] {
+        let refused = read(path.clone(), None).await?;
+        assert_eq!(refused.status().as_u16(), 401, "{path}");
+        let body = refused.text().await?;
+        assert!(!body.contains(&id) && !body.contains("turns"), "{body}");
+        // A client token is not the operator's.
+        let client_token = hs256(&claims("alice", json!({})));
+        assert_eq!(
+            read(path.clone(), Some(client_token))
+                .await?
+                .status()
+                .as_u16(),
+            403,
+            "{path}"
+        );
+        assert_eq!(
+            read(path.clone(), Some("wrong-admin-token".into()))
+                .await?
+                .status()
+                .as_u16(),
+            401,
+            "{path}"
+        );
+        let admin = read(path.clone(), Some(ADMIN.into())).await?;
+        assert_eq!(admin.status().as_u16(), 200, "{path}");
+        assert!(admin.text().await?.contains(&id));
+        let admin_jwt = hs256(&claims("ops", json!({"scope": "admin"})));
+        assert_eq!(read(path, Some(admin_jwt)).await?.status().as_u16(), 200);
+    }
+    // Health and aggregate metrics stay open.
+    assert_eq!(read("/healthz".into(), None).await?.status().as_u16(), 200);
+    assert_eq!(read("/metrics".into(), None).await?.status().as_u16(), 200);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_minted_development_token_opens_a_session() -> anyhow::Result<()> {
+    let gw = gateway().await?;
+    let out = tokio::process::Command::new(binary())
+        .args(["token", "create", "--sub", "dev", "--ttl", "5m"])
+        .env("TURNGATE_AUTH_HS256_SECRET", SECRET)
+        .output()
+        .await?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout)?.trim().to_owned();
+    // The gateway requires an issuer; a development token has none.
+    let (status, _, body) = post_whip(&gw, Some(&format!("Bearer {token}"))).await?;
+    assert_eq!((status, body["code"].as_str()), (401, Some("unauthorized")));
+    let plain = Gateway::with_config(
+        "auth-dev",
+        "",
+        &[],
+        &[("TURNGATE_AUTH_HS256_SECRET", SECRET)],
+    )
+    .await?;
+    connect(&plain, &token).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn listening_beyond_loopback_without_keys_is_refused_at_start() -> anyhow::Result<()> {
+    // 192.0.2.1 (TEST-NET-1) is never bound: the configuration is refused first.
+    let out = tokio::process::Command::new(binary())
+        .args(["serve", "--listen", "192.0.2.1:18999"])
+        .env_remove("TURNGATE_AUTH_HS256_SECRET")
+        .env_remove("TURNGATE_AUTH_JWKS_FILE")
+        .env_remove("TURNGATE_ADMIN_TOKEN")
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(10), out).await??;
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for named in [
+        "TURNGATE_AUTH_HS256_SECRET",
+        "TURNGATE_AUTH_JWKS_FILE",
+        "TURNGATE_ADMIN_TOKEN",
+        "--insecure-no-auth",
+    ] {
+        assert!(stderr.contains(named), "{stderr}");
+    }
+    Ok(())
+}
