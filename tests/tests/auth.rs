@@ -195,7 +195,10 @@ async fn every_kind_of_bad_token_is_refused_and_counted() -> anyhow::Result<()> 
         ),
         (
             "no issuer",
-            Some(format!("Bearer {}", hs256(&claims("a", json!({"iss": null}))))),
+            Some(format!(
+                "Bearer {}",
+                hs256(&claims("a", json!({"iss": null})))
+            )),
             401,
             "missing_claim",
         ),
@@ -391,6 +394,74 @@ async fn listening_beyond_loopback_without_keys_is_refused_at_start() -> anyhow:
         "--insecure-no-auth",
     ] {
         assert!(stderr.contains(named), "{stderr}");
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn cors_covers_client_routes_only_and_a_foreign_host_is_refused() -> anyhow::Result<()> {
+    let gw = Gateway::start(&["--cors-origins", "https://app.example"], &[]).await?;
+    let preflight = |path: &str, method: &str| {
+        gw.http
+            .request(reqwest::Method::OPTIONS, format!("{}{path}", gw.base))
+            .header("origin", "https://app.example")
+            .header("access-control-request-method", method)
+            .header("access-control-request-headers", "authorization")
+            .send()
+    };
+    let client_route = preflight("/v1/whip", "POST").await?;
+    assert_eq!(
+        client_route
+            .headers()
+            .get("access-control-allow-origin")
+            .map(|v| v.to_str().unwrap()),
+        Some("https://app.example")
+    );
+    let allowed = client_route
+        .headers()
+        .get("access-control-allow-headers")
+        .map(|v| v.to_str().unwrap().to_ascii_lowercase())
+        .unwrap_or_default();
+    assert!(allowed.contains("authorization"), "{allowed}");
+    assert!(
+        client_route
+            .headers()
+            .get("access-control-allow-credentials")
+            .is_none()
+    );
+    for admin_route in ["/v1/sessions", "/metrics"] {
+        let r = preflight(admin_route, "GET").await?;
+        assert!(
+            r.headers().get("access-control-allow-origin").is_none(),
+            "{admin_route} answered a preflight"
+        );
+        let r = gw
+            .http
+            .get(format!("{}{admin_route}", gw.base))
+            .header("origin", "https://app.example")
+            .send()
+            .await?;
+        assert!(r.headers().get("access-control-allow-origin").is_none());
+    }
+    // DNS rebinding: a page at evil.example resolving to 127.0.0.1 still sends its name.
+    let port = gw.base.rsplit(':').next().unwrap();
+    for host in [format!("evil.example:{port}"), "evil.example".to_owned()] {
+        let r = gw
+            .http
+            .get(format!("{}/v1/sessions", gw.base))
+            .header("host", &host)
+            .send()
+            .await?;
+        assert_eq!(r.status().as_u16(), 403, "{host}");
+    }
+    for host in [format!("localhost:{port}"), format!("127.0.0.1:{port}")] {
+        let r = gw
+            .http
+            .get(format!("{}/healthz", gw.base))
+            .header("host", &host)
+            .send()
+            .await?;
+        assert_eq!(r.status().as_u16(), 200, "{host}");
     }
     Ok(())
 }

@@ -132,7 +132,7 @@ async fn a_client_sending_headers_slowly_is_disconnected_within_the_header_timeo
     let mut slow = tokio::net::TcpStream::connect(addr(&gw)).await?;
     let started = tokio::time::Instant::now();
     let trickle = async {
-        for byte in b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" {
+        for byte in b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n" {
             if slow.write_all(&[*byte]).await.is_err() {
                 break;
             }
@@ -167,7 +167,7 @@ async fn a_body_that_stalls_is_answered_408() -> anyhow::Result<()> {
     let (gw, _config) = gateway_with_http("body_read_timeout_ms = 500").await?;
     let mut tcp = tokio::net::TcpStream::connect(addr(&gw)).await?;
     tcp.write_all(
-        b"POST /v1/whip HTTP/1.1\r\nHost: x\r\nContent-Type: application/sdp\r\nContent-Length: 100\r\n\r\nv=0\r\n",
+        b"POST /v1/whip HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/sdp\r\nContent-Length: 100\r\n\r\nv=0\r\n",
     )
     .await?;
     let answer = tokio::time::timeout(Duration::from_secs(3), read_to_close(&mut tcp)).await?;
@@ -201,7 +201,7 @@ async fn sigterm_with_a_client_trickling_a_body_exits_within_the_shutdown_grace(
     let (mut gw, _config) = gateway_with_http("shutdown_grace_ms = 1000").await?;
     let mut tcp = tokio::net::TcpStream::connect(addr(&gw)).await?;
     tcp.write_all(
-        b"POST /v1/whip HTTP/1.1\r\nHost: x\r\nContent-Type: application/sdp\r\nContent-Length: 60000\r\n\r\n",
+        b"POST /v1/whip HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/sdp\r\nContent-Length: 60000\r\n\r\n",
     )
     .await?;
     // One byte every 200 ms: never idle long enough for the body timeout.
@@ -317,7 +317,7 @@ async fn an_offer_trickled_byte_by_byte_is_cut_off_at_the_body_timeout() -> anyh
     let (gw, _config) = gateway_with_http("body_read_timeout_ms = 1000").await?;
     let mut tcp = tokio::net::TcpStream::connect(addr(&gw)).await?;
     tcp.write_all(
-        b"POST /v1/whip HTTP/1.1\r\nHost: x\r\nContent-Type: application/sdp\r\nContent-Length: 60000\r\n\r\n",
+        b"POST /v1/whip HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/sdp\r\nContent-Length: 60000\r\n\r\n",
     )
     .await?;
     let started = tokio::time::Instant::now();
@@ -352,7 +352,7 @@ async fn a_client_that_never_reads_its_answers_is_cut_off() -> anyhow::Result<()
     tokio::spawn(async move {
         for _ in 0..20_000 {
             if tcp
-                .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+                .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
                 .await
                 .is_err()
             {
@@ -616,7 +616,7 @@ async fn images_held_by_unprocessed_turns_are_bounded_per_session_and_gateway_wi
         let mut socket =
             tokio::net::TcpStream::connect(gw.base.trim_start_matches("http://")).await?;
         let head = format!(
-            "POST {}/images HTTP/1.1\r\nhost: x\r\ncontent-type: image/png\r\ncontent-length: 500000\r\n\r\nP",
+            "POST {}/images HTTP/1.1\r\nhost: localhost\r\ncontent-type: image/png\r\ncontent-length: 500000\r\n\r\nP",
             client.location
         );
         tokio::io::AsyncWriteExt::write_all(&mut socket, head.as_bytes()).await?;

@@ -40,6 +40,10 @@ pub struct App {
     pub turns: Arc<turn::Services>,
     /// How tokens and the operator credential are checked.
     pub auth: Auth,
+    /// The names `Host` may carry (lowercase, no port); `None`: any.
+    pub allowed_hosts: Option<Vec<String>>,
+    /// Serving beyond loopback without authentication (`--insecure-no-auth`).
+    pub insecure: bool,
 }
 
 impl App {
@@ -75,6 +79,8 @@ impl App {
             shutting_down: AtomicBool::new(false),
             turns: Arc::new(turn::Services::new(config, telemetry)?),
             auth: auth(&config.auth)?,
+            allowed_hosts: config.http.hosts(config.listen),
+            insecure: config.insecure_no_auth && !config.auth.enabled(),
         }))
     }
 

@@ -139,6 +139,9 @@ async fn serve(config: config::Config) -> anyhow::Result<()> {
     }
 
     let app = app::App::new(&config, telemetry)?;
+    if app.insecure {
+        tracing::warn!(listen = %config.listen, "--insecure-no-auth: no authentication; anyone who reaches this port can open sessions and read every transcript.");
+    }
     let router = http::router(Arc::clone(&app), &config.cors_origins);
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

@@ -17,5 +17,10 @@ pub(super) async fn ready(State(app): State<Arc<App>>) -> Response {
     if app.shutting_down() {
         return Problem::new(ErrorCode::ShuttingDown, "shutting down").into_response();
     }
+    if app.insecure {
+        return "ready (WARNING: --insecure-no-auth: no authentication; anyone who reaches \
+                this port can open sessions and read every transcript)"
+            .into_response();
+    }
     "ready".into_response()
 }
