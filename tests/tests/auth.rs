@@ -465,3 +465,57 @@ async fn cors_covers_client_routes_only_and_a_foreign_host_is_refused() -> anyho
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn session_creation_is_limited_per_subject_without_touching_others() -> anyhow::Result<()> {
+    let offer = |gw: &Gateway, token: String| {
+        let gw = Gateway::external(&gw.base);
+        async move {
+            let bearer = format!("Bearer {token}");
+            let (status, body) = Client::offer_with(&gw, &[("authorization", &bearer)]).await?;
+            anyhow::Ok((
+                status,
+                serde_json::from_str::<Value>(&body).unwrap_or_default(),
+            ))
+        }
+    };
+    let env = [("TURNGATE_AUTH_HS256_SECRET", SECRET)];
+    let toml = "[auth]\nsessions_per_minute_per_subject = 2\nmax_sessions_per_subject = 5\n";
+    let gw = Gateway::with_config("rate", toml, &[], &env).await?;
+    let alice = || hs256(&claims("alice", json!({"iss": null})));
+    assert_eq!(offer(&gw, alice()).await?.0, 201);
+    assert_eq!(offer(&gw, alice()).await?.0, 201);
+    let (status, body) = offer(&gw, alice()).await?;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (429, Some("rate_limited")),
+        "{body}"
+    );
+    // Another subject is unaffected.
+    assert_eq!(
+        offer(&gw, hs256(&claims("bob", json!({"iss": null}))))
+            .await?
+            .0,
+        201
+    );
+    let refused = "turngate_sessions_refused_total{code=\"rate_limited\"}";
+    assert_eq!(gw.metric(refused).await?, 1.0);
+
+    // Live sessions per subject.
+    let toml = "[auth]\nmax_sessions_per_subject = 1\n";
+    let gw = Gateway::with_config("per-subject", toml, &[], &env).await?;
+    assert_eq!(offer(&gw, alice()).await?.0, 201);
+    let (status, body) = offer(&gw, alice()).await?;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (429, Some("rate_limited")),
+        "{body}"
+    );
+    assert_eq!(
+        offer(&gw, hs256(&claims("bob", json!({"iss": null}))))
+            .await?
+            .0,
+        201
+    );
+    Ok(())
+}

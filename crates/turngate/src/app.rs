@@ -19,6 +19,7 @@ use turngate_media::session::{self, SessionConfig};
 use crate::auth::{Action, Auth, AuthSettings, Claims, Refusal};
 use crate::config::Config;
 use crate::problem::Problem;
+use crate::rate::CreationRates;
 use crate::registry::{Entry, Full, Registry, Retention};
 use crate::turn;
 
@@ -44,6 +45,8 @@ pub struct App {
     pub allowed_hosts: Option<Vec<String>>,
     /// Serving beyond loopback without authentication (`--insecure-no-auth`).
     pub insecure: bool,
+    /// How fast subjects and addresses may create sessions.
+    pub creation_rates: CreationRates,
 }
 
 impl App {
@@ -54,7 +57,11 @@ impl App {
     ) -> anyhow::Result<Arc<Self>> {
         Ok(Arc::new(Self {
             registry: Registry::new(
-                (config.sessions.max, config.sessions.max_per_ip),
+                (
+                    config.sessions.max,
+                    config.sessions.max_per_ip,
+                    config.auth.max_sessions_per_subject,
+                ),
                 (
                     config.sessions.max_pending,
                     config.sessions.max_pending_per_ip,
@@ -81,6 +88,10 @@ impl App {
             auth: auth(&config.auth)?,
             allowed_hosts: config.http.hosts(config.listen),
             insecure: config.insecure_no_auth && !config.auth.enabled(),
+            creation_rates: CreationRates::new(
+                config.auth.sessions_per_minute_per_subject,
+                config.sessions.per_minute_per_ip,
+            ),
         }))
     }
 
@@ -121,18 +132,37 @@ impl App {
         client: IpAddr,
         subject: Option<String>,
     ) -> Result<(String, String), Problem> {
+        let address = crate::registry::address_key(client);
+        self.creation_rates
+            .check(address, subject.as_deref())
+            .map_err(|limited| {
+                Problem::new(
+                    ErrorCode::RateLimited,
+                    if limited.subject {
+                        "this token's subject creates sessions too fast; retry later"
+                    } else {
+                        "this address creates sessions too fast; retry later"
+                    },
+                )
+            })?;
         let pending = self
             .registry
             .reserve_pending(client)
             .map_err(|detail| Problem::new(ErrorCode::TooManyPending, detail))?;
-        let slot = self.registry.reserve(client).map_err(|full| {
+        let slot = self.registry.reserve(client, subject.as_deref()).map_err(|full| {
+            if full == Full::Subject {
+                return Problem::new(
+                    ErrorCode::RateLimited,
+                    "this token's subject holds its maximum of live sessions; end one first",
+                );
+            }
             Problem::new(
                 ErrorCode::TooManySessions,
                 match full {
                     Full::Gateway => {
                         "the gateway holds its maximum number of sessions; retry later"
                     }
-                    Full::Address => {
+                    Full::Address | Full::Subject => {
                         "the gateway holds as many sessions as it gives one address; retry later"
                     }
                 },

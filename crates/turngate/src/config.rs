@@ -69,6 +69,10 @@ pub struct AuthConfig {
     pub issuer: Option<String>,
     /// Clock leeway on `exp` and `nbf`, in seconds; at most 5.
     pub leeway_s: u64,
+    /// Live sessions of one token subject.
+    pub max_sessions_per_subject: usize,
+    /// Sessions one token subject may create per minute (and at once).
+    pub sessions_per_minute_per_subject: u32,
 }
 
 impl Default for AuthConfig {
@@ -80,6 +84,8 @@ impl Default for AuthConfig {
             audience: "turngate".into(),
             issuer: None,
             leeway_s: crate::auth::MAX_LEEWAY_S,
+            max_sessions_per_subject: 10,
+            sessions_per_minute_per_subject: 30,
         }
     }
 }
@@ -291,6 +297,8 @@ pub struct SessionsConfig {
     pub max_pending_per_ip: usize,
     /// Live sessions (connected or not) of one client address (an IPv6 address's /64).
     pub max_per_ip: usize,
+    /// Sessions one client address may create per minute (and at once).
+    pub per_minute_per_ip: u32,
     /// Estimated bytes one session's record (turns, results, image records) may hold;
     /// past it the session opens no more turns.
     pub max_record_bytes: u64,
@@ -384,6 +392,7 @@ impl Default for SessionsConfig {
             max_pending: 64,
             max_pending_per_ip: 8,
             max_per_ip: 32,
+            per_minute_per_ip: 120,
             max_record_bytes: 8 << 20,
             retain_ended: 1000,
             retain_ended_s: 3600,
@@ -452,6 +461,7 @@ Configuration file keys (TOML; every key optional; defaults shown):
   max_pending_per_ip = 8            ...per client address (--max-pending-per-ip, TURNGATE_MAX_PENDING_PER_IP)
   max_per_ip = 32                   live sessions of one client address (an IPv6 /64); more get 503
                                     (--max-sessions-per-ip, TURNGATE_MAX_SESSIONS_PER_IP)
+  per_minute_per_ip = 120           sessions one address may create per minute (then 429 rate_limited)
   max_record_bytes = 8388608        what one session's turns and results may hold; then no more turns
   retain_ended = 1000               ended sessions kept queryable...
   retain_ended_s = 3600             ...for how long
@@ -510,6 +520,8 @@ Configuration file keys (TOML; every key optional; defaults shown):
   audience = \"turngate\"            the aud client tokens must carry
   issuer                            the iss they must carry, if set
   leeway_s = 5                      clock leeway on exp and nbf, at most 5
+  max_sessions_per_subject = 10     live sessions of one token subject (then 429 rate_limited)
+  sessions_per_minute_per_subject = 30  sessions one subject may create per minute
   [telemetry]
   capture_content = false           transcripts, prompts, answers and images in span attributes
                                     (TURNGATE_TELEMETRY_CAPTURE_CONTENT); the OTLP exporter is
@@ -561,6 +573,9 @@ pub struct Overrides {
     /// every transcript.
     #[arg(long)]
     pub insecure_no_auth: bool,
+    /// Sessions one client address may create per minute [default: 120].
+    #[arg(long, env = "TURNGATE_SESSIONS_PER_MINUTE_PER_IP", value_name = "N")]
+    pub sessions_per_minute_per_ip: Option<u32>,
     /// Live sessions at most per client address (an IPv6 /64) [default: 32].
     #[arg(long, env = "TURNGATE_MAX_SESSIONS_PER_IP", value_name = "N")]
     pub max_sessions_per_ip: Option<usize>,
@@ -704,6 +719,9 @@ impl Config {
         }
         if let Some(v) = o.max_pending {
             config.sessions.max_pending = v;
+        }
+        if let Some(v) = o.sessions_per_minute_per_ip {
+            config.sessions.per_minute_per_ip = v;
         }
         if let Some(v) = o.max_sessions_per_ip {
             config.sessions.max_per_ip = v;

@@ -8,6 +8,7 @@ mod auth;
 mod config;
 mod http;
 mod problem;
+mod rate;
 mod registry;
 mod turn;
 

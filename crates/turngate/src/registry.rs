@@ -39,7 +39,9 @@ struct Maps {
     /// Live sessions (reserved ones included) by client address ([`address_key`]), and
     /// the address of each live resource.
     live_by_ip: HashMap<IpAddr, usize>,
-    ip_of: HashMap<String, IpAddr>,
+    /// Live sessions by their token's subject.
+    live_by_subject: HashMap<String, usize>,
+    owner_of: HashMap<String, Owner>,
     /// Ordered by id, which is ordered by start time (ids are minted time-first).
     by_id: BTreeMap<SessionId, Arc<Entry>>,
     ended: VecDeque<(Instant, SessionId)>,
@@ -47,13 +49,28 @@ struct Maps {
     forgotten: Totals,
 }
 
+/// Whose a live session is: its client's address key and its token's subject.
+#[derive(Clone, Debug)]
+struct Owner {
+    ip: IpAddr,
+    subject: Option<String>,
+}
+
+/// Takes one from `key`'s count, forgetting it at zero.
+fn release<K: std::hash::Hash + Eq>(counts: &mut HashMap<K, usize>, key: &K) {
+    if let Some(n) = counts.get_mut(key) {
+        *n -= 1;
+        if *n == 0 {
+            counts.remove(key);
+        }
+    }
+}
+
 impl Maps {
-    fn release_ip(&mut self, ip: IpAddr) {
-        if let Some(n) = self.live_by_ip.get_mut(&ip) {
-            *n -= 1;
-            if *n == 0 {
-                self.live_by_ip.remove(&ip);
-            }
+    fn release(&mut self, owner: &Owner) {
+        release(&mut self.live_by_ip, &owner.ip);
+        if let Some(subject) = &owner.subject {
+            release(&mut self.live_by_subject, subject);
         }
     }
 
@@ -117,6 +134,7 @@ pub struct Registry {
     max_pending_per_ip: usize,
     max: usize,
     max_per_ip: usize,
+    max_per_subject: usize,
     retention: Retention,
 }
 
@@ -136,7 +154,7 @@ pub struct Retention {
 /// unless it became a session.
 pub struct Slot<'a> {
     registry: &'a Registry,
-    ip: IpAddr,
+    owner: Owner,
     used: bool,
 }
 
@@ -144,7 +162,7 @@ impl Drop for Slot<'_> {
     fn drop(&mut self) {
         if !self.used {
             self.registry.slots.fetch_sub(1, Ordering::AcqRel);
-            self.registry.lock().release_ip(self.ip);
+            self.registry.lock().release(&self.owner);
         }
     }
 }
@@ -171,13 +189,15 @@ pub enum Full {
     Gateway,
     /// `sessions.max_per_ip`.
     Address,
+    /// `auth.max_sessions_per_subject`.
+    Subject,
 }
 
 impl Registry {
-    /// A registry allowing `max` live sessions (`max_per_ip` from one address) and
-    /// keeping ended ones within `retention`.
+    /// A registry allowing `max` live sessions (`max_per_ip` from one address,
+    /// `max_per_subject` of one token subject) and keeping ended ones within `retention`.
     pub fn new(
-        (max, max_per_ip): (usize, usize),
+        (max, max_per_ip, max_per_subject): (usize, usize, usize),
         (max_pending, max_pending_per_ip): (usize, usize),
         retention: Retention,
     ) -> Self {
@@ -189,17 +209,23 @@ impl Registry {
             max_pending_per_ip,
             max,
             max_per_ip,
+            max_per_subject,
             retention,
         }
     }
 
-    /// Reserves a place for a new session of `ip`, if under both limits.
-    pub fn reserve(&self, ip: IpAddr) -> Result<Slot<'_>, Full> {
+    /// Reserves a place for a new session of `ip` (and of the token `subject`, if any),
+    /// if under every limit.
+    pub fn reserve(&self, ip: IpAddr, subject: Option<&str>) -> Result<Slot<'_>, Full> {
         let ip = address_key(ip);
         let mut maps = self.lock();
-        let mine = maps.live_by_ip.get(&ip).copied().unwrap_or(0);
-        if mine >= self.max_per_ip {
+        if maps.live_by_ip.get(&ip).copied().unwrap_or(0) >= self.max_per_ip {
             return Err(Full::Address);
+        }
+        if let Some(subject) = subject
+            && maps.live_by_subject.get(subject).copied().unwrap_or(0) >= self.max_per_subject
+        {
+            return Err(Full::Subject);
         }
         self.slots
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
@@ -207,9 +233,15 @@ impl Registry {
             })
             .map_err(|_| Full::Gateway)?;
         *maps.live_by_ip.entry(ip).or_default() += 1;
+        if let Some(subject) = subject {
+            *maps.live_by_subject.entry(subject.to_owned()).or_default() += 1;
+        }
         Ok(Slot {
             registry: self,
-            ip,
+            owner: Owner {
+                ip,
+                subject: subject.map(str::to_owned),
+            },
             used: false,
         })
     }
@@ -249,7 +281,7 @@ impl Registry {
     pub fn insert(&self, mut slot: Slot<'_>, resource: String, entry: Arc<Entry>) {
         slot.used = true;
         let mut maps = self.lock();
-        maps.ip_of.insert(resource.clone(), slot.ip);
+        maps.owner_of.insert(resource.clone(), slot.owner.clone());
         maps.by_resource.insert(resource, entry.shared.id);
         maps.by_id.insert(entry.shared.id, entry);
     }
@@ -308,8 +340,8 @@ impl Registry {
         if let Some(id) = maps.by_resource.remove(resource) {
             maps.ended.push_back((Instant::now(), id));
             self.slots.fetch_sub(1, Ordering::AcqRel);
-            if let Some(ip) = maps.ip_of.remove(resource) {
-                maps.release_ip(ip);
+            if let Some(owner) = maps.owner_of.remove(resource) {
+                maps.release(&owner);
             }
         }
         self.prune(&mut maps);
