@@ -519,3 +519,59 @@ async fn session_creation_is_limited_per_subject_without_touching_others() -> an
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn the_login_form_sets_an_http_only_strict_cookie_that_reads_sessions() -> anyhow::Result<()>
+{
+    let gw = gateway().await?;
+    let form = gw.http.get(format!("{}/login", gw.base)).send().await?;
+    assert_eq!(form.status().as_u16(), 200);
+    let csp = form.headers()["content-security-policy"]
+        .to_str()?
+        .to_owned();
+    assert!(csp.contains("script-src 'none'"), "{csp}");
+    assert!(
+        form.text()
+            .await?
+            .contains("<form method=\"post\" action=\"/login\">")
+    );
+    // A browser's form post; redirects are looked at, not followed.
+    let browser = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()?;
+    let login = |token: &str| {
+        browser
+            .post(format!("{}/login", gw.base))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!("token={token}&next=%2Fv1%2Fsessions"))
+            .send()
+    };
+    // A wrong credential sets nothing.
+    let wrong = login("not-the-token").await?;
+    assert_eq!(wrong.status().as_u16(), 401);
+    assert!(wrong.headers().get("set-cookie").is_none());
+    let signed_in = login(ADMIN).await?;
+    assert_eq!(signed_in.status().as_u16(), 303);
+    assert_eq!(signed_in.headers()["location"], "/v1/sessions");
+    let cookie = signed_in.headers()["set-cookie"].to_str()?.to_owned();
+    for attribute in ["HttpOnly", "SameSite=Strict", "Path=/"] {
+        assert!(cookie.contains(attribute), "{cookie}");
+    }
+    assert!(!cookie.contains("Secure"), "loopback: {cookie}");
+    let pair = cookie.split(';').next().unwrap();
+    let read = gw
+        .http
+        .get(format!("{}/v1/sessions", gw.base))
+        .header("cookie", pair)
+        .send()
+        .await?;
+    assert_eq!(read.status().as_u16(), 200);
+    let forged = gw
+        .http
+        .get(format!("{}/v1/sessions", gw.base))
+        .header("cookie", "turngate_admin=guess")
+        .send()
+        .await?;
+    assert_eq!(forged.status().as_u16(), 401);
+    Ok(())
+}

@@ -47,6 +47,8 @@ pub struct App {
     pub insecure: bool,
     /// How fast subjects and addresses may create sessions.
     pub creation_rates: CreationRates,
+    /// Whether cookies carry `Secure` (the gateway listens beyond loopback).
+    pub secure_cookies: bool,
 }
 
 impl App {
@@ -88,6 +90,7 @@ impl App {
             auth: auth(&config.auth)?,
             allowed_hosts: config.http.hosts(config.listen),
             insecure: config.insecure_no_auth && !config.auth.enabled(),
+            secure_cookies: !config.listen.ip().is_loopback(),
             creation_rates: CreationRates::new(
                 config.auth.sessions_per_minute_per_subject,
                 config.sessions.per_minute_per_ip,
@@ -106,6 +109,13 @@ impl App {
     pub fn admin(&self, headers: &HeaderMap) -> Result<(), Problem> {
         self.auth
             .admin(headers)
+            .map_err(|refusal| self.refused(refusal))
+    }
+
+    /// Whether `token` is the operator credential, or the refusal (counted).
+    pub fn admin_credential(&self, token: &str) -> Result<(), Problem> {
+        self.auth
+            .admin_credential(token)
             .map_err(|refusal| self.refused(refusal))
     }
 

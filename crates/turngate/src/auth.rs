@@ -237,13 +237,22 @@ impl Auth {
         Ok(claims)
     }
 
-    /// Whether the request carries the operator credential: the admin token, or a JWT
-    /// with scope `admin`. Always when open.
+    /// Whether the request carries the operator credential — the admin token, or a JWT
+    /// with scope `admin` — as a Bearer token or in the [`ADMIN_COOKIE`] set by the login
+    /// form. Always when open.
     pub fn admin(&self, headers: &HeaderMap) -> Result<(), Refusal> {
         if self.is_open() {
             return Ok(());
         }
-        let token = bearer(headers)?;
+        let token = match bearer(headers) {
+            Err(Refusal::Missing) => cookie(headers, ADMIN_COOKIE).ok_or(Refusal::Missing)?,
+            other => other?,
+        };
+        self.admin_credential(token)
+    }
+
+    /// Whether `token` is the operator credential.
+    pub fn admin_credential(&self, token: &str) -> Result<(), Refusal> {
         if let Some(admin) = &self.admin_token
             && bool::from(token.as_bytes().ct_eq(admin.as_bytes()))
         {
@@ -303,6 +312,24 @@ impl Auth {
                 }
             })
     }
+}
+
+/// The cookie the login form sets: the operator credential itself, `HttpOnly` and
+/// `SameSite=Strict`, so page scripts cannot read it and other sites cannot send it.
+pub const ADMIN_COOKIE: &str = "turngate_admin";
+
+/// The value of cookie `name` in the request's `Cookie` headers (RFC 6265 §5.4:
+/// `name=value` pairs separated by `; `). Hand-parsed: one name, no attributes; the
+/// `cookie` crate would bring the `time` crate for this.
+fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    headers
+        .get_all(axum::http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(n, _)| *n == name)
+        .map(|(_, value)| value.trim_matches('"'))
 }
 
 /// The token of an `Authorization: Bearer …` header.

@@ -18,6 +18,7 @@ use crate::app::App;
 use crate::problem::Problem;
 
 mod health;
+mod login;
 mod metrics;
 pub mod server;
 mod sessions;
@@ -40,6 +41,8 @@ pub fn router(app: Arc<App>, cors_origins: &[String]) -> Router {
         .route("/healthz", get(health::live))
         .route("/readyz", get(health::ready))
         .route("/metrics", get(metrics::metrics))
+        .route("/login", get(login::form).post(login::login))
+        .route("/logout", post(login::logout))
         .fallback(|| async { Problem::new(ErrorCode::NotFound, "no such endpoint") })
         .method_not_allowed_fallback(|method: Method| async move {
             Problem::new(

@@ -1,0 +1,87 @@
+//! The login form for web pages that cannot send an `Authorization` header: `GET /login`
+//! shows it, `POST /login` takes the operator credential (the admin token, or a JWT with
+//! scope `admin`) and sets it as an `HttpOnly`, `SameSite=Strict` cookie (`Secure` unless
+//! the gateway listens on loopback), then sends the browser to `next`; `POST /logout`
+//! clears it. The credential travels in the form body, never in a URL.
+
+use std::sync::Arc;
+
+use axum::Form;
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+
+use crate::app::App;
+use crate::auth::ADMIN_COOKIE;
+
+/// How long the cookie lasts, in seconds.
+const COOKIE_MAX_AGE_S: u32 = 8 * 3600;
+
+const FORM: &str = r#"<!doctype html>
+<html lang="en">
+<head><meta charset="utf-8"><title>turngate: sign in</title>
+<meta name="viewport" content="width=device-width, initial-scale=1"></head>
+<body>
+<main>
+<h1>Sign in</h1>
+<form method="post" action="/login">
+<p><label for="token">Operator token</label>
+<input id="token" name="token" type="password" autocomplete="current-password" required></p>
+<input type="hidden" name="next" value="/v1/sessions">
+<p><button type="submit">Sign in</button></p>
+</form>
+</main>
+</body>
+</html>
+"#;
+
+/// The form's fields.
+#[derive(serde::Deserialize)]
+pub(super) struct Login {
+    token: String,
+    /// Where to go after signing in: a path on this gateway.
+    next: Option<String>,
+}
+
+pub(super) async fn form() -> Response {
+    with_policy(Html(FORM).into_response())
+}
+
+pub(super) async fn login(State(app): State<Arc<App>>, Form(login): Form<Login>) -> Response {
+    if let Err(problem) = app.admin_credential(&login.token) {
+        return problem.into_response();
+    }
+    // Only a local path: no open redirect.
+    let next = login
+        .next
+        .filter(|n| n.starts_with('/') && !n.starts_with("//"))
+        .unwrap_or_else(|| "/v1/sessions".into());
+    let secure = if app.secure_cookies { "; Secure" } else { "" };
+    let cookie = format!(
+        "{ADMIN_COOKIE}={}; Path=/; HttpOnly; SameSite=Strict; Max-Age={COOKIE_MAX_AGE_S}{secure}",
+        login.token
+    );
+    set_cookie(Redirect::to(&next).into_response(), &cookie)
+}
+
+pub(super) async fn logout(State(app): State<Arc<App>>) -> Response {
+    let secure = if app.secure_cookies { "; Secure" } else { "" };
+    let cookie = format!("{ADMIN_COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0{secure}");
+    set_cookie(StatusCode::NO_CONTENT.into_response(), &cookie)
+}
+
+fn set_cookie(mut response: Response, cookie: &str) -> Response {
+    if let Ok(value) = HeaderValue::from_str(cookie) {
+        response.headers_mut().insert(header::SET_COOKIE, value);
+    }
+    response
+}
+
+/// No scripts at all, nothing from other origins, never framed.
+fn with_policy(mut response: Response) -> Response {
+    response.headers_mut().insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("default-src 'self'; script-src 'none'; frame-ancestors 'none'"),
+    );
+    response
+}
