@@ -575,3 +575,43 @@ async fn the_login_form_sets_an_http_only_strict_cookie_that_reads_sessions() ->
     assert_eq!(forged.status().as_u16(), 401);
     Ok(())
 }
+
+#[tokio::test]
+async fn only_the_named_claims_reach_the_spans() -> anyhow::Result<()> {
+    let collector = otlp::Collector::http().await?;
+    let mut env: Vec<(&str, String)> = collector.env();
+    env.push(("TURNGATE_AUTH_HS256_SECRET", SECRET.to_owned()));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let toml = "[auth]\nspan_claims = [\"sub\", \"tenant\"]\n";
+    let gw = Gateway::with_config("span-claims", toml, &[], &env).await?;
+    let token = hs256(&claims(
+        "alice",
+        json!({"iss": null, "tenant": "acme", "email": "alice@example.com"}),
+    ));
+    let client = connect(&gw, &token).await?;
+    client.send_event(json!({"type": "turn.start"})).await?;
+    let started = client
+        .inbox
+        .wait("turn.started", 1, Duration::from_secs(3))
+        .await?;
+    client.send_event(json!({"type": "turn.end"})).await?;
+    let turn_id = started[0]["turn_id"].as_str().unwrap().to_owned();
+    let spans = collector
+        .wait(Duration::from_secs(10), |spans| {
+            spans
+                .iter()
+                .any(|s| s.trace_id == turn_id && s.name == "turn")
+        })
+        .await?;
+    let root = spans
+        .iter()
+        .find(|s| s.trace_id == turn_id && s.name == "turn")
+        .unwrap();
+    assert_eq!(root.attr("user.id"), &json!("alice"));
+    assert_eq!(root.attr("turngate.auth.tenant"), &json!("acme"));
+    for span in spans.iter().filter(|s| s.trace_id == turn_id) {
+        let text = format!("{:?}", span.attrs);
+        assert!(!text.contains("alice@example.com"), "{text}");
+    }
+    Ok(())
+}

@@ -57,7 +57,13 @@ fn turn(n: u32) -> TurnInfo {
 
 fn one_turn(telemetry: &Telemetry, info: &TurnInfo, blob: &Blob) {
     let now = SystemTime::now();
-    let trace = telemetry.start_turn(info, SessionId::from_bytes([3; 16]).unwrap(), now, None);
+    let trace = telemetry.start_turn(
+        info,
+        SessionId::from_bytes([3; 16]).unwrap(),
+        now,
+        None,
+        &[],
+    );
     trace.event("vad.speech_start", now);
     trace.audio(&AudioStats {
         frames: 100,

@@ -51,20 +51,28 @@ impl Telemetry {
     /// trace id is the turn id and its span id the one `turn.started` announced; its
     /// parent is the client's span for client turns with a `traceparent`, otherwise it
     /// is a true root. It links to `previous`, the root of the session's turn before.
+    /// `user` are attributes of who the session belongs to (the token claims an operator
+    /// chose), on every span of the turn.
     pub fn start_turn(
         &self,
         turn: &TurnInfo,
         session: SessionId,
         start: SystemTime,
         previous: Option<SpanContext>,
+        user: &[(String, String)],
     ) -> TurnTrace {
         let session = session.to_string();
-        let common: Arc<[KeyValue]> = Arc::new([
+        let mut common = vec![
             KeyValue::new(attr::TURN_ID, turn.id.to_string()),
             KeyValue::new(attr::SESSION_ID, session.clone()),
             KeyValue::new(attr::CONVERSATION_ID, session.clone()),
             KeyValue::new(attr::SESSION, session),
-        ]);
+        ];
+        common.extend(
+            user.iter()
+                .map(|(key, value)| KeyValue::new(key.clone(), value.clone())),
+        );
+        let common: Arc<[KeyValue]> = common.into();
         let mut trace = TurnTrace {
             cx: Context::new(),
             tracer: self.tracer.clone(),

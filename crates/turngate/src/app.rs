@@ -49,6 +49,8 @@ pub struct App {
     pub creation_rates: CreationRates,
     /// Whether cookies carry `Secure` (the gateway listens beyond loopback).
     pub secure_cookies: bool,
+    /// The token claims that go onto spans.
+    pub span_claims: Vec<String>,
 }
 
 impl App {
@@ -91,6 +93,7 @@ impl App {
             allowed_hosts: config.http.hosts(config.listen),
             insecure: config.insecure_no_auth && !config.auth.enabled(),
             secure_cookies: !config.listen.ip().is_loopback(),
+            span_claims: config.auth.span_claims.clone(),
             creation_rates: CreationRates::new(
                 config.auth.sessions_per_minute_per_subject,
                 config.sessions.per_minute_per_ip,
@@ -140,8 +143,9 @@ impl App {
         self: Arc<Self>,
         offer: String,
         client: IpAddr,
-        subject: Option<String>,
+        claims: Claims,
     ) -> Result<(String, String), Problem> {
+        let subject = claims.sub.clone();
         let address = crate::registry::address_key(client);
         self.creation_rates
             .check(address, subject.as_deref())
@@ -198,7 +202,8 @@ impl App {
         let started = session::start(self.session.clone(), answered, &mut rng)
             .map_err(|e| Problem::new(e.code(), e.to_string()))?;
         let resource = resource_id(&mut rng);
-        let conversation = turn::Conversation::new(self.turns.history_turns());
+        let user = claims.span_attributes(&self.span_claims);
+        let conversation = turn::Conversation::new(self.turns.history_turns(), user);
         let entry = Arc::new(Entry::new(Arc::clone(&started.shared), subject));
         self.registry
             .insert(slot, resource.clone(), Arc::clone(&entry));

@@ -127,6 +127,26 @@ pub struct Claims {
 }
 
 impl Claims {
+    /// The claims named in `names` that the token has, as span attributes: `sub` as
+    /// `user.id` (OpenTelemetry's attribute for the user), any other as
+    /// `turngate.auth.{name}`. No claim that is not named ever becomes one.
+    pub fn span_attributes(&self, names: &[String]) -> Vec<(String, String)> {
+        names
+            .iter()
+            .filter_map(|name| {
+                let value = match name.as_str() {
+                    "sub" => return self.sub.clone().map(|s| ("user.id".to_owned(), s)),
+                    "scope" => self.scope.clone()?,
+                    _ => match self.other.get(name)? {
+                        serde_json::Value::String(s) => s.clone(),
+                        other => other.to_string(),
+                    },
+                };
+                Some((format!("turngate.auth.{name}"), value))
+            })
+            .collect()
+    }
+
     fn allows(&self, scope: &str) -> bool {
         match &self.scope {
             Some(scopes) => scopes.split(' ').any(|s| s == scope),

@@ -73,6 +73,9 @@ pub struct AuthConfig {
     pub max_sessions_per_subject: usize,
     /// Sessions one token subject may create per minute (and at once).
     pub sessions_per_minute_per_subject: u32,
+    /// Token claims put on the session's spans (`sub` as `user.id`, others as
+    /// `turngate.auth.{claim}`); no other claim ever is.
+    pub span_claims: Vec<String>,
 }
 
 impl Default for AuthConfig {
@@ -86,6 +89,7 @@ impl Default for AuthConfig {
             leeway_s: crate::auth::MAX_LEEWAY_S,
             max_sessions_per_subject: 10,
             sessions_per_minute_per_subject: 30,
+            span_claims: Vec::new(),
         }
     }
 }
@@ -522,6 +526,7 @@ Configuration file keys (TOML; every key optional; defaults shown):
   leeway_s = 5                      clock leeway on exp and nbf, at most 5
   max_sessions_per_subject = 10     live sessions of one token subject (then 429 rate_limited)
   sessions_per_minute_per_subject = 30  sessions one subject may create per minute
+  span_claims = []                  token claims put on the session's spans (sub as user.id)
   [telemetry]
   capture_content = false           transcripts, prompts, answers and images in span attributes
                                     (TURNGATE_TELEMETRY_CAPTURE_CONTENT); the OTLP exporter is

@@ -89,7 +89,7 @@ async fn offer(
     // Set up in a task of its own: a client that hangs up mid-way must not leave a
     // half-built peer connection (and its socket) behind.
     let client = client_ip(peer.ip(), &headers, &app.trusted_proxies);
-    let setup = tokio::spawn(Arc::clone(&app).open_session(offer, client, claims.sub));
+    let setup = tokio::spawn(Arc::clone(&app).open_session(offer, client, claims));
     let (answer, resource) = setup
         .await
         .map_err(|_| Problem::new(ErrorCode::Internal, "session setup failed"))??;

@@ -125,13 +125,17 @@ impl Backends {
 /// prompts, in turn order.
 pub struct Conversation {
     history: watch::Sender<History<Exchange>>,
+    /// Who it is with, as span attributes: the token claims `auth.span_claims` names.
+    user: Vec<(String, String)>,
 }
 
 impl Conversation {
-    /// A conversation whose prompts hold at most `history_turns` earlier exchanges.
-    pub fn new(history_turns: usize) -> Arc<Self> {
+    /// A conversation with the user `user` describes (span attributes), whose prompts
+    /// hold at most `history_turns` earlier exchanges.
+    pub fn new(history_turns: usize, user: Vec<(String, String)>) -> Arc<Self> {
         Arc::new(Self {
             history: watch::channel(History::new(history_turns)).0,
+            user,
         })
     }
 

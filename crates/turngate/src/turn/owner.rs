@@ -89,6 +89,7 @@ impl Turn {
             shared.id,
             wall(info.started_at),
             previous_root.take(),
+            &conversation.user,
         );
         if let Some(speech) = info.speech_started_at {
             trace.event(names::event::SPEECH_START, wall(speech));
