@@ -479,25 +479,28 @@ async fn session_creation_is_limited_per_subject_without_touching_others() -> an
             ))
         }
     };
+    let alice = || hs256(&claims("alice", json!({"iss": null})));
+    // Alice's next offer is refused, Bob's is not.
+    let assert_refused_while_bob_is_not = |gw: &Gateway| {
+        let gw = Gateway::external(&gw.base);
+        async move {
+            let (status, body) = offer(&gw, alice()).await?;
+            assert_eq!(
+                (status, body["code"].as_str()),
+                (429, Some("rate_limited")),
+                "{body}"
+            );
+            let (status, body) = offer(&gw, hs256(&claims("bob", json!({"iss": null})))).await?;
+            assert_eq!(status, 201, "{body}");
+            anyhow::Ok(())
+        }
+    };
     let env = [("TURNGATE_AUTH_HS256_SECRET", SECRET)];
     let toml = "[auth]\nsessions_per_minute_per_subject = 2\nmax_sessions_per_subject = 5\n";
     let gw = Gateway::with_config("rate", toml, &[], &env).await?;
-    let alice = || hs256(&claims("alice", json!({"iss": null})));
     assert_eq!(offer(&gw, alice()).await?.0, 201);
     assert_eq!(offer(&gw, alice()).await?.0, 201);
-    let (status, body) = offer(&gw, alice()).await?;
-    assert_eq!(
-        (status, body["code"].as_str()),
-        (429, Some("rate_limited")),
-        "{body}"
-    );
-    // Another subject is unaffected.
-    assert_eq!(
-        offer(&gw, hs256(&claims("bob", json!({"iss": null}))))
-            .await?
-            .0,
-        201
-    );
+    assert_refused_while_bob_is_not(&gw).await?;
     let refused = "turngate_sessions_refused_total{code=\"rate_limited\"}";
     assert_eq!(gw.metric(refused).await?, 1.0);
 
@@ -505,18 +508,7 @@ async fn session_creation_is_limited_per_subject_without_touching_others() -> an
     let toml = "[auth]\nmax_sessions_per_subject = 1\n";
     let gw = Gateway::with_config("per-subject", toml, &[], &env).await?;
     assert_eq!(offer(&gw, alice()).await?.0, 201);
-    let (status, body) = offer(&gw, alice()).await?;
-    assert_eq!(
-        (status, body["code"].as_str()),
-        (429, Some("rate_limited")),
-        "{body}"
-    );
-    assert_eq!(
-        offer(&gw, hs256(&claims("bob", json!({"iss": null}))))
-            .await?
-            .0,
-        201
-    );
+    assert_refused_while_bob_is_not(&gw).await?;
     Ok(())
 }
 

@@ -108,6 +108,27 @@ impl App {
             .map_err(|refusal| self.refused(refusal))
     }
 
+    /// The live session behind WHIP resource `resource`, for a client allowed to do
+    /// `action` on it: its creator's subject. Another subject's session is as good as
+    /// absent (404).
+    pub fn client_session(
+        &self,
+        headers: &HeaderMap,
+        resource: &str,
+        action: Action,
+    ) -> Result<Arc<Entry>, Problem> {
+        let claims = self.client(headers, action)?;
+        self.registry
+            .by_resource(resource)
+            .filter(|entry| entry.belongs_to(&claims))
+            .ok_or_else(|| {
+                Problem::new(
+                    ErrorCode::NotFound,
+                    "no such WHIP resource (or it has ended)",
+                )
+            })
+    }
+
     /// The operator credential, or the refusal (counted).
     pub fn admin(&self, headers: &HeaderMap) -> Result<(), Problem> {
         self.auth

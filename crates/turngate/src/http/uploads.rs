@@ -43,18 +43,7 @@ pub(super) async fn upload_image(
     query: Result<Query<UploadQuery>, QueryRejection>,
     request: Request,
 ) -> Result<Response, Problem> {
-    // Another subject's session is as good as absent.
-    let claims = app.client(request.headers(), Action::Upload)?;
-    let entry = app
-        .registry
-        .by_resource(&resource)
-        .filter(|entry| entry.belongs_to(&claims))
-        .ok_or_else(|| {
-            Problem::new(
-                ErrorCode::NotFound,
-                "no such WHIP resource (or it has ended)",
-            )
-        })?;
+    let entry = app.client_session(request.headers(), &resource, Action::Upload)?;
     let shared = &entry.shared;
     let refuse = |error: turngate_core::Error| {
         shared.count_rejected(&error, 0);

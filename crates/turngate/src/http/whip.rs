@@ -114,17 +114,7 @@ pub(super) async fn delete_session(
     Path(resource): Path<String>,
     headers: HeaderMap,
 ) -> Result<StatusCode, Problem> {
-    let claims = app.client(&headers, Action::Whip)?;
-    let entry = app
-        .registry
-        .by_resource(&resource)
-        .filter(|entry| entry.belongs_to(&claims))
-        .ok_or_else(|| {
-            Problem::new(
-                ErrorCode::NotFound,
-                "no such WHIP resource (or it has ended)",
-            )
-        })?;
+    let entry = app.client_session(&headers, &resource, Action::Whip)?;
     entry.shared.close(SessionEnd::Deleted);
     entry.shared.wait_ended().await;
     Ok(StatusCode::NO_CONTENT)
