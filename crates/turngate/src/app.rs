@@ -179,6 +179,7 @@ impl App {
                         "this address creates sessions too fast; retry later"
                     },
                 )
+                .retry_after(limited.retry_after)
             })?;
         let pending = self
             .registry

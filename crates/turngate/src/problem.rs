@@ -5,8 +5,9 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use turngate_core::ErrorCode;
 
-/// Seconds a client should wait before retrying when the gateway is full.
-const RETRY_AFTER_S: &str = "5";
+/// Seconds a client should wait before retrying when the gateway is full, unless the
+/// problem knows better.
+const RETRY_AFTER_S: u64 = 5;
 
 /// An API error: a code from the closed list and a message for the client.
 #[derive(Debug, thiserror::Error)]
@@ -16,6 +17,8 @@ pub struct Problem {
     pub code: ErrorCode,
     /// What went wrong, for the client.
     pub detail: String,
+    /// Seconds until a retry may succeed, when known (a rate limit's wait).
+    pub retry_after_s: Option<u64>,
 }
 
 impl Problem {
@@ -24,7 +27,15 @@ impl Problem {
         Self {
             code,
             detail: detail.into(),
+            retry_after_s: None,
         }
+    }
+
+    /// The same, telling the client when to retry (rounded up to whole seconds, at
+    /// least 1).
+    pub fn retry_after(mut self, wait: std::time::Duration) -> Self {
+        self.retry_after_s = Some((wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1));
+        self
     }
 }
 
@@ -87,7 +98,8 @@ impl IntoResponse for Problem {
                 | ErrorCode::Overloaded
                 | ErrorCode::RateLimited
         ) {
-            headers.insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_S));
+            let seconds = self.retry_after_s.unwrap_or(RETRY_AFTER_S);
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         if self.code == ErrorCode::Unauthorized {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
@@ -99,6 +111,19 @@ impl IntoResponse for Problem {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_known_wait_is_the_retry_after_rounded_up() {
+        let retry = |problem: Problem| problem.into_response().headers()["retry-after"].clone();
+        let limited = Problem::new(ErrorCode::RateLimited, "slow down");
+        assert_eq!(
+            retry(limited.retry_after(std::time::Duration::from_millis(29_100))),
+            "30"
+        );
+        let limited = Problem::new(ErrorCode::RateLimited, "slow down");
+        assert_eq!(retry(limited.retry_after(std::time::Duration::ZERO)), "1");
+        assert_eq!(retry(Problem::new(ErrorCode::TooManySessions, "full")), "5");
+    }
 
     /// docs/errors.md lists every code with the status this module gives it.
     #[test]
