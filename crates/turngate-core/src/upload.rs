@@ -155,11 +155,6 @@ impl Reassembler {
         self.open.len() + self.validating.len()
     }
 
-    /// Whether `upload_id` is open or being validated.
-    pub fn holds(&self, upload_id: &str) -> bool {
-        self.open.contains_key(upload_id) || self.validating.contains_key(upload_id)
-    }
-
     /// Checks a declaration before anything is tagged. `http` uploads arrive whole and
     /// are not counted against the data channel's concurrency.
     pub fn check(&self, begin: &UploadBegin) -> Result<(), Error> {

@@ -274,7 +274,6 @@ pub fn start(
         validated: mpsc::channel(VALIDATED_QUEUE),
         validating: HashMap::new(),
         validator_share: Arc::new(Semaphore::new(1)),
-        held: HashMap::new(),
         held_share,
         blob_seq: 0,
         http_uploads: 0,
@@ -311,8 +310,6 @@ struct Driver {
     validating: HashMap<String, (TurnId, u64)>,
     /// The session's one validation at a time.
     validator_share: Arc<Semaphore>,
-    /// The image budget held by each upload being validated.
-    held: HashMap<String, HeldImage>,
     /// The session's share of the image budget (KiB permits).
     held_share: Arc<Semaphore>,
     blob_seq: u64,

@@ -153,6 +153,8 @@ pub enum UploadRequest {
 /// The result of validating one received upload.
 pub(super) struct Validated {
     received: Received,
+    /// Its place in the image budget, carried through validation.
+    held: HeldImage,
     result: Result<ImageInfo, Error>,
     reply: Option<oneshot::Sender<Result<ServerEvent, Error>>>,
 }
@@ -264,6 +266,7 @@ impl Driver {
     pub(super) async fn on_validated(&mut self, validated: Validated) {
         let Validated {
             received,
+            held,
             result,
             reply,
         } = validated;
@@ -271,20 +274,16 @@ impl Driver {
             // Abandoned when the session closed; already counted.
             return;
         }
-        let held = self.held.remove(&received.upload_id);
         self.uploads.release(&received.upload_id);
         self.finished(received.turn_id);
-        match (result, held) {
-            (Ok(info), Some(held)) => {
+        match result {
+            Ok(info) => {
                 let event = self.accept(received, info, held).await;
                 if let Some(reply) = reply {
                     let _ = reply.send(Ok(event));
                 }
             }
-            (Ok(_), None) => {
-                tracing::error!(session = %self.shared.id, upload_id = received.upload_id, "An accepted image held no budget.");
-            }
-            (Err(error), _) => {
+            Err(error) => {
                 let freed = received.bytes.len() as u64;
                 match reply {
                     // The HTTP client gets the problem; the data channel hears nothing.
@@ -396,10 +395,7 @@ impl Driver {
     ) {
         let size = received.bytes.len() as u64;
         match self.config.image_budget.reserve(size, &self.held_share) {
-            Ok(held) => {
-                self.held.insert(received.upload_id.clone(), held);
-                self.spawn_validation(received, reply);
-            }
+            Ok(held) => self.spawn_validation(received, held, reply),
             Err(error) => {
                 self.uploads.release(&received.upload_id);
                 self.finished(received.turn_id);
@@ -417,6 +413,7 @@ impl Driver {
     fn spawn_validation(
         &mut self,
         received: Received,
+        held: HeldImage,
         reply: Option<oneshot::Sender<Result<ServerEvent, Error>>>,
     ) {
         self.validating.insert(
@@ -469,6 +466,7 @@ impl Driver {
             let _ = done
                 .send(Validated {
                     received,
+                    held,
                     result,
                     reply,
                 })
@@ -482,11 +480,8 @@ impl Driver {
             .await;
     }
 
-    /// Tells the engine an upload of `turn` is over, and gives back the image budget of
-    /// every upload no longer open or being validated.
+    /// Tells the engine an upload of `turn` is over.
     fn finished(&mut self, turn: TurnId) {
-        let uploads = &self.uploads;
-        self.held.retain(|upload_id, _| uploads.holds(upload_id));
         let at = self.now();
         if let Err(e) = self.engine.handle_upload_finished(at, turn) {
             tracing::warn!(session = %self.shared.id, turn = %turn, error = %e, "Upload finished for no pending upload.");
