@@ -13,6 +13,10 @@ dropped, and the gateway URL itself must be a loopback address.
 
 Exit status 0 on success; non-zero with a message on stderr on any failure.
 
+When the environment holds TURNGATE_TOKEN (a client JWT; an environment
+variable, not an argument, so it stays out of process listings), the POST and
+the DELETE carry it as `Authorization: Bearer <token>`.
+
 Install: python3 -m venv .venv && .venv/bin/pip install -r tests/clients/requirements.txt
 Usage:   .venv/bin/python tests/clients/aiortc_client.py \
              --base http://127.0.0.1:PORT --wav tests/data/speech-48k.wav
@@ -26,6 +30,7 @@ import hashlib
 import ipaddress
 import json
 import logging
+import os
 import re
 import sys
 import time
@@ -146,7 +151,11 @@ class GatedTrack(MediaStreamTrack):
 def http_request(method: str, url: str, body: Optional[bytes] = None,
                  headers: Optional[dict[str, str]] = None,
                  timeout: float = 10.0) -> tuple[int, dict[str, str], bytes]:
-    req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    headers = dict(headers or {})
+    token = os.environ.get("TURNGATE_TOKEN")
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    req = urllib.request.Request(url, data=body, method=method, headers=headers)
     # Never use an HTTP proxy from the environment: loopback only.
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:

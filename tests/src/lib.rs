@@ -5,10 +5,14 @@
 //!   and starts `turngate serve` on free loopback ports, and stops it on drop;
 //! - [`Client`] is a webrtc-rs peer bound to 127.0.0.1 that sends Opus RTP it encodes
 //!   from a WAV fixture, optionally with the `turngate` data channel;
-//! - [`wav`] reads the fixtures under `tests/data/`.
+//! - [`wav`] reads the fixtures under `tests/data/`;
+//! - [`tokens`] holds the keys harness gateways run with: access control is on in
+//!   every test unless the test brings its own keys or asks for the open development
+//!   default ([`Gateway::start_open`]).
 
 pub mod fake_openai;
 pub mod otlp;
+pub mod tokens;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -106,14 +110,34 @@ pub struct Gateway {
     child: Option<Child>,
     /// `http://127.0.0.1:PORT`
     pub base: String,
-    /// An HTTP client.
+    /// An HTTP client; on a gateway with the harness keys it sends
+    /// [`tokens::harness_bearer`] unless a request names its own `Authorization`.
     pub http: reqwest::Client,
+    /// Whether the gateway verifies tokens with the harness keys ([`tokens`]).
+    harness_keys: bool,
     log: Arc<Mutex<String>>,
 }
 
 impl Gateway {
-    /// Starts the gateway on loopback with extra arguments and environment.
+    /// Starts the gateway on loopback with extra arguments and environment, with
+    /// access control on: the harness keys ([`tokens`]), unless `env` names keys of
+    /// its own ([`tokens::KEY_VARIABLES`]).
     pub async fn start(args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<Self> {
+        let own_keys = env.iter().any(|(k, _)| tokens::KEY_VARIABLES.contains(k));
+        Self::launch(args, env, !own_keys).await
+    }
+
+    /// Starts the gateway with no keys at all: the loopback development default,
+    /// where every route is open.
+    pub async fn start_open(args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<Self> {
+        Self::launch(args, env, false).await
+    }
+
+    async fn launch(
+        args: &[&str],
+        env: &[(&str, &str)],
+        harness_keys: bool,
+    ) -> anyhow::Result<Self> {
         let port = free_tcp_port();
         // A media range of its own per gateway; a taken port is skipped by the gateway.
         let media = 20_000 + (port % 400) * 100;
@@ -130,8 +154,15 @@ impl Gateway {
             .env(
                 "TURNGATE_LOG",
                 "info,turngate_media=debug,rtc=error,webrtc=warn",
-            )
-            .envs(env.iter().copied())
+            );
+        for key in tokens::KEY_VARIABLES {
+            cmd.env_remove(key);
+        }
+        if harness_keys {
+            cmd.env("TURNGATE_AUTH_HS256_SECRET", tokens::SECRET)
+                .env("TURNGATE_ADMIN_TOKEN", tokens::ADMIN_TOKEN);
+        }
+        cmd.envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
@@ -151,7 +182,8 @@ impl Gateway {
         let gw = Self {
             child: Some(child),
             base: format!("http://127.0.0.1:{port}"),
-            http: http_client(),
+            http: http_client(harness_keys.then(tokens::harness_bearer)),
+            harness_keys,
             log,
         };
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -173,9 +205,23 @@ impl Gateway {
         Self {
             child: None,
             base: base.trim_end_matches('/').to_owned(),
-            http: http_client(),
+            http: http_client(None),
+            harness_keys: false,
             log: Arc::default(),
         }
+    }
+
+    /// `Bearer <token>` for a new subject allowed `whip` and `upload`, on a gateway
+    /// with the harness keys; `None` where the harness holds no keys.
+    pub fn client_authorization(&self) -> Option<String> {
+        self.harness_keys
+            .then(|| format!("Bearer {}", tokens::client_token()))
+    }
+
+    /// A token (no `Bearer `) for a new subject, for clients outside this process
+    /// (aiortc, Chromium), on a gateway with the harness keys.
+    pub fn client_token(&self) -> Option<String> {
+        self.harness_keys.then(tokens::client_token)
     }
 
     /// Everything the gateway wrote to stderr so far.
@@ -406,19 +452,29 @@ pub struct Client {
     pub inbox: Inbox,
     /// The WHIP resource URL path.
     pub location: String,
+    /// The `Authorization` its offer carried (`Bearer …`), if the harness chose it.
+    pub authorization: Option<String>,
     /// RTP packets written to the track, and the (sequence number, timestamp) of the next.
     rtp: Mutex<(u64, u16, u32)>,
 }
 
 impl Client {
     /// Connects to the gateway, with or without the `turngate` data channel.
+    /// As a subject of its own on a gateway with the harness keys.
     pub async fn connect(gw: &Gateway, data_channel: bool) -> anyhow::Result<Self> {
-        Self::connect_with(data_channel, |offer| async move {
-            let (status, location, answer) = post_offer(gw, "application/sdp", offer).await?;
+        let authorization = gw.client_authorization();
+        let headers: Vec<_> = authorization
+            .iter()
+            .map(|bearer| ("authorization", bearer.as_str()))
+            .collect();
+        let mut client = Self::connect_with(data_channel, |offer| async move {
+            let (status, location, answer) = post_offer_with(gw, &offer, &headers).await?;
             anyhow::ensure!(status == 201, "WHIP POST gave {status}: {answer}");
             Ok((answer, location.context("no Location")?))
         })
-        .await
+        .await?;
+        client.authorization = authorization;
+        Ok(client)
     }
 
     /// Connects through `signal`, which takes the offer and returns the answer and the
@@ -439,6 +495,7 @@ impl Client {
             state,
             inbox,
             location,
+            authorization: None,
             rtp: Mutex::new((0, 1000, 0)),
         };
         client.wait_connected().await?;
@@ -714,11 +771,11 @@ impl Client {
             .to_owned())
     }
 
-    /// `DELETE` on the WHIP resource; returns the status. The peer connection is closed.
+    /// `DELETE` on the WHIP resource (with the offer's `Authorization`); returns the
+    /// status. The peer connection is closed.
     pub async fn delete(&self, gw: &Gateway) -> anyhow::Result<u16> {
-        let r = gw
-            .http
-            .delete(format!("{}{}", gw.base, self.location))
+        let r = self
+            .authorized(gw.http.delete(format!("{}{}", gw.base, self.location)))
             .send()
             .await?;
         let _ = self.pc.close().await;
@@ -742,6 +799,15 @@ impl Client {
             .await?;
         assert_eq!(assert_balanced(&session), sent, "{session:#}");
         Ok(session)
+    }
+
+    /// `request` with the `Authorization` this client's offer carried, if any: what its
+    /// owner sends to its WHIP resource (DELETE, image uploads).
+    pub fn authorized(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.authorization {
+            Some(bearer) => request.header("authorization", bearer),
+            None => request,
+        }
     }
 
     /// Closes the peer connection without telling the gateway.
@@ -822,7 +888,8 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
         .collect()
 }
 
-/// `POST /v1/whip`: (status, Location, body).
+/// `POST /v1/whip` (as a subject of its own on a gateway with the harness keys):
+/// (status, Location, body).
 pub async fn post_offer(
     gw: &Gateway,
     content_type: &str,
@@ -831,7 +898,9 @@ pub async fn post_offer(
     post_whip(gw, content_type, body, &[]).await
 }
 
-/// `POST /v1/whip` with an SDP offer and extra `headers`: (status, Location, body).
+/// `POST /v1/whip` with an SDP offer and extra `headers` (without `Authorization`
+/// among them, as a subject of its own on a gateway with the harness keys):
+/// (status, Location, body).
 pub async fn post_offer_with(
     gw: &Gateway,
     offer: &str,
@@ -851,6 +920,12 @@ async fn post_whip(
         .post(format!("{}/v1/whip", gw.base))
         .header("content-type", content_type)
         .body(body);
+    let named = |n: &str| headers.iter().any(|(name, _)| name.eq_ignore_ascii_case(n));
+    if !named("authorization")
+        && let Some(bearer) = gw.client_authorization()
+    {
+        request = request.header("authorization", bearer);
+    }
     for (name, value) in headers {
         request = request.header(*name, *value);
     }
@@ -862,6 +937,11 @@ async fn post_whip(
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     Ok((status, location, r.text().await?))
+}
+
+/// `authorization: {value}\r\n` for the head of a raw HTTP/1.1 request, or nothing.
+pub fn authorization_line(value: Option<&str>) -> String {
+    value.map_or_else(String::new, |v| format!("authorization: {v}\r\n"))
 }
 
 /// Finds the session id of the only session on the gateway (for clients without a
@@ -896,14 +976,22 @@ pub fn assert_balanced(session: &Value) -> u64 {
     received
 }
 
-/// An HTTP client that opens a connection per request: responses that refuse a body
+/// An HTTP client that opens a connection per request (responses that refuse a body
 /// unread (413) close their connection, and a pooled one could be reused just as it
-/// closes.
-fn http_client() -> reqwest::Client {
+/// closes), sending `authorization` on every request that names none.
+fn http_client(authorization: Option<String>) -> reqwest::Client {
     // reqwest is built without a default TLS provider (the workspace uses ring).
     let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(value) = authorization {
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            value.parse().expect("a header value"),
+        );
+    }
     reqwest::Client::builder()
         .pool_max_idle_per_host(0)
+        .default_headers(headers)
         .build()
         .expect("an HTTP client")
 }

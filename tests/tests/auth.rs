@@ -467,6 +467,30 @@ async fn cors_covers_client_routes_only_and_a_foreign_host_is_refused() -> anyho
 }
 
 #[tokio::test]
+async fn with_no_keys_on_loopback_every_route_is_open_behind_the_host_check() -> anyhow::Result<()>
+{
+    let gw = Gateway::start_open(&[], &[]).await?;
+    // No Authorization anywhere: offer, read, DELETE.
+    let client = Client::connect(&gw, true).await?;
+    assert_eq!(client.authorization, None);
+    let id = client.session_id().await?;
+    let (status, list) = gw.get("/v1/sessions").await?;
+    assert_eq!(status, 200);
+    assert_eq!(list["sessions"][0]["session_id"], id.as_str());
+    gw.session(&id).await?;
+    assert_eq!(client.delete(&gw).await?, 204);
+    let port = gw.base.rsplit(':').next().unwrap();
+    let r = gw
+        .http
+        .get(format!("{}/v1/sessions", gw.base))
+        .header("host", format!("evil.example:{port}"))
+        .send()
+        .await?;
+    assert_eq!(r.status().as_u16(), 403);
+    Ok(())
+}
+
+#[tokio::test]
 async fn session_creation_is_limited_per_subject_without_touching_others() -> anyhow::Result<()> {
     let offer = |gw: &Gateway, token: String| {
         let gw = Gateway::external(&gw.base);

@@ -56,7 +56,7 @@ async fn chunked_post(gw: &Gateway, total: usize) -> anyhow::Result<String> {
     let addr = gw.base.trim_start_matches("http://");
     let mut s = tokio::net::TcpStream::connect(addr).await?;
     s.write_all(
-        format!("POST /v1/whip HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/sdp\r\nTransfer-Encoding: chunked\r\n\r\n")
+        format!("POST /v1/whip HTTP/1.1\r\nHost: {addr}\r\n{}Content-Type: application/sdp\r\nTransfer-Encoding: chunked\r\n\r\n", authorization_line(gw.client_authorization().as_deref()))
             .as_bytes(),
     )
     .await?;

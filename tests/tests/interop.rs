@@ -8,26 +8,32 @@
 use std::process::Stdio;
 use std::time::Duration;
 
+use anyhow::Context;
 use serde_json::Value;
 use turngate_e2e::*;
 
 const TURN_ID: &str = "1be2f0a0c0ffee00112233445566778a";
 
-async fn aiortc(gw: &Gateway, args: &[&str]) -> anyhow::Result<Value> {
+/// The aiortc client speaking `speech-48k.wav` to `gw`, with a token of its own in
+/// its environment on a gateway with the harness keys.
+fn aiortc_client(gw: &Gateway) -> anyhow::Result<tokio::process::Command> {
     let python = workspace().join(".venv/bin/python");
     anyhow::ensure!(
         python.exists(),
         "{} is missing: run scripts/test, which creates it",
         python.display()
     );
-    let wav = data("speech-48k.wav");
-    let out = tokio::process::Command::new(python)
+    let mut command = tokio::process::Command::new(python);
+    command
         .arg(workspace().join("tests/clients/aiortc_client.py"))
         .args(["--base", &gw.base, "--wav"])
-        .arg(wav)
-        .args(args)
-        .output()
-        .await?;
+        .arg(data("speech-48k.wav"))
+        .envs(gw.client_token().map(|token| ("TURNGATE_TOKEN", token)));
+    Ok(command)
+}
+
+async fn aiortc(gw: &Gateway, args: &[&str]) -> anyhow::Result<Value> {
+    let out = aiortc_client(gw)?.args(args).output().await?;
     anyhow::ensure!(
         out.status.success(),
         "aiortc client failed: {}\ngateway log:\n{}",
@@ -128,6 +134,18 @@ async fn chromium_with_a_fake_microphone_gets_a_vad_turn() -> anyhow::Result<()>
     };
     let origin = format!("http://127.0.0.1:{page_port}");
     let gw = Gateway::start(&[], &[("TURNGATE_CORS_ORIGINS", &origin)]).await?;
+    // The page and, beside it, the client token it fetches (as from the app's backend).
+    let site = std::env::temp_dir().join(format!("turngate-site-{}", std::process::id()));
+    std::fs::create_dir_all(&site)?;
+    std::fs::copy(
+        workspace().join("tests/browser/whip.html"),
+        site.join("whip.html"),
+    )?;
+    std::fs::write(
+        site.join("token"),
+        gw.client_token()
+            .context("a gateway with the harness keys")?,
+    )?;
     let _server = tokio::process::Command::new("python3")
         .args([
             "-m",
@@ -137,7 +155,7 @@ async fn chromium_with_a_fake_microphone_gets_a_vad_turn() -> anyhow::Result<()>
             &page_port.to_string(),
             "--directory",
         ])
-        .arg(workspace().join("tests/browser"))
+        .arg(&site)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .kill_on_drop(true)
@@ -186,6 +204,7 @@ async fn chromium_with_a_fake_microphone_gets_a_vad_turn() -> anyhow::Result<()>
     let session = tokio::time::timeout(Duration::from_secs(30), found).await;
     let _ = chromium.kill().await;
     let _ = std::fs::remove_dir_all(&profile);
+    let _ = std::fs::remove_dir_all(&site);
     let session = session
         .map_err(|_| anyhow::anyhow!("no turn from Chromium; gateway log:\n{}", gw.log()))??;
     let turn = &session["turns"][0];
@@ -201,16 +220,7 @@ async fn a_peer_that_goes_silent_ends_its_session_within_35_seconds() -> anyhow:
     // An aiortc client that is frozen (SIGSTOP) mid-session: no close, no DTLS alert,
     // just silence, as when a phone loses its network. ICE consent then fails.
     let gw = Gateway::start(&[], &[]).await?;
-    let python = workspace().join(".venv/bin/python");
-    anyhow::ensure!(
-        python.exists(),
-        "{} is missing: run scripts/test",
-        python.display()
-    );
-    let mut child = tokio::process::Command::new(python)
-        .arg(workspace().join("tests/clients/aiortc_client.py"))
-        .args(["--base", &gw.base, "--wav"])
-        .arg(data("speech-48k.wav"))
+    let mut child = aiortc_client(&gw)?
         .args(["--client-turn", "--linger", "120"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())

@@ -167,7 +167,7 @@ async fn a_body_that_stalls_is_answered_408() -> anyhow::Result<()> {
     let (gw, _config) = gateway_with_http("body_read_timeout_ms = 500").await?;
     let mut tcp = tokio::net::TcpStream::connect(addr(&gw)).await?;
     tcp.write_all(
-        b"POST /v1/whip HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/sdp\r\nContent-Length: 100\r\n\r\nv=0\r\n",
+        format!("POST /v1/whip HTTP/1.1\r\nHost: localhost\r\n{}Content-Type: application/sdp\r\nContent-Length: 100\r\n\r\nv=0\r\n", authorization_line(gw.client_authorization().as_deref())).as_bytes(),
     )
     .await?;
     let answer = tokio::time::timeout(Duration::from_secs(3), read_to_close(&mut tcp)).await?;
@@ -201,7 +201,7 @@ async fn sigterm_with_a_client_trickling_a_body_exits_within_the_shutdown_grace(
     let (mut gw, _config) = gateway_with_http("shutdown_grace_ms = 1000").await?;
     let mut tcp = tokio::net::TcpStream::connect(addr(&gw)).await?;
     tcp.write_all(
-        b"POST /v1/whip HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/sdp\r\nContent-Length: 60000\r\n\r\n",
+        format!("POST /v1/whip HTTP/1.1\r\nHost: localhost\r\n{}Content-Type: application/sdp\r\nContent-Length: 60000\r\n\r\n", authorization_line(gw.client_authorization().as_deref())).as_bytes(),
     )
     .await?;
     // One byte every 200 ms: never idle long enough for the body timeout.
@@ -317,7 +317,7 @@ async fn an_offer_trickled_byte_by_byte_is_cut_off_at_the_body_timeout() -> anyh
     let (gw, _config) = gateway_with_http("body_read_timeout_ms = 1000").await?;
     let mut tcp = tokio::net::TcpStream::connect(addr(&gw)).await?;
     tcp.write_all(
-        b"POST /v1/whip HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/sdp\r\nContent-Length: 60000\r\n\r\n",
+        format!("POST /v1/whip HTTP/1.1\r\nHost: localhost\r\n{}Content-Type: application/sdp\r\nContent-Length: 60000\r\n\r\n", authorization_line(gw.client_authorization().as_deref())).as_bytes(),
     )
     .await?;
     let started = tokio::time::Instant::now();
@@ -479,9 +479,11 @@ async fn post_image(
     client: &Client,
     image: Vec<u8>,
 ) -> anyhow::Result<(u16, serde_json::Value, tokio::time::Instant)> {
-    let r = gw
-        .http
-        .post(format!("{}{}/images", gw.base, client.location))
+    let r = client
+        .authorized(
+            gw.http
+                .post(format!("{}{}/images", gw.base, client.location)),
+        )
         .header("content-type", "image/gif")
         .body(image)
         .send()
@@ -616,8 +618,9 @@ async fn images_held_by_unprocessed_turns_are_bounded_per_session_and_gateway_wi
         let mut socket =
             tokio::net::TcpStream::connect(gw.base.trim_start_matches("http://")).await?;
         let head = format!(
-            "POST {}/images HTTP/1.1\r\nhost: localhost\r\ncontent-type: image/png\r\ncontent-length: 500000\r\n\r\nP",
-            client.location
+            "POST {}/images HTTP/1.1\r\nhost: localhost\r\n{}content-type: image/png\r\ncontent-length: 500000\r\n\r\nP",
+            client.location,
+            authorization_line(client.authorization.as_deref()),
         );
         tokio::io::AsyncWriteExt::write_all(&mut socket, head.as_bytes()).await?;
         stalled.push(socket);

@@ -118,9 +118,8 @@ async fn an_http_upload_looks_the_same_as_one_on_the_data_channel() -> anyhow::R
         .clone();
     // Raw body, declared as JPEG though it is a PNG: the sniffed format wins.
     let image = png(640, 480);
-    let r = gw
-        .http
-        .post(&url)
+    let r = client
+        .authorized(gw.http.post(&url))
         .header("content-type", "image/jpeg")
         .body(image.clone())
         .send()
@@ -150,9 +149,11 @@ async fn an_http_upload_looks_the_same_as_one_on_the_data_channel() -> anyhow::R
             .file_name("photo.jpg")
             .mime_str("image/jpeg")?,
     );
-    let r = gw
-        .http
-        .post(format!("{url}?turn_id={}", turn.as_str().unwrap()))
+    let r = client
+        .authorized(
+            gw.http
+                .post(format!("{url}?turn_id={}", turn.as_str().unwrap())),
+        )
         .multipart(form)
         .send()
         .await?;
@@ -167,18 +168,16 @@ async fn an_http_upload_looks_the_same_as_one_on_the_data_channel() -> anyhow::R
         (Some(320), Some(200), Some("image/jpeg"))
     );
     // Refusals use the same codes as problem+json.
-    let r = gw
-        .http
-        .post(&url)
+    let r = client
+        .authorized(gw.http.post(&url))
         .header("content-type", "image/png")
         .body("not an image")
         .send()
         .await?;
     assert_eq!(r.status().as_u16(), 422);
     assert_eq!(r.json::<Value>().await?["code"], "not_an_image");
-    let r = gw
-        .http
-        .post(&url)
+    let r = client
+        .authorized(gw.http.post(&url))
         .header("content-type", "text/plain")
         .body(image.clone())
         .send()
@@ -206,9 +205,11 @@ async fn an_http_upload_looks_the_same_as_one_on_the_data_channel() -> anyhow::R
         })
         .await?;
     // Naming a turn whose processing has started is refused.
-    let r = gw
-        .http
-        .post(format!("{url}?turn_id={}", turn.as_str().unwrap()))
+    let r = client
+        .authorized(
+            gw.http
+                .post(format!("{url}?turn_id={}", turn.as_str().unwrap())),
+        )
         .header("content-type", "image/png")
         .body(image.clone())
         .send()
@@ -479,9 +480,8 @@ async fn each_bad_upload_is_refused_with_its_code_and_audio_is_unharmed() -> any
     );
     // The limits count HTTP uploads too: with four open, an HTTP upload is refused.
     let url = format!("{}{}/images", gw.base, client.location);
-    let r = gw
-        .http
-        .post(&url)
+    let r = client
+        .authorized(gw.http.post(&url))
         .header("content-type", "image/png")
         .body(good.clone())
         .send()
