@@ -3,6 +3,23 @@
 //! last.
 //!
 //! - [`ogg`]: the received audio as an Ogg Opus stream (RFC 7845), muxed from RTP
-//!   payloads with the sender's timing, flushed as page-aligned segments.
+//!   payloads with the sender's timing, flushed as page-aligned segments;
+//! - [`layout`]: where each object of a record lives;
+//! - [`store`]: the object store (a local directory or S3).
 
+pub mod layout;
 pub mod ogg;
+pub mod store;
+
+pub use store::{Created, Store};
+
+/// What can go wrong with the store.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The store's configuration is unusable (message says why).
+    #[error("record store: {0}")]
+    Config(String),
+    /// The store refused or failed an operation.
+    #[error("record store: {0}")]
+    Object(#[from] object_store::Error),
+}

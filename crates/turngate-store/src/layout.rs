@@ -1,0 +1,72 @@
+//! Where a turn's record lives in the store.
+//!
+//! ```text
+//! sessions/{session_id}/turns/{turn_id}/
+//!     audio/received/{seq:06}.ogg     the received audio, one segment per flush
+//!     audio.received.ogg              the segments joined at finalisation
+//!     audio.asr.wav                   exactly the bytes sent to ASR
+//!     images/{blob_id}.{ext}          each image as uploaded
+//!     backends/{stage}.{attempt}.request.json, .response.json | .response.sse
+//!     spans.otlp.json                 the turn's spans (OTLP/JSON)
+//!     manifest.json                   written last
+//! turns/{turn_id}                     create-only index: the session that recorded it
+//! open/{node_id}/{turn_id}            marker: a turn being recorded by that node
+//! ```
+
+use object_store::path::Path;
+use turngate_core::{SessionId, TurnId};
+
+/// Artifact names, relative to a turn's prefix.
+pub mod name {
+    /// The segments joined.
+    pub const AUDIO_RECEIVED: &str = "audio.received.ogg";
+    /// The WAV sent to ASR.
+    pub const AUDIO_ASR: &str = "audio.asr.wav";
+    /// The manifest, written last.
+    pub const MANIFEST: &str = "manifest.json";
+    /// The turn's spans.
+    pub const SPANS: &str = "spans.otlp.json";
+
+    /// Received-audio segment `seq`.
+    pub fn segment(seq: u32) -> String {
+        format!("audio/received/{seq:06}.ogg")
+    }
+
+    /// An image as uploaded: `images/{blob_id}.{ext}`, the extension from its sniffed
+    /// content type.
+    pub fn image(blob_id: &str, mime: &str) -> String {
+        let ext = match mime {
+            "image/png" => "png",
+            "image/jpeg" => "jpg",
+            "image/webp" => "webp",
+            "image/gif" => "gif",
+            _ => "bin",
+        };
+        format!("images/{blob_id}.{ext}")
+    }
+}
+
+/// The prefix of a turn's record.
+pub fn turn(session: SessionId, turn: TurnId) -> Path {
+    Path::from(format!("sessions/{session}/turns/{turn}"))
+}
+
+/// An artifact of a turn's record.
+pub fn artifact(session: SessionId, turn_id: TurnId, name: &str) -> Path {
+    Path::from(format!("{}/{name}", turn(session, turn_id)))
+}
+
+/// The create-only index object of a turn id.
+pub fn index(turn: TurnId) -> Path {
+    Path::from(format!("turns/{turn}"))
+}
+
+/// The marker of a turn being recorded by `node`.
+pub fn marker(node: &str, turn: TurnId) -> Path {
+    Path::from(format!("open/{node}/{turn}"))
+}
+
+/// The markers of `node`.
+pub fn markers(node: &str) -> Path {
+    Path::from(format!("open/{node}"))
+}
