@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use turngate_e2e::*;
 
 const SECRET: &str = "a-test-secret-of-at-least-32-bytes!!";
-const ADMIN: &str = "operator-token-for-tests";
+const ADMIN: &str = "operator-token-for-tests-0123456789";
 
 fn now() -> u64 {
     SystemTime::now()
@@ -297,6 +297,20 @@ async fn valid_tokens_open_sessions_and_only_their_subject_may_touch_them() -> a
     // Alice can.
     assert_eq!(upload(&alice).await?.status().as_u16(), 201);
     assert_eq!(delete(&alice).await?.status().as_u16(), 204);
+
+    // Tokens without `sub` are no one in common: each owns only what it opened.
+    let anonymous = |n: u64| hs256(&claims("", json!({"sub": null, "jti": n})));
+    let (first, second) = (anonymous(1), anonymous(2));
+    let theirs = connect(&gw, &first).await?;
+    let location = format!("{}{}", gw.base, theirs.location);
+    let delete = |token: &str| {
+        gw.http
+            .delete(&location)
+            .header("authorization", format!("Bearer {token}"))
+            .send()
+    };
+    assert_eq!(delete(&second).await?.status().as_u16(), 404);
+    assert_eq!(delete(&first).await?.status().as_u16(), 204);
     Ok(())
 }
 
@@ -361,7 +375,7 @@ async fn a_minted_development_token_opens_a_session() -> anyhow::Result<()> {
         String::from_utf8_lossy(&out.stderr)
     );
     let token = String::from_utf8(out.stdout)?.trim().to_owned();
-    // The gateway requires an issuer; a development token has none.
+    // Without the gateway's configuration it has no issuer, which this gateway requires.
     let (status, _, body) = post_whip(&gw, Some(&format!("Bearer {token}"))).await?;
     assert_eq!((status, body["code"].as_str()), (401, Some("unauthorized")));
     let plain = Gateway::with_config(
@@ -372,6 +386,21 @@ async fn a_minted_development_token_opens_a_session() -> anyhow::Result<()> {
     )
     .await?;
     connect(&plain, &token).await?;
+    // With the gateway's configuration, it carries the issuer the gateway requires.
+    let config = std::env::temp_dir().join(format!("turngate-iss-{}.toml", std::process::id()));
+    std::fs::write(&config, "[auth]\nissuer = \"tests\"\n")?;
+    let out = tokio::process::Command::new(binary())
+        .args(["token", "create", "--sub", "dev", "--ttl", "5m", "--config"])
+        .arg(&config)
+        .env("TURNGATE_AUTH_HS256_SECRET", SECRET)
+        .output()
+        .await?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    connect(&gw, String::from_utf8(out.stdout)?.trim()).await?;
     Ok(())
 }
 
@@ -395,6 +424,15 @@ async fn listening_beyond_loopback_without_keys_is_refused_at_start() -> anyhow:
     ] {
         assert!(stderr.contains(named), "{stderr}");
     }
+    // A guessable operator credential is refused too.
+    let out = tokio::process::Command::new(binary())
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env("TURNGATE_ADMIN_TOKEN", "x7")
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(10), out).await??;
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("at least 32 bytes"), "{stderr}");
     Ok(())
 }
 
@@ -429,19 +467,24 @@ async fn cors_covers_client_routes_only_and_a_foreign_host_is_refused() -> anyho
             .get("access-control-allow-credentials")
             .is_none()
     );
+    // Admin routes send no CORS header of any kind, to a preflight or a request.
+    let cors_headers = |r: &reqwest::Response| -> Vec<String> {
+        r.headers()
+            .keys()
+            .map(|k| k.as_str().to_owned())
+            .filter(|k| k.starts_with("access-control-"))
+            .collect()
+    };
     for admin_route in ["/v1/sessions", "/metrics"] {
         let r = preflight(admin_route, "GET").await?;
-        assert!(
-            r.headers().get("access-control-allow-origin").is_none(),
-            "{admin_route} answered a preflight"
-        );
+        assert_eq!(cors_headers(&r), Vec::<String>::new(), "{admin_route}");
         let r = gw
             .http
             .get(format!("{}{admin_route}", gw.base))
             .header("origin", "https://app.example")
             .send()
             .await?;
-        assert!(r.headers().get("access-control-allow-origin").is_none());
+        assert_eq!(cors_headers(&r), Vec::<String>::new(), "{admin_route}");
     }
     // DNS rebinding: a page at evil.example resolving to 127.0.0.1 still sends its name.
     let port = gw.base.rsplit(':').next().unwrap();
@@ -454,6 +497,8 @@ async fn cors_covers_client_routes_only_and_a_foreign_host_is_refused() -> anyho
             .await?;
         assert_eq!(r.status().as_u16(), 403, "{host}");
     }
+    let refused = "turngate_auth_refused_total{reason=\"host\"}";
+    assert_eq!(gw.metric(refused).await?, 2.0);
     for host in [format!("localhost:{port}"), format!("127.0.0.1:{port}")] {
         let r = gw
             .http

@@ -202,7 +202,7 @@ impl Default for Metrics {
                 "turngate_auth_refused_total",
                 "Requests refused by authentication (401/403), by reason: missing, malformed, \
                  unknown_key, algorithm, signature, expired, not_yet_valid, audience, issuer, \
-                 missing_claim, scope, admin_token.",
+                 missing_claim, scope, admin_token, host (a Host not served).",
                 ["reason"],
             ),
             sessions_refused: CounterVec::new(

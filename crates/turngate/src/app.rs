@@ -41,8 +41,8 @@ pub struct App {
     pub turns: Arc<turn::Services>,
     /// How tokens and the operator credential are checked.
     pub auth: Auth,
-    /// The names `Host` may carry (lowercase, no port); `None`: any.
-    pub allowed_hosts: Option<Vec<String>>,
+    /// The hosts a request may name (`http.allowed_hosts`).
+    pub allowed_hosts: crate::http::host::AllowedHosts,
     /// Serving beyond loopback without authentication (`--insecure-no-auth`).
     pub insecure: bool,
     /// How fast subjects and addresses may create sessions.
@@ -90,8 +90,13 @@ impl App {
             shutting_down: AtomicBool::new(false),
             turns: Arc::new(turn::Services::new(config, telemetry)?),
             auth: auth(&config.auth)?,
-            allowed_hosts: config.http.hosts(config.listen),
-            insecure: config.insecure_no_auth && !config.auth.enabled(),
+            allowed_hosts: crate::http::host::AllowedHosts::new(
+                &config.http.allowed_hosts,
+                config.listen,
+            ),
+            insecure: config.insecure_no_auth
+                && !config.auth.enabled()
+                && !config.listen.ip().is_loopback(),
             secure_cookies: !config.listen.ip().is_loopback(),
             span_claims: config.auth.span_claims.clone(),
             creation_rates: CreationRates::new(
@@ -105,7 +110,7 @@ impl App {
     pub fn client(&self, headers: &HeaderMap, action: Action) -> Result<Claims, Problem> {
         self.auth
             .client(headers, action)
-            .map_err(|refusal| self.refused(refusal))
+            .map_err(|refusal| self.refuse(refusal))
     }
 
     /// The live session behind WHIP resource `resource`, for a client allowed to do
@@ -133,17 +138,18 @@ impl App {
     pub fn admin(&self, headers: &HeaderMap) -> Result<(), Problem> {
         self.auth
             .admin(headers)
-            .map_err(|refusal| self.refused(refusal))
+            .map_err(|refusal| self.refuse(refusal))
     }
 
     /// Whether `token` is the operator credential, or the refusal (counted).
     pub fn admin_credential(&self, token: &str) -> Result<(), Problem> {
         self.auth
             .admin_credential(token)
-            .map_err(|refusal| self.refused(refusal))
+            .map_err(|refusal| self.refuse(refusal))
     }
 
-    fn refused(&self, refusal: Refusal) -> Problem {
+    /// The problem for `refusal`, counted by reason.
+    pub fn refuse(&self, refusal: Refusal) -> Problem {
         self.turns.metrics.auth_refused.inc([refusal.as_str()]);
         let code = if refusal.forbidden() {
             ErrorCode::Forbidden
@@ -166,7 +172,7 @@ impl App {
         client: IpAddr,
         claims: Claims,
     ) -> Result<(String, String), Problem> {
-        let subject = claims.sub.clone();
+        let subject = claims.owner.clone();
         let address = crate::registry::address_key(client);
         self.creation_rates
             .check(address, subject.as_deref())

@@ -17,10 +17,17 @@ use std::collections::HashMap;
 use axum::http::HeaderMap;
 use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 /// Most leeway allowed on `exp` and `nbf`, in seconds.
 pub const MAX_LEEWAY_S: u64 = 5;
+
+/// Fewest bytes of the HS256 secret and of the admin token: 256 bits, what RFC 7518
+/// §3.2 asks of an HS256 key.
+pub const MIN_SECRET_BYTES: usize = 32;
+
+type Sha256Digest = sha2::digest::Output<Sha256>;
 
 /// What a client token allows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -67,6 +74,8 @@ pub enum Refusal {
     Scope,
     /// The admin credential is wrong.
     AdminToken,
+    /// The request names a host the gateway does not serve (403; `http.allowed_hosts`).
+    Host,
 }
 
 impl Refusal {
@@ -85,6 +94,7 @@ impl Refusal {
             Self::MissingClaim => "missing_claim",
             Self::Scope => "scope",
             Self::AdminToken => "admin_token",
+            Self::Host => "host",
         }
     }
 
@@ -103,12 +113,13 @@ impl Refusal {
             Self::MissingClaim => "the token lacks a required claim (exp, aud, iss)",
             Self::Scope => "the token's scope does not allow this",
             Self::AdminToken => "this needs the operator credential",
+            Self::Host => "this host is not served here (http.allowed_hosts)",
         }
     }
 
     /// Whether the client is known but not allowed (403) rather than unknown (401).
     pub fn forbidden(self) -> bool {
-        self == Self::Scope
+        matches!(self, Self::Scope | Self::Host)
     }
 }
 
@@ -124,6 +135,12 @@ pub struct Claims {
     /// Every other claim, for `auth.span_claims`.
     #[serde(flatten)]
     pub other: serde_json::Map<String, serde_json::Value>,
+    /// Whose sessions a client's are (set when its token is verified): `sub`, or for a
+    /// token without one, the token itself (`token:` and its SHA-256), so a token
+    /// without `sub` owns only what it opened and counts for itself in the per-subject
+    /// limits. `None` when open.
+    #[serde(skip)]
+    pub owner: Option<String>,
 }
 
 impl Claims {
@@ -160,7 +177,8 @@ pub struct Auth {
     hs256: Option<DecodingKey>,
     /// Public keys by `kid`, each with the algorithm it is pinned to.
     jwks: HashMap<String, (DecodingKey, Algorithm)>,
-    admin_token: Option<String>,
+    /// The SHA-256 of the admin token.
+    admin_token: Option<Sha256Digest>,
     audience: String,
     issuer: Option<String>,
     leeway_s: u64,
@@ -185,18 +203,27 @@ pub struct AuthSettings<'a> {
 impl Auth {
     /// Keys from the settings.
     ///
-    /// Errors: a secret shorter than 32 bytes, a JWKS that does not parse, a key
-    /// without `kid` or of a type the gateway does not take, a leeway over 5 s.
+    /// Errors: a secret or an admin token shorter than [`MIN_SECRET_BYTES`], a JWKS that
+    /// does not parse, a key without `kid`, with a `kid` used twice, for encryption, or
+    /// of a type or algorithm the gateway does not take, a leeway over 5 s.
     pub fn new(settings: &AuthSettings<'_>) -> anyhow::Result<Self> {
         anyhow::ensure!(
             settings.leeway_s <= MAX_LEEWAY_S,
             "auth.leeway_s must be at most {MAX_LEEWAY_S}"
         );
+        if let Some(token) = settings.admin_token {
+            // A guessable operator credential would be found by trying: nothing throttles
+            // guesses but their number.
+            anyhow::ensure!(
+                token.len() >= MIN_SECRET_BYTES,
+                "TURNGATE_ADMIN_TOKEN must be at least {MIN_SECRET_BYTES} bytes (e.g. `openssl rand -hex 32`)"
+            );
+        }
         let hs256 = match settings.hs256_secret {
             Some(secret) => {
                 anyhow::ensure!(
-                    secret.len() >= 32,
-                    "auth.hs256_secret (TURNGATE_AUTH_HS256_SECRET) must be at least 32 bytes"
+                    secret.len() >= MIN_SECRET_BYTES,
+                    "auth.hs256_secret (TURNGATE_AUTH_HS256_SECRET) must be at least {MIN_SECRET_BYTES} bytes"
                 );
                 Some(DecodingKey::from_secret(secret.as_bytes()))
             }
@@ -214,21 +241,46 @@ impl Auth {
                     .ok_or_else(|| anyhow::anyhow!("auth.jwks_file: every key needs a kid"))?;
                 let algorithm = match &jwk.algorithm {
                     AlgorithmParameters::RSA(_) => Algorithm::RS256,
-                    AlgorithmParameters::EllipticCurve(_) => Algorithm::ES256,
+                    AlgorithmParameters::EllipticCurve(ec)
+                        if ec.curve == jsonwebtoken::jwk::EllipticCurve::P256 =>
+                    {
+                        Algorithm::ES256
+                    }
                     AlgorithmParameters::OctetKeyPair(_) => Algorithm::EdDSA,
+                    AlgorithmParameters::EllipticCurve(_) => anyhow::bail!(
+                        "auth.jwks_file: key {kid}: only P-256 (ES256) elliptic curve keys are taken"
+                    ),
                     AlgorithmParameters::OctetKey(_) => anyhow::bail!(
                         "auth.jwks_file: key {kid} is a secret; put secrets in auth.hs256_secret"
                     ),
                 };
+                // A key's own `alg` and `use` (RFC 7517 §4.2, §4.4) must agree with what
+                // it would verify.
+                if let Some(alg) = jwk.common.key_algorithm {
+                    anyhow::ensure!(
+                        format!("{alg:?}") == format!("{algorithm:?}"),
+                        "auth.jwks_file: key {kid} is for {alg:?}; the gateway verifies this key type with {algorithm:?} only"
+                    );
+                }
+                anyhow::ensure!(
+                    !matches!(
+                        jwk.common.public_key_use,
+                        Some(jsonwebtoken::jwk::PublicKeyUse::Encryption)
+                    ),
+                    "auth.jwks_file: key {kid} is for encryption (use: enc)"
+                );
                 let key = DecodingKey::from_jwk(jwk)
                     .map_err(|e| anyhow::anyhow!("auth.jwks_file: key {kid}: {e}"))?;
-                jwks.insert(kid, (key, algorithm));
+                anyhow::ensure!(
+                    jwks.insert(kid.clone(), (key, algorithm)).is_none(),
+                    "auth.jwks_file: kid {kid} is used by two keys"
+                );
             }
         }
         Ok(Self {
             hs256,
             jwks,
-            admin_token: settings.admin_token.map(str::to_owned),
+            admin_token: settings.admin_token.map(|t| Sha256::digest(t.as_bytes())),
             audience: settings.audience.to_owned(),
             issuer: settings.issuer.map(str::to_owned),
             leeway_s: settings.leeway_s,
@@ -250,10 +302,15 @@ impl Auth {
         if self.is_open() {
             return Ok(Claims::default());
         }
-        let claims = self.verify(bearer(headers)?)?;
+        let token = bearer(headers)?;
+        let mut claims = self.verify(token)?;
         if !claims.allows(action.scope()) {
             return Err(Refusal::Scope);
         }
+        claims.owner = Some(match &claims.sub {
+            Some(sub) => sub.clone(),
+            None => format!("token:{}", hex(&Sha256::digest(token.as_bytes()))),
+        });
         Ok(claims)
     }
 
@@ -271,10 +328,11 @@ impl Auth {
         self.admin_credential(token)
     }
 
-    /// Whether `token` is the operator credential.
+    /// Whether `token` is the operator credential. The admin token is compared by its
+    /// SHA-256, in constant time, so neither its bytes nor its length leak by timing.
     pub fn admin_credential(&self, token: &str) -> Result<(), Refusal> {
         if let Some(admin) = &self.admin_token
-            && bool::from(token.as_bytes().ct_eq(admin.as_bytes()))
+            && bool::from(Sha256::digest(token.as_bytes()).ct_eq(admin))
         {
             return Ok(());
         }
@@ -364,15 +422,20 @@ fn bearer(headers: &HeaderMap) -> Result<&str, Refusal> {
     }
 }
 
-/// A development token signed with the HS256 secret: `sub`, `aud`, `exp` = now + `ttl_s`,
-/// and `scope` if given.
+/// A development token signed with the HS256 secret: `sub`, `aud`, `iss` if the gateway
+/// requires one, `exp` = now + `ttl_s`, and `scope` if given.
+///
+/// Errors: an empty `sub`, a `ttl_s` of 0.
 pub fn mint(
     secret: &str,
     audience: &str,
+    issuer: Option<&str>,
     sub: &str,
     ttl_s: u64,
     scope: Option<&str>,
 ) -> anyhow::Result<String> {
+    anyhow::ensure!(!sub.is_empty(), "--sub must not be empty");
+    anyhow::ensure!(ttl_s > 0, "--ttl must be at least 1s");
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_secs();
@@ -381,9 +444,17 @@ pub fn mint(
     if let Some(scope) = scope {
         claims["scope"] = scope.into();
     }
+    if let Some(issuer) = issuer {
+        claims["iss"] = issuer.into();
+    }
     Ok(jsonwebtoken::encode(
         &jsonwebtoken::Header::new(Algorithm::HS256),
         &claims,
         &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
     )?)
+}
+
+/// Lowercase hex of `bytes`.
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -246,32 +246,8 @@ pub struct HttpConfig {
     pub trusted_proxies: Vec<IpAddr>,
     /// Host names (or addresses) requests may carry in `Host`, without port; `["*"]`
     /// allows any. Empty: the listen address and `localhost` (on an unspecified listen
-    /// address, the loopback ones).
+    /// address, `localhost` and any address literal). See `http::host`.
     pub allowed_hosts: Vec<String>,
-}
-
-impl HttpConfig {
-    /// The hosts `Host` may name (lowercase, no port), or `None` for any.
-    pub fn hosts(&self, listen: SocketAddr) -> Option<Vec<String>> {
-        if self.allowed_hosts.iter().any(|h| h == "*") {
-            return None;
-        }
-        if !self.allowed_hosts.is_empty() {
-            return Some(
-                self.allowed_hosts
-                    .iter()
-                    .map(|h| h.to_ascii_lowercase())
-                    .collect(),
-            );
-        }
-        let mut hosts = vec!["localhost".to_owned()];
-        if listen.ip().is_unspecified() {
-            hosts.extend(["127.0.0.1".to_owned(), "::1".to_owned()]);
-        } else {
-            hosts.push(listen.ip().to_string());
-        }
-        Some(hosts)
-    }
 }
 
 impl Default for HttpConfig {
@@ -458,7 +434,8 @@ Configuration file keys (TOML; every key optional; defaults shown):
   max_connections = 1024            connections served at once; more wait in the backlog
   shutdown_grace_ms = 10000         on shutdown, requests in flight get this long; then connections drop
   trusted_proxies = []              proxies whose X-Forwarded-For names the client (exact addresses)
-  allowed_hosts = []                names Host may carry (default: the listen address, localhost); [\"*\"]: any
+  allowed_hosts = []                names Host may carry (default: the listen address, localhost;
+                                    listening on 0.0.0.0/::, any address literal too); [\"*\"]: any
   [sessions]
   max = 200                         live sessions; more get 503 (--max-sessions, TURNGATE_MAX_SESSIONS)
   max_pending = 64                  sessions not yet connected, gateway-wide; more get 429 (--max-pending)

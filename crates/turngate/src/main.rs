@@ -106,6 +106,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let token = auth::mint(
                 &secret.0,
                 &config.auth.audience,
+                config.auth.issuer.as_deref(),
                 &sub,
                 ttl.as_secs(),
                 scope.as_deref(),
@@ -142,6 +143,17 @@ async fn serve(config: config::Config) -> anyhow::Result<()> {
     let app = app::App::new(&config, telemetry)?;
     if app.insecure {
         tracing::warn!(listen = %config.listen, "--insecure-no-auth: no authentication; anyone who reaches this port can open sessions and read every transcript.");
+    }
+    let auth = &config.auth;
+    if auth.admin_token.is_some() && auth.hs256_secret.is_none() && auth.jwks_file.is_none() {
+        tracing::warn!(
+            "Only an admin token is configured: every client offer will be refused 401 until auth.hs256_secret or auth.jwks_file is set."
+        );
+    }
+    if config.listen.ip().is_unspecified() && config.http.allowed_hosts.is_empty() {
+        tracing::info!(
+            "Listening on all interfaces: requests may name any address or localhost as Host; set http.allowed_hosts to serve DNS names."
+        );
     }
     let router = http::router(Arc::clone(&app), &config.cors_origins);
     let listener = tokio::net::TcpListener::bind(config.listen)

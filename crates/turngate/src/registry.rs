@@ -29,7 +29,7 @@ impl Entry {
 
     /// Whether a client with `claims` may act on this session: its creator's subject.
     pub fn belongs_to(&self, claims: &crate::auth::Claims) -> bool {
-        self.subject == claims.sub
+        self.subject == claims.owner
     }
 }
 

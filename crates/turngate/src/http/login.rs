@@ -8,11 +8,14 @@ use std::sync::Arc;
 
 use axum::Form;
 use axum::extract::State;
+use axum::extract::rejection::FormRejection;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 
 use crate::app::App;
 use crate::auth::ADMIN_COOKIE;
+use crate::problem::Problem;
+use turngate_core::ErrorCode;
 
 /// How long the cookie lasts, in seconds.
 const COOKIE_MAX_AGE_S: u32 = 8 * 3600;
@@ -47,14 +50,30 @@ pub(super) async fn form() -> Response {
     with_policy(Html(FORM).into_response())
 }
 
-pub(super) async fn login(State(app): State<Arc<App>>, Form(login): Form<Login>) -> Response {
+pub(super) async fn login(
+    State(app): State<Arc<App>>,
+    form: Result<Form<Login>, FormRejection>,
+) -> Response {
+    let Form(login) = match form {
+        Ok(form) => form,
+        Err(e) => {
+            return Problem::new(ErrorCode::MalformedMessage, format!("the form: {e}"))
+                .into_response();
+        }
+    };
     if let Err(problem) = app.admin_credential(&login.token) {
         return problem.into_response();
     }
-    // Only a local path: no open redirect.
+    if !login.token.bytes().all(cookie_octet) {
+        return Problem::new(
+            ErrorCode::MalformedMessage,
+            "this credential cannot be kept in a cookie; send it as Authorization: Bearer",
+        )
+        .into_response();
+    }
     let next = login
         .next
-        .filter(|n| n.starts_with('/') && !n.starts_with("//"))
+        .filter(|n| local_path(n))
         .unwrap_or_else(|| "/v1/sessions".into());
     let secure = if app.secure_cookies { "; Secure" } else { "" };
     let cookie = format!(
@@ -68,6 +87,21 @@ pub(super) async fn logout(State(app): State<Arc<App>>) -> Response {
     let secure = if app.secure_cookies { "; Secure" } else { "" };
     let cookie = format!("{ADMIN_COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0{secure}");
     set_cookie(StatusCode::NO_CONTENT.into_response(), &cookie)
+}
+
+/// Whether `next` is a path on this gateway and nothing else: it starts with one `/`,
+/// not `//` or `/\` (which browsers read as another host), and holds only visible
+/// ASCII but `\`. Anything else would make the login form an open redirect.
+fn local_path(next: &str) -> bool {
+    let mut bytes = next.bytes();
+    bytes.next() == Some(b'/')
+        && !matches!(bytes.next(), Some(b'/' | b'\\'))
+        && next.bytes().all(|b| b.is_ascii_graphic() && b != b'\\')
+}
+
+/// A byte a cookie value may hold unquoted (RFC 6265 §4.1.1, `cookie-octet`).
+fn cookie_octet(b: u8) -> bool {
+    matches!(b, 0x21 | 0x23..=0x2b | 0x2d..=0x3a | 0x3c..=0x5b | 0x5d..=0x7e)
 }
 
 fn set_cookie(mut response: Response, cookie: &str) -> Response {
@@ -84,4 +118,28 @@ fn with_policy(mut response: Response) -> Response {
         HeaderValue::from_static("default-src 'self'; script-src 'none'; frame-ancestors 'none'"),
     );
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_local_path_is_a_place_to_go_next() {
+        for ok in ["/v1/sessions", "/turns/abc?x=1", "/"] {
+            assert!(local_path(ok), "{ok}");
+        }
+        for refused in [
+            "//evil.example/",
+            "/\\evil.example/",
+            "/\t/evil.example/",
+            "/\r\nX: y",
+            "https://evil.example",
+            "evil",
+            "",
+            "/ a",
+        ] {
+            assert!(!local_path(refused), "{refused:?}");
+        }
+    }
 }

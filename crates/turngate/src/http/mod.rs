@@ -18,6 +18,7 @@ use crate::app::App;
 use crate::problem::Problem;
 
 mod health;
+pub mod host;
 mod login;
 mod metrics;
 pub mod server;
@@ -29,13 +30,21 @@ mod whip;
 /// DELETE, uploads — with `Authorization` allowed and no credentials mode; session reads,
 /// health and metrics send no CORS headers. Every request's `Host` is checked first.
 pub fn router(app: Arc<App>, cors_origins: &[String]) -> Router {
-    let router = Router::new()
+    // The client routes' 405 is set before their CORS layer, which then wraps it: a
+    // preflight (OPTIONS) reaches the layer instead of the 405.
+    let client = Router::new()
         .route("/v1/whip", post(whip::create_session))
         .route("/v1/whip/{resource}", delete(whip::delete_session))
         .route(
             "/v1/whip/{resource}/images",
             post(uploads::upload_image).layer(DefaultBodyLimit::max(uploads::max_body(&app))),
         )
+        .method_not_allowed_fallback(method_not_allowed);
+    let client = match cors(cors_origins) {
+        Some(cors) => client.layer(cors),
+        None => client,
+    };
+    Router::new()
         .route("/v1/sessions", get(sessions::list_sessions))
         .route("/v1/sessions/{id}", get(sessions::get_session))
         .route("/healthz", get(health::live))
@@ -43,29 +52,22 @@ pub fn router(app: Arc<App>, cors_origins: &[String]) -> Router {
         .route("/metrics", get(metrics::metrics))
         .route("/login", get(login::form).post(login::login))
         .route("/logout", post(login::logout))
+        .method_not_allowed_fallback(method_not_allowed)
+        .merge(client)
         .fallback(|| async { Problem::new(ErrorCode::NotFound, "no such endpoint") })
-        .method_not_allowed_fallback(|method: Method| async move {
-            Problem::new(
-                ErrorCode::MethodNotAllowed,
-                format!("{method} is not allowed here"),
-            )
-        });
-    let router = match cors(cors_origins) {
-        Some(cors) => router.layer(cors),
-        None => router,
-    };
-    router
         .layer(middleware::from_fn_with_state(Arc::clone(&app), check_host))
         .with_state(app)
 }
 
-/// Whether `path` is a client route: `/v1/whip` and what lies under it.
-fn client_route(path: &str) -> bool {
-    path == "/v1/whip" || path.starts_with("/v1/whip/")
+async fn method_not_allowed(method: Method) -> Problem {
+    Problem::new(
+        ErrorCode::MethodNotAllowed,
+        format!("{method} is not allowed here"),
+    )
 }
 
-/// The CORS layer for `origins`, if any: it answers only for client routes (a
-/// preflight elsewhere gets no CORS headers, so browsers refuse the request).
+/// The CORS layer for `origins`, if any, for the client routes only: anywhere else a
+/// preflight gets no CORS headers at all, so browsers refuse the request.
 fn cors(origins: &[String]) -> Option<CorsLayer> {
     if origins.is_empty() {
         return None;
@@ -75,9 +77,7 @@ fn cors(origins: &[String]) -> Option<CorsLayer> {
         .iter()
         .filter_map(|o| HeaderValue::from_str(o).ok())
         .collect();
-    let allowed = AllowOrigin::predicate(move |origin, request| {
-        client_route(request.uri.path()) && (any || listed.contains(origin))
-    });
+    let allowed = AllowOrigin::predicate(move |origin, _| any || listed.contains(origin));
     Some(
         CorsLayer::new()
             .allow_origin(allowed)
@@ -88,38 +88,17 @@ fn cors(origins: &[String]) -> Option<CorsLayer> {
     )
 }
 
-/// Refuses a request whose `Host` is not one the gateway serves (`http.allowed_hosts`):
-/// a web page that rebinds its own name to 127.0.0.1 (DNS rebinding) still sends its
-/// name, so it cannot reach a loopback gateway.
+/// Refuses a request whose `Host` is not one the gateway serves (`http.allowed_hosts`,
+/// see [`host`]), counted as an access refusal with reason `host`.
 async fn check_host(
     State(app): State<Arc<App>>,
     request: axum::extract::Request,
     next: middleware::Next,
 ) -> axum::response::Response {
-    if let Some(allowed) = &app.allowed_hosts {
-        let host = request
-            .headers()
-            .get(header::HOST)
-            .and_then(|v| v.to_str().ok())
-            .map(host_name)
-            .unwrap_or_default();
-        if !allowed.contains(&host) {
-            return Problem::new(
-                ErrorCode::Forbidden,
-                format!("Host {host:?} is not served here (http.allowed_hosts)"),
-            )
-            .into_response();
-        }
+    if let Err(named) = app.allowed_hosts.check(request.uri(), request.headers()) {
+        let mut refused = app.refuse(crate::auth::Refusal::Host);
+        refused.detail = format!("Host {named:?} is not served here (http.allowed_hosts)");
+        return refused.into_response();
     }
     next.run(request).await
-}
-
-/// The name in a `Host` value, lowercase, without port or IPv6 brackets.
-fn host_name(host: &str) -> String {
-    let host = host.trim();
-    let name = match host.strip_prefix('[') {
-        Some(rest) => rest.split(']').next().unwrap_or(""),
-        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
-    };
-    name.to_ascii_lowercase()
 }
