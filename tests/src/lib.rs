@@ -115,7 +115,19 @@ pub struct Gateway {
     pub http: reqwest::Client,
     /// Whether the gateway verifies tokens with the harness keys ([`tokens`]).
     harness_keys: bool,
+    /// The directory its turn records go to (`TURNGATE_STORE_URL`): one of its own,
+    /// removed when it is dropped, unless the test named one.
+    pub store: PathBuf,
+    own_store: bool,
     log: Arc<Mutex<String>>,
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if self.own_store {
+            let _ = std::fs::remove_dir_all(&self.store);
+        }
+    }
 }
 
 impl Gateway {
@@ -162,6 +174,14 @@ impl Gateway {
             cmd.env("TURNGATE_AUTH_HS256_SECRET", tokens::SECRET)
                 .env("TURNGATE_ADMIN_TOKEN", tokens::ADMIN_TOKEN);
         }
+        let named = env.iter().find(|(k, _)| *k == "TURNGATE_STORE_URL");
+        let store = match named {
+            Some((_, url)) => PathBuf::from(url.trim_start_matches("file://")),
+            None => {
+                std::env::temp_dir().join(format!("turngate-records-{}-{port}", std::process::id()))
+            }
+        };
+        cmd.env("TURNGATE_STORE_URL", &store);
         cmd.envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -184,6 +204,8 @@ impl Gateway {
             base: format!("http://127.0.0.1:{port}"),
             http: http_client(harness_keys.then(tokens::harness_bearer)),
             harness_keys,
+            store,
+            own_store: named.is_none(),
             log,
         };
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -207,6 +229,8 @@ impl Gateway {
             base: base.trim_end_matches('/').to_owned(),
             http: http_client(None),
             harness_keys: false,
+            store: PathBuf::new(),
+            own_store: false,
             log: Arc::default(),
         }
     }
@@ -750,6 +774,15 @@ impl Client {
             self.rtp.lock().unwrap().0 += 1;
         }
         Ok(())
+    }
+
+    /// Sends nothing for `packets` × 20 ms while the RTP clock runs on, as a sender in
+    /// discontinuous transmission (DTX) does: the next packet's timestamp jumps, its
+    /// sequence number does not.
+    pub async fn pause_dtx(&self, packets: u32) {
+        tokio::time::sleep(Duration::from_millis(20) * packets).await;
+        let mut rtp = self.rtp.lock().unwrap();
+        rtp.2 = rtp.2.wrapping_add(960 * packets);
     }
 
     /// Encodes a WAV fixture and sends it in real time.

@@ -4,24 +4,23 @@
 use crate::client::{Backend, describe};
 use crate::context::TurnContext;
 use crate::error::{BackendError, TimeoutKind};
-use crate::wav;
 
-/// Transcribes a turn's PCM (16 kHz mono, concealment included so timing is kept): the
-/// answer's `text`, trimmed of outer whitespace.
+/// Transcribes a turn's audio: `wav`, its PCM (16 kHz mono, concealment included so
+/// timing is kept) as [`wav::encode`] writes it, sent as the form's `file` byte for
+/// byte. Returns the answer's `text`, trimmed of outer whitespace.
 ///
 /// Errors: those of [`Backend::send`], `Timeout` while reading the answer, `Malformed`
 /// (the answer is not JSON with a string `text`).
 pub async fn transcribe(
     backend: &Backend,
     ctx: &TurnContext,
-    pcm: &[i16],
+    wav: bytes::Bytes,
 ) -> Result<String, BackendError> {
-    let wav = wav::encode(pcm);
     let model = backend.config().model.clone();
     let url = backend.url("/audio/transcriptions");
     let (response, _permit) = backend
         .send(ctx, true, |http| {
-            let file = reqwest::multipart::Part::bytes(wav.clone())
+            let file = reqwest::multipart::Part::stream_with_length(wav.clone(), wav.len() as u64)
                 .file_name(format!("{}.wav", ctx.turn_id))
                 .mime_str("audio/wav")
                 .expect("a valid mime type");

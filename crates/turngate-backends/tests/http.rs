@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use turngate_backends::chat::{Message, Role};
 use turngate_backends::error::{MESSAGE_CAP, TimeoutKind};
 use turngate_backends::llm::{self, LlmEvent, LlmStream, StreamTimeouts, Usage};
-use turngate_backends::{Backend, BackendConfig, BackendError, TurnContext, asr, vision};
+use turngate_backends::{Backend, BackendConfig, BackendError, TurnContext, asr, vision, wav};
 use turngate_core::{ErrorCode, SessionId, SpanId, TurnId};
 
 // ---- Servers -------------------------------------------------------------------------
@@ -212,7 +212,9 @@ async fn long_status_message_is_capped() {
         json!({"message": format!("{}\n{}", "ü".repeat(150), "x".repeat(5_000))}).to_string();
     let url = error_server("/audio/transcriptions", 400, "application/json", &body).await;
     let asr = backend("asr", &url, 5_000, 0);
-    let e = asr::transcribe(&asr, &ctx(), &[0; 160]).await.unwrap_err();
+    let e = asr::transcribe(&asr, &ctx(), wav::encode(&[0; 160]).into())
+        .await
+        .unwrap_err();
     let BackendError::Status {
         status: 400,
         message: Some(message),
@@ -560,7 +562,9 @@ async fn transcript_is_trimmed() {
     )
     .await;
     let asr = backend("asr", &url, 5_000, 0);
-    let text = asr::transcribe(&asr, &ctx(), &[0; 160]).await.unwrap();
+    let text = asr::transcribe(&asr, &ctx(), wav::encode(&[0; 160]).into())
+        .await
+        .unwrap();
     assert_eq!(text, "hello world");
 }
 

@@ -5,9 +5,11 @@
 //! - [`ogg`]: the received audio as an Ogg Opus stream (RFC 7845), muxed from RTP
 //!   payloads with the sender's timing, flushed as page-aligned segments;
 //! - [`layout`]: where each object of a record lives;
+//! - [`manifest`]: the manifest, written last (schema: `proto/turngate/v1/record.proto`);
 //! - [`store`]: the object store (a local directory or S3).
 
 pub mod layout;
+pub mod manifest;
 pub mod ogg;
 pub mod store;
 

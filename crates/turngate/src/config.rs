@@ -44,6 +44,8 @@ pub struct Config {
     pub telemetry: TelemetryConfig,
     /// Client tokens and the operator credential.
     pub auth: AuthConfig,
+    /// The turn record.
+    pub record: RecordConfig,
     /// Serve without authentication on a non-loopback address (`--insecure-no-auth`;
     /// flag only).
     #[serde(skip)]
@@ -98,6 +100,83 @@ impl AuthConfig {
     /// Whether anything is configured that turns authentication on.
     pub fn enabled(&self) -> bool {
         self.hs256_secret.is_some() || self.jwks_file.is_some() || self.admin_token.is_some()
+    }
+}
+
+/// `[record]`: what the turn record keeps, and where.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RecordConfig {
+    /// Record turns at all.
+    pub enabled: bool,
+    /// Where: a directory, `file:///dir`, or `s3://bucket/prefix` with the `AWS_*`
+    /// variables (`TURNGATE_STORE_URL`).
+    pub store: String,
+    /// This node's id, stable across restarts: the markers it finishes at start are
+    /// its own (`TURNGATE_NODE_ID`; default: the host name).
+    pub node_id: Option<String>,
+    /// Keep the received audio and the audio ASR was given.
+    pub audio: bool,
+    /// Keep the images as uploaded.
+    pub images: bool,
+    /// Received audio reaches the store at least this often, in milliseconds: a crash
+    /// loses at most this much.
+    pub segment_ms: u64,
+    /// A failing store operation is retried (100 ms, doubling, at most 2 s apart) for
+    /// this long, in milliseconds, before what it wrote is marked missing.
+    pub retry_ms: u64,
+}
+
+impl Default for RecordConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            store: "./turngate-data".into(),
+            node_id: None,
+            audio: true,
+            images: true,
+            segment_ms: 1000,
+            retry_ms: 10_000,
+        }
+    }
+}
+
+impl RecordConfig {
+    /// The node id: `node_id`, else the host name (`/etc/hostname`, `HOSTNAME`), else
+    /// `local`; made safe for an object key.
+    pub fn node_id(&self) -> String {
+        let name = self
+            .node_id
+            .clone()
+            .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .unwrap_or_default();
+        let safe: String = name
+            .trim()
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        if safe.is_empty() {
+            "local".into()
+        } else {
+            safe
+        }
+    }
+
+    /// How often audio segments are flushed.
+    pub fn segment(&self) -> Duration {
+        Duration::from_millis(self.segment_ms.max(1))
+    }
+
+    /// How long a store operation is retried.
+    pub fn retry(&self) -> Duration {
+        Duration::from_millis(self.retry_ms)
     }
 }
 
@@ -360,6 +439,7 @@ impl Default for Config {
             llm: LlmConfig::default(),
             telemetry: TelemetryConfig::default(),
             auth: AuthConfig::default(),
+            record: RecordConfig::default(),
             insecure_no_auth: false,
         }
     }
@@ -504,6 +584,15 @@ Configuration file keys (TOML; every key optional; defaults shown):
   max_sessions_per_subject = 10     live sessions of one token subject (then 429 rate_limited)
   sessions_per_minute_per_subject = 30  sessions one subject may create per minute
   span_claims = []                  token claims put on the session's spans (sub as user.id)
+  [record]
+  enabled = true                    keep a record of every turn
+  store = \"./turngate-data\"         a directory, file:///dir or s3://bucket/prefix (TURNGATE_STORE_URL;
+                                    S3 from the AWS_* variables, AWS_ENDPOINT for MinIO)
+  node_id                           this node's stable id (TURNGATE_NODE_ID; default: host name)
+  audio = true                      keep the received audio and the audio ASR was given
+  images = true                     keep the images as uploaded
+  segment_ms = 1000                 received audio reaches the store at least this often
+  retry_ms = 10000                  how long a failing store operation is retried
   [telemetry]
   capture_content = false           transcripts, prompts, answers and images in span attributes
                                     (TURNGATE_TELEMETRY_CAPTURE_CONTENT); the OTLP exporter is
@@ -727,6 +816,12 @@ impl Config {
         }
         if let Some(v) = env("TURNGATE_ADMIN_TOKEN") {
             config.auth.admin_token = Some(turngate_backends::client::ApiKey(v));
+        }
+        if let Some(v) = env("TURNGATE_STORE_URL") {
+            config.record.store = v;
+        }
+        if let Some(v) = env("TURNGATE_NODE_ID") {
+            config.record.node_id = Some(v);
         }
         config.insecure_no_auth = o.insecure_no_auth;
         for (prefix, backend) in [

@@ -9,6 +9,7 @@ mod config;
 mod http;
 mod problem;
 mod rate;
+mod record;
 mod registry;
 mod turn;
 
@@ -143,6 +144,14 @@ async fn serve(config: config::Config) -> anyhow::Result<()> {
     let app = app::App::new(&config, telemetry)?;
     if app.insecure {
         tracing::warn!(listen = %config.listen, "--insecure-no-auth: no authentication; anyone who reaches this port can open sessions and read every transcript.");
+    }
+    match &app.turns.recorder {
+        Some(recorder) => tracing::info!(
+            store = recorder.location(),
+            node = recorder.node_id(),
+            "Recording turns."
+        ),
+        None => tracing::info!("Not recording turns (record.enabled = false)."),
     }
     let auth = &config.auth;
     if auth.admin_token.is_some() && auth.hs256_secret.is_none() && auth.jwks_file.is_none() {

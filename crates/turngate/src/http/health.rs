@@ -22,5 +22,21 @@ pub(super) async fn ready(State(app): State<Arc<App>>) -> Response {
                 this port can open sessions and read every transcript)"
             .into_response();
     }
+    if let Some(recorder) = &app.turns.recorder
+        && let Some(failing) = recorder.stats.failing_for()
+        && failing > STORE_FAILING_REPORTED
+    {
+        // Still ready: media and turns go on, and every node shares the store.
+        return format!(
+            "ready (WARNING: the turn-record store {} has been failing for {} s; records are \
+             marked incomplete)",
+            recorder.location(),
+            failing.as_secs()
+        )
+        .into_response();
+    }
     "ready".into_response()
 }
+
+/// How long the record store may fail before `/readyz` reports it.
+const STORE_FAILING_REPORTED: std::time::Duration = std::time::Duration::from_secs(30);

@@ -182,5 +182,35 @@ fn render(app: &App) -> String {
             n as f64,
         );
     }
+    if let Some(recorder) = &app.turns.recorder {
+        let stats = &recorder.stats;
+        for (name, help, value) in [
+            (
+                "turngate_record_store_failures_total",
+                "Turn-record store operations that failed past their retries (what they \
+                 wrote is listed as missing in its manifest).",
+                stats.store_failures.load(Relaxed),
+            ),
+            (
+                "turngate_record_incomplete_total",
+                "Turn records finished incomplete (see their manifest's missing).",
+                stats.incomplete.load(Relaxed),
+            ),
+            (
+                "turngate_record_index_conflicts_total",
+                "Turn ids a second session presented: its record is kept under its own \
+                 session, the index keeps the first.",
+                stats.index_conflicts.load(Relaxed),
+            ),
+        ] {
+            out.single(name, help, "counter", value as f64);
+        }
+        out.single(
+            "turngate_record_store_failing_seconds",
+            "How long the turn-record store has been failing (0 while it works).",
+            "gauge",
+            stats.failing_for().map_or(0.0, |d| d.as_secs_f64()),
+        );
+    }
     out.finish()
 }

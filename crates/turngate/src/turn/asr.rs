@@ -8,18 +8,20 @@ use turngate_telemetry::names::{attr, span};
 use super::call::Call;
 use super::stage::{Job, Ran};
 
-/// Transcribes `pcm`; skipped without a backend or without audio. The transcript goes
-/// to the client as `transcript`.
+/// Transcribes `pcm`; skipped without a backend or without audio. The WAV sent goes
+/// into the turn's record as it is sent; the transcript goes to the client as
+/// `transcript`.
 pub(super) async fn run(job: &Job<'_>, pcm: &[i16]) -> Ran<Option<String>> {
     let Some(backend) = job.backends().asr.as_ref().filter(|_| !pcm.is_empty()) else {
         return Ran::skipped(None);
     };
     let call = Call::start(job.metrics(), job.trace, &job.ctx, span::ASR, backend);
-    call.attr(
-        attr::REQUEST_BYTES,
-        (turngate_backends::wav::HEADER_BYTES + pcm.len() * 2) as i64,
-    );
-    let result = asr::transcribe(backend, &call.ctx, pcm)
+    let wav = bytes::Bytes::from(turngate_backends::wav::encode(pcm));
+    call.attr(attr::REQUEST_BYTES, wav.len() as i64);
+    if let Some(record) = job.record {
+        record.asr_audio(wav.clone());
+    }
+    let result = asr::transcribe(backend, &call.ctx, wav)
         .instrument(call.span.clone())
         .await;
     match result {

@@ -29,6 +29,7 @@ use turngate_telemetry::{AudioStats, TurnTrace, names, snake};
 use super::prompt::{self, Described, Exchange};
 use super::stage::{Job, Ran};
 use super::{Conversation, Services, asr, llm, unless_cancelled, vision};
+use crate::record::{Outcome, TurnRecord};
 
 /// What a turn that hands its input on gives its successor.
 #[derive(Debug, Default)]
@@ -69,6 +70,8 @@ pub(super) struct Turn {
     hand_on: Option<oneshot::Sender<Carried>>,
     /// Its place in the session's history, settled when the owner is done (or dropped).
     settle: Settle,
+    /// Its record, if recording is on.
+    record: Option<TurnRecord>,
 }
 
 impl Turn {
@@ -96,7 +99,18 @@ impl Turn {
         }
         *previous_root = Some(trace.span_context());
         services.metrics.turns_started.inc([&snake(&info.cause)]);
+        let record = services.recorder.as_ref().map(|recorder| {
+            TurnRecord::start(
+                recorder,
+                &services.tasks,
+                shared.id,
+                &info,
+                wall(info.started_at),
+                &conversation.user,
+            )
+        });
         Self {
+            record,
             settle: Settle {
                 conversation: Arc::clone(conversation),
                 number: info.number,
@@ -131,6 +145,9 @@ impl Turn {
             self.over_cap += 1;
             return;
         }
+        if let Some(record) = &self.record {
+            record.frame(frame.value.rtp_timestamp, &frame.value.payload);
+        }
         let samples = frame.value.pcm.len() as u64;
         if self.samples + samples > self.samples_cap {
             frame.value.pcm = Vec::new();
@@ -143,6 +160,9 @@ impl Turn {
 
     pub fn push_blob(&mut self, blob: Tagged<Blob>, held: HeldImage) {
         self.held.push(held);
+        if let Some(record) = &self.record {
+            record.image(&blob.value);
+        }
         let wall = |at: Duration| self.shared.started + at;
         self.trace
             .image(&blob.value, wall(blob.value.began_at), wall(blob.at));
@@ -181,7 +201,13 @@ impl Turn {
             parent: self.info.root_span_id,
             flags: self.info.traceparent().flags,
         };
-        let job = Job::new(&services, &self.shared, &self.trace, ctx);
+        let job = Job::new(
+            &services,
+            &self.shared,
+            &self.trace,
+            ctx,
+            self.record.as_ref(),
+        );
         let pcm: Vec<i16> = self
             .frames
             .iter()
@@ -263,6 +289,26 @@ impl Turn {
         }
 
         let stages = report.stages;
+        let recorded = self.record.is_some().then(|| Recorded {
+            stages_ms: [
+                ("asr", report.asr_ms),
+                ("vision", report.vision_ms),
+                ("llm_first_token", report.llm_first_token_ms),
+                ("llm_total", report.llm_total_ms),
+            ]
+            .into_iter()
+            .filter_map(|(k, v)| Some((k, v?)))
+            .collect(),
+            transcript: transcript.clone(),
+            descriptions: descriptions
+                .iter()
+                .map(|d| {
+                    let text = |k: &str| d[k].as_str().unwrap_or_default().to_owned();
+                    (text("blob_id"), text("description"))
+                })
+                .collect(),
+            answer: report.answer.clone(),
+        });
         let details = json!({
             "transcript": transcript,
             "descriptions": descriptions,
@@ -288,6 +334,18 @@ impl Turn {
         done.status = Some(status);
         self.trace
             .end(&done, status, self.blobs.len(), SystemTime::now());
+        if let (Some(record), Some(r)) = (self.record.take(), recorded) {
+            record.finish(Outcome {
+                info: done.clone(),
+                status,
+                stages,
+                stages_ms: r.stages_ms,
+                transcript: r.transcript,
+                descriptions: r.descriptions,
+                answer: r.answer,
+                concealed_ms: (audio.concealed / 16) as u32,
+            });
+        }
         services
             .metrics
             .turns_completed
@@ -367,6 +425,14 @@ async fn gather(stood_for: &mut Vec<CarriedIn>, carried: &mut Vec<Carried>) {
             carried.push(c);
         }
     }
+}
+
+/// What the turn's record keeps of its processing, gathered before its report goes.
+struct Recorded {
+    stages_ms: Vec<(&'static str, u32)>,
+    transcript: Option<String>,
+    descriptions: Vec<(String, String)>,
+    answer: Option<String>,
 }
 
 /// Audio of one turn as downstream received it.

@@ -11,6 +11,7 @@ use turngate_telemetry::TurnTrace;
 use turngate_telemetry::metrics::Metrics;
 
 use super::{Backends, Services};
+use crate::record::TurnRecord;
 
 /// What a stage of a turn works with.
 pub(super) struct Job<'a> {
@@ -18,6 +19,8 @@ pub(super) struct Job<'a> {
     pub shared: &'a SessionShared,
     pub trace: &'a TurnTrace,
     pub ctx: TurnContext,
+    /// The turn's record, if recording is on.
+    pub record: Option<&'a TurnRecord>,
     /// Failures, for the session API.
     errors: Mutex<Vec<Value>>,
 }
@@ -28,12 +31,14 @@ impl<'a> Job<'a> {
         shared: &'a SessionShared,
         trace: &'a TurnTrace,
         ctx: TurnContext,
+        record: Option<&'a TurnRecord>,
     ) -> Self {
         Self {
             services,
             shared,
             trace,
             ctx,
+            record,
             errors: Mutex::default(),
         }
     }

@@ -1,0 +1,193 @@
+//! The turn record as this node writes it: for every turn, the received audio, the
+//! audio ASR was given, the images as uploaded and the manifest, into the configured
+//! store (`record.store`), under the layout of [`turngate_store::layout`].
+//!
+//! [`Recorder`] is the node's: the store, the node id, what to keep, and the counters.
+//! Each turn gets a [`TurnRecord`] from its owner: a handle to a task of its own that
+//! writes the turn's objects as they come (audio every `record.segment_ms`), so the
+//! media path never waits on the store. The task writes an `open/{node}/{turn}` marker
+//! first and removes it after the manifest, which it writes last.
+
+mod turn;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use object_store::path::Path;
+use turngate_store::Store;
+use turngate_store::manifest::{BackendShape, TurnConfig};
+
+use crate::config::{Config, RecordConfig};
+pub use turn::{Outcome, TurnRecord};
+
+/// The node's recorder. See the module docs.
+pub struct Recorder {
+    store: Store,
+    node_id: String,
+    settings: RecordConfig,
+    /// The configuration that shapes every turn, as manifests show it.
+    shape: TurnConfig,
+    /// Counted for `/metrics`.
+    pub stats: RecordStats,
+}
+
+/// What recording counts, for `/metrics` and `/readyz`.
+#[derive(Default)]
+pub struct RecordStats {
+    /// Store operations that failed past their retries.
+    pub store_failures: AtomicU64,
+    /// Records finished `incomplete`.
+    pub incomplete: AtomicU64,
+    /// Turn ids a second session presented (the index kept the first).
+    pub index_conflicts: AtomicU64,
+    /// Unix milliseconds since the store has been failing; 0 while it works.
+    failing_since_ms: AtomicI64,
+}
+
+impl RecordStats {
+    /// How long the store has been failing, if it is.
+    pub fn failing_for(&self) -> Option<Duration> {
+        let since = self.failing_since_ms.load(Ordering::Relaxed);
+        (since > 0).then(|| Duration::from_millis((unix_ms() - since).max(0) as u64))
+    }
+
+    fn store_ok(&self) {
+        self.failing_since_ms.store(0, Ordering::Relaxed);
+    }
+
+    fn store_failed(&self) {
+        self.store_failures.fetch_add(1, Ordering::Relaxed);
+        let _ = self.failing_since_ms.compare_exchange(
+            0,
+            unix_ms(),
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+    }
+}
+
+impl Recorder {
+    /// The recorder for `config`, if recording is on.
+    ///
+    /// Errors: a store that cannot be opened (see [`Store::open`]).
+    pub fn new(config: &Config) -> anyhow::Result<Option<Arc<Self>>> {
+        let settings = config.record.clone();
+        if !settings.enabled {
+            return Ok(None);
+        }
+        let store = Store::open(&settings.store)?;
+        let shape = |b: &turngate_backends::BackendConfig| {
+            b.is_configured().then(|| BackendShape {
+                provider: b.provider.clone(),
+                model: b.model.clone(),
+                base_url: without_credentials(&b.url),
+            })
+        };
+        let shape = TurnConfig {
+            asr: shape(&config.asr),
+            vision: shape(&config.vision.backend),
+            llm: shape(&config.llm.backend),
+            vision_instruction: config
+                .vision
+                .backend
+                .is_configured()
+                .then(|| config.vision.instruction.clone()),
+            system_prompt: config
+                .llm
+                .backend
+                .is_configured()
+                .then(|| config.llm.system_prompt.clone()),
+            history_turns: u32::try_from(config.llm.history_turns).unwrap_or(u32::MAX),
+            send_images: config.llm.send_images,
+        };
+        Ok(Some(Arc::new(Self {
+            node_id: settings.node_id(),
+            store,
+            settings,
+            shape,
+            stats: RecordStats::default(),
+        })))
+    }
+
+    /// Where records go, as configured.
+    pub fn location(&self) -> &str {
+        self.store.location()
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    /// Writes `bytes` at `key`, retrying with back-off (from 100 ms, doubling, at most
+    /// 2 s apart) for up to `record.retry_ms`.
+    async fn put(&self, key: &Path, bytes: Bytes) -> Result<(), turngate_store::Error> {
+        self.retrying(key, || self.store.put(key, bytes.clone()))
+            .await
+    }
+
+    async fn retrying<T, F, Fut>(&self, key: &Path, op: F) -> Result<T, turngate_store::Error>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<T, turngate_store::Error>>,
+    {
+        let deadline = tokio::time::Instant::now() + self.settings.retry();
+        let mut wait = Duration::from_millis(100);
+        loop {
+            match op().await {
+                Ok(value) => {
+                    self.stats.store_ok();
+                    return Ok(value);
+                }
+                Err(e) if tokio::time::Instant::now() + wait > deadline => {
+                    self.stats.store_failed();
+                    tracing::warn!(key = %key, error = %e, "Turn record: the store failed past its retries.");
+                    return Err(e);
+                }
+                Err(e) => {
+                    tracing::debug!(key = %key, error = %e, "Turn record: retrying a store operation.");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+    }
+}
+
+/// `url` without userinfo or query, which may hold credentials.
+fn without_credentials(url: &str) -> String {
+    let url = url.split(['?', '#']).next().unwrap_or("");
+    match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+            let host = authority.rsplit('@').next().unwrap_or(authority);
+            format!("{scheme}://{host}{path}")
+        }
+        None => url.to_owned(),
+    }
+}
+
+fn unix_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base_urls_lose_their_credentials() {
+        assert_eq!(
+            without_credentials("https://user:secret@llm.example/v1?key=k"),
+            "https://llm.example/v1"
+        );
+        assert_eq!(
+            without_credentials("http://127.0.0.1:8000/v1"),
+            "http://127.0.0.1:8000/v1"
+        );
+    }
+}

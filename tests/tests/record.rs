@@ -1,0 +1,162 @@
+//! The turn record as an operator finds it in the store after a call: every artifact,
+//! each hash matching the bytes the client or the backend saw, the received audio
+//! decodable to the sender's timing, and no secret anywhere.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use turngate_e2e::fake_openai::*;
+use turngate_e2e::*;
+
+const API_KEY: &str = "sk-distinctive-4f1c9e2b7d";
+
+/// Waits for the manifest of `turn` in session `session` under `store`.
+async fn manifest(store: &Path, session: &str, turn: &str) -> anyhow::Result<(PathBuf, Value)> {
+    let dir = store.join(format!("sessions/{session}/turns/{turn}"));
+    let path = dir.join("manifest.json");
+    for _ in 0..100 {
+        if let Ok(bytes) = std::fs::read(&path) {
+            return Ok((dir, serde_json::from_slice(&bytes)?));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    anyhow::bail!("no manifest at {}", path.display())
+}
+
+/// Every file under `dir`.
+fn files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                out.extend(files(&path));
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    out
+}
+
+/// Decodes an Ogg Opus file: (comment header text, 48 kHz samples decoded).
+fn decode_ogg(bytes: &[u8]) -> (String, usize) {
+    let mut reader = ogg::PacketReader::new(std::io::Cursor::new(bytes));
+    let mut decoder = opus::Decoder::new(48_000, opus::Channels::Mono).unwrap();
+    let mut out = vec![0i16; 5760];
+    let (mut tags, mut samples, mut n) = (String::new(), 0, 0);
+    while let Some(packet) = reader.read_packet().expect("a valid Ogg stream") {
+        n += 1;
+        match n {
+            1 => assert!(packet.data.starts_with(b"OpusHead")),
+            2 => tags = String::from_utf8_lossy(&packet.data).into_owned(),
+            _ => samples += decoder.decode(&packet.data, &mut out, false).unwrap(),
+        }
+    }
+    (tags, samples)
+}
+
+#[tokio::test]
+async fn a_turn_with_speech_and_two_images_is_recorded_whole() -> anyhow::Result<()> {
+    let (base, seen) = fake_openai().await?;
+    let mut env = backend_env(&base, &base, &base);
+    env.push(("TURNGATE_LLM_API_KEY", API_KEY.to_owned()));
+    env.push(("TURNGATE_ASR_API_KEY", API_KEY.to_owned()));
+    let gw = start_with(&env).await?;
+    let client = Client::connect(&gw, true).await?;
+    let session = client.session_id().await?;
+    let (rate, pcm) = wav::read(&data("speech.wav"))?;
+    let packets = encode_opus(rate, &pcm)?;
+    let (png, jpeg) = (png(320, 200), jpeg(64, 48));
+
+    client.send_event(json!({"type": "turn.start"})).await?;
+    let turn = client
+        .inbox
+        .wait("turn.started", 1, Duration::from_secs(3))
+        .await?[0]["turn_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    client.send_packets(&packets[0..40], &[]).await?;
+    client.upload("a", "image/png", &png, 16 * 1024).await?;
+    // A loss gap of 3 packets, then a DTX gap of 10.
+    client.send_packets(&packets[40..80], &[10, 11, 12]).await?;
+    client.pause_dtx(10).await;
+    client.send_packets(&packets[80..120], &[]).await?;
+    client.upload("b", "image/jpeg", &jpeg, 16 * 1024).await?;
+    client.send_event(json!({"type": "turn.end"})).await?;
+    client
+        .inbox
+        .wait("turn.completed", 1, Duration::from_secs(15))
+        .await?;
+
+    let (dir, m) = manifest(&gw.store, &session, &turn).await?;
+    assert_eq!(m["record_state"], "complete", "{m:#}");
+    assert_eq!(
+        (m["turn_id"].as_str(), m["trace_id"].as_str()),
+        (Some(turn.as_str()), Some(turn.as_str()))
+    );
+    assert_eq!(m["status"], "ok");
+    assert_eq!(m["transcript"], TRANSCRIPT);
+    assert_eq!(m["answer"], DELTAS.concat());
+    assert_eq!(m["descriptions"].as_array().unwrap().len(), 2);
+    assert_eq!(m["config"]["llm"]["base_url"], base.as_str());
+
+    // Every artifact is there with the hash and size the manifest says.
+    let artifacts = m["artifacts"].as_array().unwrap();
+    for a in artifacts {
+        let bytes = std::fs::read(dir.join(a["name"].as_str().unwrap()))?;
+        assert_eq!(a["sha256"], sha256_hex(&bytes), "{a}");
+        assert_eq!(a["size"], bytes.len(), "{a}");
+    }
+    let stored = |name: &str| std::fs::read(dir.join(name));
+    // The images as uploaded, under their blob ids.
+    for (bytes, ext) in [(&png, "png"), (&jpeg, "jpg")] {
+        let name = format!("images/{}.{ext}", sha256_hex(bytes));
+        assert_eq!(&stored(&name)?, bytes, "{name}");
+        assert!(
+            artifacts.iter().any(|a| a["name"] == name.as_str()),
+            "{name}"
+        );
+    }
+    // Exactly the WAV the ASR backend got.
+    let asr_got = seen.lock().unwrap().wavs[0].0.clone();
+    assert_eq!(stored("audio.asr.wav")?, asr_got);
+    // The received audio: the turn's id in its comments, and the sender's duration —
+    // 130 packets of 20 ms from the first timestamp to the end of the last — across
+    // both gaps.
+    let ogg = stored("audio.received.ogg")?;
+    let (tags, samples) = decode_ogg(&ogg);
+    assert!(tags.contains(&format!("TURNGATE_TURN_ID={turn}")), "{tags}");
+    assert!(
+        tags.contains(&format!("TURNGATE_SESSION_ID={session}")),
+        "{tags}"
+    );
+    let ms = samples as i64 / 48;
+    assert!((ms - 2600).abs() <= 20, "decoded {ms} ms");
+    assert_eq!(m["counters"]["packets_recorded"], 117);
+    // The segments it was joined from, as flushed during the turn.
+    let segments: Vec<u8> = (0..)
+        .map_while(|i| stored(&format!("audio/received/{i:06}.ogg")).ok())
+        .flatten()
+        .collect();
+    assert_eq!(segments, ogg);
+
+    // The index points to the session; the marker is gone; no stored byte holds a key.
+    let index: Value =
+        serde_json::from_slice(&std::fs::read(gw.store.join(format!("turns/{turn}")))?)?;
+    assert_eq!(index["session_id"], session.as_str());
+    assert!(files(&gw.store.join("open")).is_empty());
+    for file in files(&gw.store) {
+        let bytes = std::fs::read(&file)?;
+        assert!(
+            !bytes
+                .windows(API_KEY.len())
+                .any(|w| w == API_KEY.as_bytes()),
+            "{} holds the API key",
+            file.display()
+        );
+    }
+    Ok(())
+}
