@@ -198,8 +198,8 @@ async fn serve(config: config::Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Ends every live session (closing its open turn) and waits for them and for the turns
-/// being processed, within a grace.
+/// Ends every live session (closing its open turn) and waits for them, for the turns
+/// being processed and for their records, within a grace.
 async fn close_all(app: &app::App) {
     let live = app.registry.live();
     for entry in &live {
@@ -212,6 +212,9 @@ async fn close_all(app: &app::App) {
         }
         app.turns.tasks.close();
         app.turns.tasks.wait().await;
+        // Then their records get their manifests.
+        app.turns.records.close();
+        app.turns.records.wait().await;
     };
     if tokio::time::timeout(SHUTDOWN_GRACE, all_ended)
         .await

@@ -41,8 +41,10 @@ pub struct Services {
     pub telemetry: Telemetry,
     /// Counted as it happens, for `/metrics`.
     pub metrics: Metrics,
-    /// The tasks processing turns and writing their records; shutdown waits for them.
+    /// The tasks processing turns; shutdown waits for them.
     pub tasks: tokio_util::task::TaskTracker,
+    /// The tasks writing turn records; shutdown waits for them after `tasks`.
+    pub records: tokio_util::task::TaskTracker,
     /// The turn record, if recording is on.
     pub recorder: Option<Arc<crate::record::Recorder>>,
     /// Frames one turn's buffer holds at most.
@@ -69,6 +71,7 @@ impl Services {
             telemetry,
             metrics: Metrics::default(),
             tasks: tokio_util::task::TaskTracker::new(),
+            records: tokio_util::task::TaskTracker::new(),
             recorder: crate::record::Recorder::new(config)?,
             frames_cap,
             samples_cap,

@@ -102,7 +102,7 @@ impl Turn {
         let record = services.recorder.as_ref().map(|recorder| {
             TurnRecord::start(
                 recorder,
-                &services.tasks,
+                &services.records,
                 shared.id,
                 &info,
                 wall(info.started_at),
