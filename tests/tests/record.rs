@@ -143,6 +143,30 @@ async fn a_turn_with_speech_and_two_images_is_recorded_whole() -> anyhow::Result
         .collect();
     assert_eq!(segments, ogg);
 
+    // Each backend's request as the backend received it, and its answer as sent.
+    let chats = seen.lock().unwrap().chats.clone();
+    let request = |name: &str| -> anyhow::Result<Value> {
+        Ok(serde_json::from_slice(&stored(&format!(
+            "backends/{name}.1.request.json"
+        ))?)?)
+    };
+    let llm = request("llm")?;
+    assert_eq!(llm["stream"], true);
+    assert!(chats.contains(&llm), "the LLM got another body");
+    for n in 1..=2 {
+        assert!(chats.contains(&request(&format!("vision-{n}"))?));
+        let answer: Value =
+            serde_json::from_slice(&stored(&format!("backends/vision-{n}.1.response.json"))?)?;
+        assert_eq!(answer["choices"][0]["message"]["content"], DESCRIPTION);
+    }
+    let asr = request("asr")?;
+    assert_eq!(asr["file"]["bytes"], asr_got.len());
+    let sse = String::from_utf8(stored("backends/llm.1.response.sse")?)?;
+    for delta in DELTAS {
+        assert!(sse.contains(&format!("{delta:?}")), "{sse}");
+    }
+    assert!(sse.contains("[DONE]"));
+
     // The index points to the session; the marker is gone; no stored byte holds a key.
     let index: Value =
         serde_json::from_slice(&std::fs::read(gw.store.join(format!("turns/{turn}")))?)?;

@@ -145,6 +145,18 @@ pub(crate) struct Request<'a> {
     pub stream_options: Option<StreamOptions>,
 }
 
+/// The content type of a JSON body.
+pub(crate) const JSON: &str = "application/json";
+
+impl Request<'_> {
+    /// The body as sent: written once per call (its images become data URLs here),
+    /// then the same bytes for every attempt and for the call's tape.
+    pub(crate) fn to_json(&self) -> bytes::Bytes {
+        // A request of strings and numbers always serializes.
+        serde_json::to_vec(self).unwrap_or_default().into()
+    }
+}
+
 /// `{"include_usage": true}`: the stream's last chunk reports the tokens used.
 #[derive(Serialize)]
 pub(crate) struct StreamOptions {

@@ -7,12 +7,14 @@ use std::fmt;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use reqwest::header::{HeaderMap, HeaderValue};
 
 use crate::breaker::{Breaker, Permit};
 use crate::context::TurnContext;
 use crate::error::{self, BackendError, TimeoutKind};
 use crate::slots::{Shed, Slot, SlotLimits, Slots};
+use crate::tape::Tape;
 /// First retry delay; doubled per attempt up to [`MAX_BACKOFF`].
 const BACKOFF: Duration = Duration::from_millis(200);
 /// Longest delay between two attempts, however many retries are configured: a backend
@@ -164,11 +166,12 @@ impl Backend {
         &self,
         ctx: &TurnContext,
         retry: bool,
+        outgoing: &Outgoing<'_>,
         build: impl Fn(&reqwest::Client) -> reqwest::RequestBuilder,
     ) -> Result<(reqwest::Response, Slot), BackendError> {
         let slot = self.slot(ctx).await?;
         let response = self
-            .send_in(ctx, retry, Some(self.timeout()), build)
+            .send_in(ctx, retry, Some(self.timeout()), outgoing, build)
             .await?;
         Ok((response, slot))
     }
@@ -193,11 +196,13 @@ impl Backend {
         ctx: &TurnContext,
         retry: bool,
         timeout: Option<Duration>,
+        outgoing: &Outgoing<'_>,
         build: impl Fn(&reqwest::Client) -> reqwest::RequestBuilder,
     ) -> Result<reqwest::Response, BackendError> {
         let mut attempt = 0;
         loop {
-            let result = self.attempt(ctx, timeout, &build).await;
+            outgoing.tape.request(outgoing.body, outgoing.content_type);
+            let result = self.attempt(ctx, timeout, outgoing.tape, &build).await;
             match result {
                 Err(e) if retry && e.retryable() && attempt < self.config.retries => {
                     tracing::debug!(backend = self.name, turn = %ctx.turn_id, error = %e, attempt, "Retrying.");
@@ -221,6 +226,7 @@ impl Backend {
         &self,
         ctx: &TurnContext,
         timeout: Option<Duration>,
+        tape: &Tape,
         build: &impl Fn(&reqwest::Client) -> reqwest::RequestBuilder,
     ) -> Result<reqwest::Response, BackendError> {
         let permit = self.breaker().permit(self.now_ms());
@@ -274,15 +280,45 @@ impl Backend {
         };
         self.breaker().succeeded();
         let status = response.status();
+        let content_type = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        tape.response(status.as_u16(), content_type);
         if !status.is_success() {
+            let body = error_body(response).await;
+            tape.body(&body);
             return Err(BackendError::Status {
                 backend: self.name,
                 status: status.as_u16(),
-                message: error::error_message(&error_body(response).await),
+                message: error::error_message(&body),
             });
         }
         Ok(response)
     }
+}
+
+/// What a call sends, for its [`Tape`]: the request body (for a multipart form, a JSON
+/// account of its fields) and its content type.
+pub struct Outgoing<'a> {
+    pub tape: &'a Tape,
+    pub body: &'a Bytes,
+    pub content_type: &'a str,
+}
+
+/// Reads a whole answer body into the call's tape: the bytes, or `Timeout`/`Malformed`.
+pub(crate) async fn read_body(
+    backend: &Backend,
+    response: reqwest::Response,
+    tape: &Tape,
+) -> Result<Bytes, BackendError> {
+    let bytes = response
+        .bytes()
+        .await
+        .map_err(|e| crate::asr::body_error(backend, e))?;
+    tape.body(&bytes);
+    Ok(bytes)
 }
 
 /// The delay before retry `attempt` (0 for the first retry): [`BACKOFF`] doubled per

@@ -8,6 +8,7 @@
 //!   request body is written;
 //! - [`context`]: the `traceparent` and `baggage` a turn's requests carry;
 //! - [`asr`], [`vision`], [`llm`]: the three calls;
+//! - [`tape`]: each call's exchanges, byte for byte, for the turn record;
 //! - [`wav`]: 16 kHz mono PCM as a WAV file.
 //!
 //! Nothing here knows about sessions or WebRTC; the binary orchestrates.
@@ -20,9 +21,11 @@ pub mod context;
 pub mod error;
 pub mod llm;
 pub mod slots;
+pub mod tape;
 pub mod vision;
 pub mod wav;
 
 pub use client::{Backend, BackendConfig};
 pub use context::TurnContext;
 pub use error::BackendError;
+pub use tape::Tape;

@@ -13,10 +13,11 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::chat::{Message, Request, StreamOptions};
-use crate::client::{Backend, describe};
+use crate::chat::{JSON, Message, Request, StreamOptions};
+use crate::client::{Backend, Outgoing, describe};
 use crate::context::TurnContext;
 use crate::error::{self, BackendError, TimeoutKind};
+use crate::tape::Tape;
 
 /// Events buffered between the SSE reader and its consumer.
 const STREAM_BUFFER: usize = 64;
@@ -109,6 +110,7 @@ pub async fn stream(
     ctx: &TurnContext,
     messages: Vec<Message>,
     timeouts: StreamTimeouts,
+    tape: &Tape,
 ) -> Result<LlmStream, BackendError> {
     let slot = backend.slot(ctx).await?;
     let clock = Clock::start(backend.name, timeouts);
@@ -120,9 +122,19 @@ pub async fn stream(
         stream_options: Some(StreamOptions {
             include_usage: true,
         }),
-    };
+    }
+    .to_json();
     let url = backend.url("/chat/completions");
-    let send = backend.send_in(ctx, true, None, |http| http.post(&url).json(&body));
+    let outgoing = Outgoing {
+        tape,
+        body: &body,
+        content_type: JSON,
+    };
+    let send = backend.send_in(ctx, true, None, &outgoing, |http| {
+        http.post(&url)
+            .header(reqwest::header::CONTENT_TYPE, JSON)
+            .body(body.clone())
+    });
     let (deadline, late) = clock.deadline(false);
     let response = tokio::time::timeout_at(deadline, send)
         .await
@@ -140,9 +152,10 @@ pub async fn stream(
         });
     }
     let (tx, events) = mpsc::channel(STREAM_BUFFER);
+    let tape = tape.clone();
     let reader = tokio::spawn(async move {
         let _slot = slot;
-        if let Err(e) = read(clock, response, &tx).await {
+        if let Err(e) = read(clock, response, &tx, &tape).await {
             let _ = tx.send(Err(e)).await;
         }
     });
@@ -212,6 +225,7 @@ async fn read(
     clock: Clock,
     response: reqwest::Response,
     tx: &mpsc::Sender<Result<LlmEvent, BackendError>>,
+    tape: &Tape,
 ) -> Result<(), BackendError> {
     let name = clock.backend;
     let broken = |detail: String| BackendError::StreamBroken {
@@ -219,7 +233,13 @@ async fn read(
         detail,
     };
     let heard = Arc::clone(&clock.heard);
-    let bytes = response.bytes_stream().inspect(move |_| touch(&heard));
+    let tape = tape.clone();
+    let bytes = response.bytes_stream().inspect(move |chunk| {
+        touch(&heard);
+        if let Ok(chunk) = chunk {
+            tape.body(chunk);
+        }
+    });
     let mut events = Box::pin(error_fields(Box::pin(bytes))).eventsource();
     let mut started = false;
     let (mut model, mut finish_reason, mut usage) = (None, None, None);

@@ -3,11 +3,12 @@
 
 use turngate_core::Blob;
 
-use crate::asr::{body_error, malformed};
-use crate::chat::{Content, Message, Part, Request, Role};
-use crate::client::Backend;
+use crate::asr::malformed;
+use crate::chat::{Content, JSON, Message, Part, Request, Role};
+use crate::client::{Backend, Outgoing, read_body};
 use crate::context::TurnContext;
 use crate::error::BackendError;
+use crate::tape::Tape;
 
 /// Asks the vision model to describe one image, given its [`messages`]: the answer's
 /// `choices[0].message.content`, trimmed.
@@ -18,19 +19,34 @@ pub async fn describe(
     backend: &Backend,
     ctx: &TurnContext,
     messages: Vec<Message>,
+    tape: &Tape,
 ) -> Result<String, BackendError> {
+    // The body (its image a data URL) is written only once the call has its slot.
+    let _slot = backend.slot(ctx).await?;
     let body = Request {
         model: &backend.config().model,
         user: ctx.turn_id.to_string(),
         messages: &messages,
         stream: false,
         stream_options: None,
-    };
+    }
+    .to_json();
     let url = backend.url("/chat/completions");
-    let (response, _permit) = backend
-        .send(ctx, true, |http| http.post(&url).json(&body))
+    let outgoing = Outgoing {
+        tape,
+        body: &body,
+        content_type: JSON,
+    };
+    let response = backend
+        .send_in(ctx, true, Some(backend.timeout()), &outgoing, |http| {
+            http.post(&url)
+                .header(reqwest::header::CONTENT_TYPE, JSON)
+                .body(body.clone())
+        })
         .await?;
-    let answer: serde_json::Value = response.json().await.map_err(|e| body_error(backend, e))?;
+    let answer = read_body(backend, response, tape).await?;
+    let answer: serde_json::Value =
+        serde_json::from_slice(&answer).map_err(|e| malformed(backend, e.to_string()))?;
     answer["choices"][0]["message"]["content"]
         .as_str()
         .map(|t| t.trim().to_owned())

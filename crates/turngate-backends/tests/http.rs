@@ -15,7 +15,9 @@ use serde_json::{Value, json};
 use turngate_backends::chat::{Message, Role};
 use turngate_backends::error::{MESSAGE_CAP, TimeoutKind};
 use turngate_backends::llm::{self, LlmEvent, LlmStream, StreamTimeouts, Usage};
-use turngate_backends::{Backend, BackendConfig, BackendError, TurnContext, asr, vision, wav};
+use turngate_backends::{
+    Backend, BackendConfig, BackendError, Tape, TurnContext, asr, vision, wav,
+};
 use turngate_core::{ErrorCode, SessionId, SpanId, TurnId};
 
 // ---- Servers -------------------------------------------------------------------------
@@ -153,7 +155,9 @@ async fn play(
 ) -> (Vec<String>, Result<LlmEvent, BackendError>) {
     let url = llm_server(steps).await;
     let llm = backend("llm", &url, 5_000, 0);
-    let mut stream = llm::stream(&llm, &ctx(), messages(), t).await.unwrap();
+    let mut stream = llm::stream(&llm, &ctx(), messages(), t, &Tape::OFF)
+        .await
+        .unwrap();
     collect(&mut stream).await
 }
 
@@ -172,7 +176,15 @@ async fn status_error_keeps_only_the_sanitized_message() {
     let body = r#"{"error":{"message":"Overloaded,\n\ttry\u0007 later","type":"server_error","param":"secret prompt"}}"#;
     let url = error_server("/chat/completions", 503, "application/json", body).await;
     let llm = backend("llm", &url, 5_000, 0);
-    let Err(e) = llm::stream(&llm, &ctx(), messages(), StreamTimeouts::default()).await else {
+    let Err(e) = llm::stream(
+        &llm,
+        &ctx(),
+        messages(),
+        StreamTimeouts::default(),
+        &Tape::OFF,
+    )
+    .await
+    else {
         panic!("a 503 fails the call");
     };
     let expected = BackendError::Status {
@@ -194,7 +206,15 @@ async fn non_json_status_body_contributes_nothing() {
     let body = "<html>Traceback at db-7.internal: password=hunter2</html>";
     let url = error_server("/chat/completions", 500, "text/html", body).await;
     let llm = backend("llm", &url, 5_000, 0);
-    let Err(e) = llm::stream(&llm, &ctx(), messages(), StreamTimeouts::default()).await else {
+    let Err(e) = llm::stream(
+        &llm,
+        &ctx(),
+        messages(),
+        StreamTimeouts::default(),
+        &Tape::OFF,
+    )
+    .await
+    else {
         panic!("a 500 fails the call");
     };
     let expected = BackendError::Status {
@@ -212,7 +232,7 @@ async fn long_status_message_is_capped() {
         json!({"message": format!("{}\n{}", "ü".repeat(150), "x".repeat(5_000))}).to_string();
     let url = error_server("/audio/transcriptions", 400, "application/json", &body).await;
     let asr = backend("asr", &url, 5_000, 0);
-    let e = asr::transcribe(&asr, &ctx(), wav::encode(&[0; 160]).into())
+    let e = asr::transcribe(&asr, &ctx(), wav::encode(&[0; 160]).into(), &Tape::OFF)
         .await
         .unwrap_err();
     let BackendError::Status {
@@ -239,7 +259,7 @@ async fn detail_message_of_a_vision_error() {
     )
     .await;
     let vision = backend("vision", &url, 5_000, 0);
-    let e = vision::describe(&vision, &ctx(), messages())
+    let e = vision::describe(&vision, &ctx(), messages(), &Tape::OFF)
         .await
         .unwrap_err();
     assert_eq!(e.client_message(), "vision answered 404: Not Found");
@@ -252,7 +272,15 @@ async fn unavailable_client_message_leaves_out_the_transport() {
     let url = format!("http://{}/v1", listener.local_addr().unwrap());
     drop(listener);
     let llm = backend("llm", &url, 5_000, 0);
-    let Err(e) = llm::stream(&llm, &ctx(), messages(), StreamTimeouts::default()).await else {
+    let Err(e) = llm::stream(
+        &llm,
+        &ctx(),
+        messages(),
+        StreamTimeouts::default(),
+        &Tape::OFF,
+    )
+    .await
+    else {
         panic!("nothing listens");
     };
     assert!(matches!(e, BackendError::Unavailable { .. }), "{e:?}");
@@ -284,13 +312,31 @@ async fn retries_before_the_stream_starts() {
     )
     .await;
     let llm = backend("llm", &url, 5_000, 1);
-    let mut stream = llm::stream(&llm, &ctx(), messages(), StreamTimeouts::default())
+    let tape = Tape::recording();
+    let mut stream = llm::stream(&llm, &ctx(), messages(), StreamTimeouts::default(), &tape)
         .await
         .unwrap();
     let (deltas, end) = collect(&mut stream).await;
     assert_eq!(deltas, ["ok"]);
     assert!(matches!(end, Ok(LlmEvent::Done { .. })), "{end:?}");
     assert_eq!(calls.load(Ordering::SeqCst), 2);
+    // The tape holds both attempts: the same body, each answer as it came.
+    let exchanges = tape.exchanges();
+    assert_eq!(exchanges.len(), 2);
+    assert_eq!(exchanges[0].request, exchanges[1].request);
+    let body: Value = serde_json::from_slice(&exchanges[0].request).unwrap();
+    assert_eq!(body["stream"], true);
+    assert_eq!(
+        (exchanges[0].status, &exchanges[0].response[..]),
+        (Some(503), &b"busy"[..])
+    );
+    assert_eq!(exchanges[1].status, Some(200));
+    assert!(exchanges[1].response_type.starts_with("text/event-stream"));
+    let stream = String::from_utf8_lossy(&exchanges[1].response);
+    assert!(
+        stream.contains("\"ok\"") && stream.contains("[DONE]"),
+        "{stream}"
+    );
 }
 
 // ---- LLM deadlines -------------------------------------------------------------------
@@ -307,7 +353,14 @@ async fn first_token_timeout_covers_the_headers() {
     .await;
     let llm = backend("llm", &url, 5_000, 0);
     let started = Instant::now();
-    let result = llm::stream(&llm, &ctx(), messages(), timeouts(400, 10_000, 60_000)).await;
+    let result = llm::stream(
+        &llm,
+        &ctx(),
+        messages(),
+        timeouts(400, 10_000, 60_000),
+        &Tape::OFF,
+    )
+    .await;
     assert_eq!(result.err(), Some(timeout(TimeoutKind::FirstToken, 400)));
     assert!(started.elapsed() < Duration::from_secs(2));
 }
@@ -376,9 +429,15 @@ async fn the_request_timeout_does_not_cut_the_stream() {
     steps.push(done());
     let url = llm_server(steps).await;
     let llm = backend("llm", &url, 300, 0);
-    let mut stream = llm::stream(&llm, &ctx(), messages(), timeouts(5_000, 5_000, 10_000))
-        .await
-        .unwrap();
+    let mut stream = llm::stream(
+        &llm,
+        &ctx(),
+        messages(),
+        timeouts(5_000, 5_000, 10_000),
+        &Tape::OFF,
+    )
+    .await
+    .unwrap();
     let (deltas, end) = collect(&mut stream).await;
     assert_eq!(deltas.len(), 10);
     assert!(matches!(end, Ok(LlmEvent::Done { .. })), "{end:?}");
@@ -562,7 +621,7 @@ async fn transcript_is_trimmed() {
     )
     .await;
     let asr = backend("asr", &url, 5_000, 0);
-    let text = asr::transcribe(&asr, &ctx(), wav::encode(&[0; 160]).into())
+    let text = asr::transcribe(&asr, &ctx(), wav::encode(&[0; 160]).into(), &Tape::OFF)
         .await
         .unwrap();
     assert_eq!(text, "hello world");
@@ -580,7 +639,7 @@ async fn vision_keeps_the_request_timeout() {
     .await;
     let vision = backend("vision", &url, 300, 0);
     let started = Instant::now();
-    let e = vision::describe(&vision, &ctx(), messages())
+    let e = vision::describe(&vision, &ctx(), messages(), &Tape::OFF)
         .await
         .unwrap_err();
     let expected = BackendError::Timeout {
@@ -609,12 +668,12 @@ async fn a_half_open_circuit_lets_one_probe_through() {
     let vision = backend("vision", &base, 2_000, 0);
     let ctx = ctx();
     for _ in 0..3 {
-        let e = vision::describe(&vision, &ctx, messages())
+        let e = vision::describe(&vision, &ctx, messages(), &Tape::OFF)
             .await
             .unwrap_err();
         assert!(matches!(e, BackendError::Unavailable { .. }), "{e}");
     }
-    let e = vision::describe(&vision, &ctx, messages())
+    let e = vision::describe(&vision, &ctx, messages(), &Tape::OFF)
         .await
         .unwrap_err();
     assert!(e.to_string().contains("failing fast"), "{e}");
@@ -634,9 +693,10 @@ async fn a_half_open_circuit_lets_one_probe_through() {
     );
     tokio::spawn(async move { axum::serve(listener, app).await });
     tokio::time::sleep(turngate_backends::breaker::BREAKER_COOLDOWN).await;
-    let results =
-        futures_util::future::join_all((0..4).map(|_| vision::describe(&vision, &ctx, messages())))
-            .await;
+    let results = futures_util::future::join_all(
+        (0..4).map(|_| vision::describe(&vision, &ctx, messages(), &Tape::OFF)),
+    )
+    .await;
     let probed: Vec<_> = results.iter().filter(|r| r.is_ok()).collect();
     assert_eq!(probed.len(), 1, "{results:?}");
     assert!(
@@ -648,9 +708,10 @@ async fn a_half_open_circuit_lets_one_probe_through() {
     );
     assert_eq!(calls.load(Ordering::SeqCst), 1);
     // Closed again: calls go through.
-    let results =
-        futures_util::future::join_all((0..3).map(|_| vision::describe(&vision, &ctx, messages())))
-            .await;
+    let results = futures_util::future::join_all(
+        (0..3).map(|_| vision::describe(&vision, &ctx, messages(), &Tape::OFF)),
+    )
+    .await;
     assert!(results.iter().all(Result::is_ok), "{results:?}");
     assert_eq!(calls.load(Ordering::SeqCst), 4);
 }

@@ -119,6 +119,9 @@ pub struct RecordConfig {
     pub audio: bool,
     /// Keep the images as uploaded.
     pub images: bool,
+    /// Keep each backend request's body and the answer as received (never headers,
+    /// so never API keys).
+    pub backend_bodies: bool,
     /// Received audio reaches the store at least this often, in milliseconds: a crash
     /// loses at most this much.
     pub segment_ms: u64,
@@ -135,6 +138,7 @@ impl Default for RecordConfig {
             node_id: None,
             audio: true,
             images: true,
+            backend_bodies: true,
             segment_ms: 1000,
             retry_ms: 10_000,
         }
@@ -591,6 +595,7 @@ Configuration file keys (TOML; every key optional; defaults shown):
   node_id                           this node's stable id (TURNGATE_NODE_ID; default: host name)
   audio = true                      keep the received audio and the audio ASR was given
   images = true                     keep the images as uploaded
+  backend_bodies = true             keep backend request bodies and answers as received
   segment_ms = 1000                 received audio reaches the store at least this often
   retry_ms = 10000                  how long a failing store operation is retried
   [telemetry]

@@ -13,6 +13,7 @@ use std::time::SystemTime;
 use bytes::Bytes;
 use serde_json::json;
 use tokio::sync::mpsc;
+use turngate_backends::tape::Exchange;
 use turngate_core::{Blob, CompletionStatus, SessionId, Stages, TurnInfo};
 use turngate_store::manifest::{
     self, Artifact, Chain, Counters, Description, Manifest, Missing, Moment, RecordState, Timings,
@@ -42,8 +43,13 @@ pub struct Outcome {
 }
 
 enum Op {
-    Frame { timestamp: u32, payload: Bytes },
+    Frame {
+        timestamp: u32,
+        payload: Bytes,
+    },
     Artifact(Piece),
+    /// Something the record will not hold whole.
+    Missing(Missing),
     Finish(Box<Outcome>),
 }
 
@@ -59,6 +65,7 @@ pub struct TurnRecord {
     tx: mpsc::UnboundedSender<Op>,
     audio: bool,
     images: bool,
+    bodies: bool,
 }
 
 impl TurnRecord {
@@ -89,6 +96,39 @@ impl TurnRecord {
             tx,
             audio: settings.audio,
             images: settings.images,
+            bodies: settings.backend_bodies,
+        }
+    }
+
+    /// Whether backend request and response bodies are kept (`record.backend_bodies`).
+    pub fn keeps_bodies(&self) -> bool {
+        self.bodies
+    }
+
+    /// A backend call's exchanges, under `backends/{label}.{attempt}.`: the request
+    /// body (`request.json`), and the answer as received (`response.json`,
+    /// `response.sse` for a stream, `response.txt` for anything else), if one came.
+    pub fn exchanges(&self, label: &str, exchanges: Vec<Exchange>) {
+        for e in exchanges {
+            let name = |part: &str| format!("backends/{label}.{}.{part}", e.attempt);
+            self.artifact(name("request.json"), e.request, &e.request_type);
+            if e.status.is_none() {
+                continue;
+            }
+            let kind = e.response_type.split(';').next().unwrap_or("").trim();
+            let ext = match kind {
+                "text/event-stream" => "sse",
+                "application/json" => "json",
+                _ => "txt",
+            };
+            let response = name(&format!("response.{ext}"));
+            if e.truncated {
+                let _ = self.tx.send(Op::Missing(Missing {
+                    name: response.clone(),
+                    reason: "over_limit".into(),
+                }));
+            }
+            self.artifact(response, Bytes::from(e.response), &e.response_type);
         }
     }
 
@@ -179,6 +219,7 @@ impl Writer {
                 op = rx.recv() => match op {
                     Some(Op::Frame { timestamp, payload }) => ogg.push(timestamp, &payload),
                     Some(Op::Artifact(piece)) => self.store(piece).await,
+                    Some(Op::Missing(missing)) => self.missing.push(missing),
                     Some(Op::Finish(outcome)) => break Some(outcome),
                     None => break None,
                 },
@@ -305,6 +346,9 @@ impl Writer {
         }
         if !images {
             self.missing("images/*".into(), "disabled");
+        }
+        if !self.recorder.settings.backend_bodies {
+            self.missing("backends/*".into(), "disabled");
         }
         if outcome.is_none() {
             // Its owner went before processing finished (the session task stopped).

@@ -15,13 +15,13 @@ pub(super) async fn run(job: &Job<'_>, pcm: &[i16]) -> Ran<Option<String>> {
     let Some(backend) = job.backends().asr.as_ref().filter(|_| !pcm.is_empty()) else {
         return Ran::skipped(None);
     };
-    let call = Call::start(job.metrics(), job.trace, &job.ctx, span::ASR, backend);
+    let call = Call::start(job, span::ASR, "asr".into(), backend);
     let wav = bytes::Bytes::from(turngate_backends::wav::encode(pcm));
     call.attr(attr::REQUEST_BYTES, wav.len() as i64);
     if let Some(record) = job.record {
         record.asr_audio(wav.clone());
     }
-    let result = asr::transcribe(backend, &call.ctx, wav)
+    let result = asr::transcribe(backend, &call.ctx, wav, &call.tape)
         .instrument(call.span.clone())
         .await;
     match result {

@@ -1,21 +1,24 @@
 //! One backend call in progress: its client span under the turn's root span, the trace
-//! context its requests carry (their `traceparent` names the span), its latency metric
-//! and opt-in content capture.
+//! context its requests carry (their `traceparent` names the span), its latency metric,
+//! opt-in content capture, and its tape: the exchanges, byte for byte, that go into the
+//! turn's record when the call ends.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use turngate_backends::chat::{Content, Message, Part};
-use turngate_backends::{Backend, BackendError, TurnContext};
+use turngate_backends::{Backend, BackendError, Tape, TurnContext};
 use turngate_core::SpanId;
+use turngate_telemetry::content;
 use turngate_telemetry::content::{InputMessage, InputPart};
 use turngate_telemetry::metrics::Metrics;
 use turngate_telemetry::names::attr;
 use turngate_telemetry::turn::{parent_id, record_error};
-use turngate_telemetry::{TurnTrace, content};
 
 use super::ms;
+use super::stage::Job;
+use crate::record::TurnRecord;
 
 /// A backend call: the span ends when it is dropped; a call dropped before it finished
 /// (its turn was interrupted) ends `cancelled`.
@@ -28,16 +31,17 @@ pub(super) struct Call<'a> {
     metrics: &'a Metrics,
     /// Whether content goes into the span (`telemetry.capture_content`).
     content: bool,
+    /// The call's exchanges, for the turn's record (keeping nothing without one).
+    pub tape: Tape,
+    /// Where they go, and under which name (`asr`, `vision-1`, `llm`).
+    record: Option<(&'a TurnRecord, String)>,
 }
 
 impl<'a> Call<'a> {
-    pub fn start(
-        metrics: &'a Metrics,
-        trace: &TurnTrace,
-        turn: &TurnContext,
-        stage: &'static str,
-        backend: &Backend,
-    ) -> Self {
+    /// A call of `job`'s turn to `backend` for `stage` (the span's name); its exchanges
+    /// go into the turn's record as `backends/{label}.{attempt}.…`.
+    pub fn start(job: &Job<'a>, stage: &'static str, label: String, backend: &Backend) -> Self {
+        let (trace, turn, metrics) = (job.trace, &job.ctx, job.metrics());
         let c = backend.config();
         let span = trace.client_span(stage, &c.provider, &c.model, &c.url);
         let mut ctx = *turn;
@@ -52,6 +56,11 @@ impl<'a> Call<'a> {
             started: Instant::now(),
             metrics,
             content: trace.capture_content(),
+            tape: match job.record {
+                Some(record) if record.keeps_bodies() => Tape::recording(),
+                _ => Tape::OFF,
+            },
+            record: job.record.map(|record| (record, label)),
         }
     }
 
@@ -135,6 +144,9 @@ impl Drop for Call<'_> {
     fn drop(&mut self) {
         if !self.finished.load(Ordering::Relaxed) {
             self.finish_as("cancelled");
+        }
+        if let Some((record, label)) = &self.record {
+            record.exchanges(label, self.tape.exchanges());
         }
     }
 }

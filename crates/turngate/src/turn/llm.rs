@@ -39,7 +39,7 @@ pub(super) async fn run(
             total_ms: None,
         };
     };
-    let call = Call::start(job.metrics(), job.trace, &job.ctx, span::LLM, backend);
+    let call = Call::start(job, span::LLM, "llm".into(), backend);
     let prompt_bytes = chat::json_len(&messages);
     call.attr(attr::REQUEST_BYTES, prompt_bytes as i64);
     call.input(&messages);
@@ -50,7 +50,7 @@ pub(super) async fn run(
     let opened = tokio::select! {
         biased;
         () = cancel.cancelled() => None,
-        opened = llm::stream(backend, &call.ctx, messages, backends.llm_timeouts)
+        opened = llm::stream(backend, &call.ctx, messages, backends.llm_timeouts, &call.tape)
             .instrument(call.span.clone()) => Some(opened),
     };
     let outcome = match opened {

@@ -52,7 +52,7 @@ impl<'a> Job<'a> {
         &self.services.backends
     }
 
-    pub fn metrics(&self) -> &Metrics {
+    pub fn metrics(&self) -> &'a Metrics {
         &self.services.metrics
     }
 

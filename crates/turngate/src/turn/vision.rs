@@ -23,13 +23,13 @@ pub(super) async fn run(job: &Job<'_>, blobs: &[Tagged<Blob>]) -> Ran<Vec<Descri
         return Ran::skipped(Vec::new());
     };
     let started = Instant::now();
-    let calls = blobs.iter().map(|blob| async move {
-        let call = Call::start(job.metrics(), job.trace, &job.ctx, span::VISION, backend);
+    let calls = blobs.iter().enumerate().map(|(i, blob)| async move {
+        let call = Call::start(job, span::VISION, format!("vision-{}", i + 1), backend);
         call.attr(attr::BLOB_ID, blob.value.blob_id.to_string());
         call.attr(attr::REQUEST_BYTES, blob.value.bytes.len() as i64);
         let messages = vision::messages(&blob.value, &backends.vision_instruction);
         call.input(&messages);
-        let result = vision::describe(backend, &call.ctx, messages)
+        let result = vision::describe(backend, &call.ctx, messages, &call.tape)
             .instrument(call.span.clone())
             .await;
         match &result {
