@@ -216,6 +216,40 @@ impl OggOpus {
     }
 }
 
+/// What an Ogg Opus stream holds, read back (for a stream whose muxer is gone, as
+/// after a crash).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Summary {
+    /// The last granule position: its duration in 48 kHz samples.
+    pub granule: u64,
+    /// Audio packets with data.
+    pub packets: u32,
+    /// Packets of a TOC byte alone: zero-length frames, as [`OggOpus`] fills gaps with.
+    pub concealment_packets: u32,
+}
+
+impl Summary {
+    /// Reads `bytes` up to their end or the first page that does not parse.
+    pub fn of(bytes: &[u8]) -> Self {
+        let mut reader = ogg::PacketReader::new(std::io::Cursor::new(bytes));
+        let mut summary = Self::default();
+        let mut n = 0;
+        while let Ok(Some(packet)) = reader.read_packet() {
+            n += 1;
+            if n <= 2 {
+                continue; // OpusHead, OpusTags
+            }
+            summary.granule = summary.granule.max(packet.absgp_page());
+            match packet.data.len() {
+                0 => {}
+                1 => summary.concealment_packets += 1,
+                _ => summary.packets += 1,
+            }
+        }
+        summary
+    }
+}
+
 /// Samples at 48 kHz of one frame of TOC configuration `config` (RFC 6716 §3.1,
 /// Table 2).
 fn frame_samples(config: u8) -> u32 {
@@ -283,9 +317,15 @@ mod tests {
         }
         assert_eq!(mux.granule(), 5760);
         assert_eq!(mux.concealment_packets(), 3);
-        let audio: Vec<_> = packets(&mux.finish()).into_iter().skip(2).collect();
+        let stream = mux.finish();
+        let audio: Vec<_> = packets(&stream).into_iter().skip(2).collect();
         let sizes: Vec<usize> = audio.iter().map(|p| p.0.len()).collect();
         assert_eq!(sizes, [2, 2, 1, 1, 1, 2]);
+        let summary = Summary::of(&stream);
+        assert_eq!(
+            (summary.granule, summary.packets, summary.concealment_packets),
+            (5760, 3, 3)
+        );
         assert_eq!(
             audio[2].0,
             vec![SILK_20MS],
@@ -346,6 +386,8 @@ mod tests {
         let audio: Vec<_> = packets(&joined).into_iter().skip(2).collect();
         assert_eq!(audio.len(), 150);
         assert_eq!(audio.last().unwrap().1, 150 * 960);
+        let summary = Summary::of(&joined);
+        assert_eq!((summary.granule, summary.packets), (150 * 960, 150));
     }
 
     proptest::proptest! {
