@@ -322,6 +322,13 @@ impl Gateway {
             .ok_or_else(|| anyhow::anyhow!("{sample} not in\n{text}"))
     }
 
+    /// Kills the process outright (SIGKILL): no shutdown, as in a crash.
+    pub async fn kill(&mut self) -> anyhow::Result<()> {
+        let mut child = self.child.take().context("already stopped")?;
+        child.kill().await?;
+        Ok(())
+    }
+
     pub async fn terminate(&mut self) -> anyhow::Result<std::process::ExitStatus> {
         let mut child = self.child.take().context("already stopped")?;
         let pid = child.id().context("no pid")?;

@@ -184,3 +184,97 @@ async fn a_turn_with_speech_and_two_images_is_recorded_whole() -> anyhow::Result
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn a_node_killed_mid_turn_finishes_its_record_at_restart_and_leaves_live_nodes_alone()
+-> anyhow::Result<()> {
+    let store = std::env::temp_dir().join(format!("turngate-crash-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&store);
+    let url = store.to_str().unwrap().to_owned();
+    let env = [
+        ("TURNGATE_STORE_URL", url.as_str()),
+        ("TURNGATE_NODE_ID", "node-k"),
+    ];
+    let mut gw = Gateway::start(&[], &env).await?;
+    let client = Client::connect(&gw, true).await?;
+    let session = client.session_id().await?;
+    let (rate, pcm) = wav::read(&data("speech.wav"))?;
+    let packets = encode_opus(rate, &pcm)?;
+    client.send_event(json!({"type": "turn.start"})).await?;
+    let turn = client
+        .inbox
+        .wait("turn.started", 1, Duration::from_secs(3))
+        .await?[0]["turn_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // 3 s of a 6 s utterance, then the process dies.
+    let utterance: Vec<Vec<u8>> = packets.iter().cycle().take(300).cloned().collect();
+    client.send_packets(&utterance[..150], &[]).await?;
+    gw.kill().await?;
+    client.vanish().await;
+    let marker = store.join(format!("open/node-k/{turn}"));
+    assert!(marker.exists(), "the turn's marker is left");
+
+    // Two other nodes' open records: one whose lease runs, one whose lease ended.
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis() as i64;
+    for (node, until) in [("alive", now_ms + 600_000), ("gone", now_ms - 600_000)] {
+        let other = format!("{:032x}", node.len());
+        std::fs::create_dir_all(store.join(format!("open/{node}")))?;
+        std::fs::create_dir_all(store.join("nodes"))?;
+        let marker = json!({
+            "session_id": "01890f3a9b7c4d5e6f708192a3b4c5d6", "turn_id": other,
+            "node_id": node, "number": 1, "cause": "vad",
+            "root_span_id": "b7ad6b7169203331", "started": "2026-11-30T10:00:00.000Z",
+        });
+        std::fs::write(
+            store.join(format!("open/{node}/{other}")),
+            marker.to_string(),
+        )?;
+        std::fs::write(
+            store.join(format!("nodes/{node}")),
+            json!({"until_ms": until}).to_string(),
+        )?;
+    }
+
+    let _restarted = Gateway::start(&[], &env).await?;
+    let (dir, m) = manifest(&store, &session, &turn).await?;
+    assert_eq!(m["record_state"], "incomplete", "{m:#}");
+    assert!(
+        m["missing"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x["reason"] == "node_stopped"),
+        "{m:#}"
+    );
+    assert_eq!(m["node_id"], "node-k");
+    // At least 2 s of the 3 s sent made it, decodable, with the turn's id.
+    let (tags, samples) = decode_ogg(&std::fs::read(dir.join("audio.received.ogg"))?);
+    assert!(tags.contains(&format!("TURNGATE_TURN_ID={turn}")));
+    assert!(samples >= 2 * 48_000, "{} ms", samples / 48);
+    for a in m["artifacts"].as_array().unwrap() {
+        let bytes = std::fs::read(dir.join(a["name"].as_str().unwrap()))?;
+        assert_eq!(a["sha256"], sha256_hex(&bytes), "{a}");
+    }
+    assert!(!marker.exists(), "the marker is removed after the manifest");
+
+    // The live node's record is untouched; the one whose lease ended is finished.
+    let gone = format!("{:032x}", "gone".len());
+    let (_, finished) = manifest(&store, "01890f3a9b7c4d5e6f708192a3b4c5d6", &gone).await?;
+    assert_eq!(finished["node_id"], "gone");
+    assert!(!store.join(format!("open/gone/{gone}")).exists());
+    let alive = format!("{:032x}", "alive".len());
+    assert!(store.join(format!("open/alive/{alive}")).exists());
+    assert!(
+        !store
+            .join(format!(
+                "sessions/01890f3a9b7c4d5e6f708192a3b4c5d6/turns/{alive}"
+            ))
+            .exists()
+    );
+    let _ = std::fs::remove_dir_all(&store);
+    Ok(())
+}

@@ -323,7 +323,11 @@ mod tests {
         assert_eq!(sizes, [2, 2, 1, 1, 1, 2]);
         let summary = Summary::of(&stream);
         assert_eq!(
-            (summary.granule, summary.packets, summary.concealment_packets),
+            (
+                summary.granule,
+                summary.packets,
+                summary.concealment_packets
+            ),
             (5760, 3, 3)
         );
         assert_eq!(

@@ -128,6 +128,9 @@ pub struct RecordConfig {
     /// A failing store operation is retried (100 ms, doubling, at most 2 s apart) for
     /// this long, in milliseconds, before what it wrote is marked missing.
     pub retry_ms: u64,
+    /// A node's lease on its open records, in milliseconds, renewed every third of it:
+    /// another node finishes the records of a node whose lease ended a lease ago.
+    pub lease_ms: u64,
 }
 
 impl Default for RecordConfig {
@@ -141,6 +144,7 @@ impl Default for RecordConfig {
             backend_bodies: true,
             segment_ms: 1000,
             retry_ms: 10_000,
+            lease_ms: 60_000,
         }
     }
 }
@@ -598,6 +602,7 @@ Configuration file keys (TOML; every key optional; defaults shown):
   backend_bodies = true             keep backend request bodies and answers as received
   segment_ms = 1000                 received audio reaches the store at least this often
   retry_ms = 10000                  how long a failing store operation is retried
+  lease_ms = 60000                  a node's lease on its open records (renewed every third)
   [telemetry]
   capture_content = false           transcripts, prompts, answers and images in span attributes
                                     (TURNGATE_TELEMETRY_CAPTURE_CONTENT); the OTLP exporter is

@@ -146,11 +146,25 @@ async fn serve(config: config::Config) -> anyhow::Result<()> {
         tracing::warn!(listen = %config.listen, "--insecure-no-auth: no authentication; anyone who reaches this port can open sessions and read every transcript.");
     }
     match &app.turns.recorder {
-        Some(recorder) => tracing::info!(
-            store = recorder.location(),
-            node = recorder.node_id(),
-            "Recording turns."
-        ),
+        Some(recorder) => {
+            tracing::info!(
+                store = recorder.location(),
+                node = recorder.node_id(),
+                "Recording turns."
+            );
+            // Records this node left open when it last stopped, then the lease.
+            let recorder = Arc::clone(recorder);
+            tokio::spawn(async move {
+                let finished = recorder.recover_own().await;
+                if finished > 0 {
+                    tracing::info!(
+                        finished,
+                        "Turn record: finished the records left open at the last stop."
+                    );
+                }
+                record::spawn_lease(recorder);
+            });
+        }
         None => tracing::info!("Not recording turns (record.enabled = false)."),
     }
     let auth = &config.auth;

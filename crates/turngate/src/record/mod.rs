@@ -6,8 +6,10 @@
 //! Each turn gets a [`TurnRecord`] from its owner: a handle to a task of its own that
 //! writes the turn's objects as they come (audio every `record.segment_ms`), so the
 //! media path never waits on the store. The task writes an `open/{node}/{turn}` marker
-//! first and removes it after the manifest, which it writes last.
+//! first and removes it after the manifest, which it writes last; markers a stopped
+//! node left are finished by [`recover`].
 
+mod recover;
 mod turn;
 
 use std::sync::Arc;
@@ -20,6 +22,7 @@ use turngate_store::Store;
 use turngate_store::manifest::{BackendShape, TurnConfig};
 
 use crate::config::{Config, RecordConfig};
+pub use recover::spawn_lease;
 pub use turn::{Outcome, TurnRecord};
 
 /// The node's recorder. See the module docs.

@@ -23,6 +23,7 @@ use turngate_store::{Created, layout};
 use turngate_telemetry::snake;
 
 use super::Recorder;
+use super::recover::Marker;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -192,15 +193,21 @@ impl Writer {
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Op>) {
         let id = self.opened.id;
         let marker = layout::marker(self.recorder.node_id(), id);
-        let marker_body = json!({
-            "session_id": self.session_id.to_string(),
-            "turn_id": id.to_string(),
-            "node_id": self.recorder.node_id(),
-            "started": humantime::format_rfc3339_millis(self.started).to_string(),
-        });
+        let marker_body = Marker {
+            session_id: self.session_id.to_string(),
+            turn_id: id.to_string(),
+            node_id: self.recorder.node_id().to_owned(),
+            number: self.opened.number,
+            cause: snake(&self.opened.cause),
+            root_span_id: self.opened.root_span_id.to_string(),
+            started: humantime::format_rfc3339_millis(self.started).to_string(),
+        };
         let marked = self
             .recorder
-            .put(&marker, Bytes::from(marker_body.to_string()))
+            .put(
+                &marker,
+                Bytes::from(serde_json::to_vec(&marker_body).unwrap_or_default()),
+            )
             .await
             .is_ok();
         self.index().await;

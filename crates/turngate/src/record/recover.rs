@@ -1,0 +1,244 @@
+//! Finishing the records a node left open: a turn whose `open/{node}/{turn}` marker is
+//! still there when the node starts again (it crashed, or was killed) gets its
+//! segments joined into `audio.received.ogg` and a manifest with `record_state:
+//! incomplete`, `missing` saying what the stop cost; then the marker goes.
+//!
+//! A node finishes its own markers at start. Another node's markers are left alone
+//! while that node holds its lease: each node renews `nodes/{node_id}` (its lease's
+//! end) every third of `record.lease_ms`; markers of a node whose lease ended more than
+//! a lease ago are finished by whichever node looks first. Recovered manifests are
+//! written create-only, so two nodes finishing the same marker cannot overwrite each
+//! other, nor a manifest the turn's own node wrote.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use object_store::path::Path;
+use serde::{Deserialize, Serialize};
+use turngate_store::layout::{self, name};
+use turngate_store::manifest::{
+    self, Artifact, Counters, Manifest, Missing, Moment, RecordState, Timings,
+};
+use turngate_store::ogg::GRANULE_RATE;
+
+use super::Recorder;
+
+/// What a marker holds: enough to write the turn's manifest without its node.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(super) struct Marker {
+    pub session_id: String,
+    pub turn_id: String,
+    pub node_id: String,
+    pub number: u32,
+    pub cause: String,
+    pub root_span_id: String,
+    /// RFC 3339: the turn's start.
+    pub started: String,
+}
+
+/// A node's lease, in `nodes/{node_id}`.
+#[derive(Debug, Serialize, Deserialize)]
+struct Lease {
+    /// Unix milliseconds.
+    until_ms: i64,
+}
+
+impl Recorder {
+    /// Finishes this node's open markers (at start); returns how many.
+    pub async fn recover_own(&self) -> usize {
+        let node = self.node_id().to_owned();
+        self.recover_node(&node).await
+    }
+
+    /// Renews this node's lease and finishes the markers of nodes whose lease ended
+    /// more than a lease ago; returns how many. Runs every third of a lease.
+    pub async fn keep_lease(&self) -> usize {
+        let lease = Lease {
+            until_ms: super::unix_ms() + self.settings.lease_ms as i64,
+        };
+        let key = Path::from(format!("nodes/{}", self.node_id()));
+        if let Ok(body) = serde_json::to_vec(&lease) {
+            let _ = self.put(&key, Bytes::from(body)).await;
+        }
+        let Ok(open) = self.store.list(&Path::from("open")).await else {
+            return 0;
+        };
+        let nodes: BTreeSet<String> = open
+            .iter()
+            .filter_map(|m| m.location.parts().nth(1).map(|p| p.as_ref().to_owned()))
+            .filter(|n| n != self.node_id())
+            .collect();
+        let mut finished = 0;
+        for node in nodes {
+            let key = Path::from(format!("nodes/{node}"));
+            let expired = match self.store.get(&key).await {
+                Ok(Some(body)) => serde_json::from_slice::<Lease>(&body).map_or(true, |l| {
+                    l.until_ms + (self.settings.lease_ms as i64) < super::unix_ms()
+                }),
+                // A node that never held a lease (or whose lease is gone) left these.
+                Ok(None) => true,
+                Err(_) => false,
+            };
+            if expired {
+                tracing::info!(node = %node, "Turn record: finishing the open records of a node whose lease ended.");
+                finished += self.recover_node(&node).await;
+            }
+        }
+        finished
+    }
+
+    async fn recover_node(&self, node: &str) -> usize {
+        let markers = match self.store.list(&layout::markers(node)).await {
+            Ok(markers) => markers,
+            Err(e) => {
+                tracing::warn!(node, error = %e, "Turn record: cannot list open markers.");
+                return 0;
+            }
+        };
+        let mut finished = 0;
+        for meta in markers {
+            match self.finish_marker(&meta.location).await {
+                Ok(()) => finished += 1,
+                Err(e) => {
+                    tracing::warn!(marker = %meta.location, error = %e, "Turn record: cannot finish an open record.")
+                }
+            }
+        }
+        finished
+    }
+
+    async fn finish_marker(&self, key: &Path) -> Result<(), turngate_store::Error> {
+        let Some(body) = self.store.get(key).await? else {
+            return Ok(());
+        };
+        let Ok(marker) = serde_json::from_slice::<Marker>(&body) else {
+            tracing::warn!(marker = %key, "Turn record: an unreadable marker; removed.");
+            return self.store.delete(key).await;
+        };
+        let prefix = Path::from(format!(
+            "sessions/{}/turns/{}",
+            marker.session_id, marker.turn_id
+        ));
+        let manifest_key = Path::from(format!("{prefix}/{}", name::MANIFEST));
+        if self.store.get(&manifest_key).await?.is_none() {
+            let manifest = self.recovered_manifest(&marker, &prefix).await?;
+            let body = serde_json::to_vec_pretty(&manifest).unwrap_or_default();
+            self.store.create(&manifest_key, Bytes::from(body)).await?;
+            self.stats
+                .incomplete
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::info!(turn = %marker.turn_id, session = %marker.session_id, "Turn record: finished a record left open, as incomplete.");
+        }
+        self.store.delete(key).await
+    }
+
+    /// The manifest of a turn whose node stopped: the artifacts that made it to the
+    /// store (the segments joined first), and what is missing because of the stop.
+    async fn recovered_manifest(
+        &self,
+        marker: &Marker,
+        prefix: &Path,
+    ) -> Result<Manifest, turngate_store::Error> {
+        let mut objects = self.store.list(prefix).await?;
+        objects.sort_by(|a, b| a.location.cmp(&b.location));
+        let relative = |p: &Path| {
+            p.as_ref()
+                .strip_prefix(prefix.as_ref())
+                .unwrap_or("")
+                .trim_start_matches('/')
+                .to_owned()
+        };
+        let mut joined = Vec::new();
+        let mut artifacts = Vec::new();
+        for meta in &objects {
+            let name = relative(&meta.location);
+            if name == name::AUDIO_RECEIVED {
+                continue;
+            }
+            let Some(bytes) = self.store.get(&meta.location).await? else {
+                continue;
+            };
+            if name.starts_with("audio/received/") {
+                joined.extend_from_slice(&bytes);
+            }
+            artifacts.push(Artifact::of(&name, &bytes, content_type(&name), 0));
+        }
+        let mut missing = vec![Missing {
+            name: "outcome".into(),
+            reason: "node_stopped".into(),
+        }];
+        let stream = turngate_store::ogg::Summary::of(&joined);
+        if joined.is_empty() {
+            missing.push(Missing {
+                name: name::AUDIO_RECEIVED.into(),
+                reason: "node_stopped".into(),
+            });
+        } else {
+            let key = Path::from(format!("{prefix}/{}", name::AUDIO_RECEIVED));
+            let entry = Artifact::of(name::AUDIO_RECEIVED, &joined, "audio/ogg", 0);
+            self.store.put(&key, Bytes::from(joined)).await?;
+            artifacts.push(entry);
+        }
+        Ok(Manifest {
+            format: manifest::FORMAT.into(),
+            turn_id: marker.turn_id.clone(),
+            session_id: marker.session_id.clone(),
+            node_id: marker.node_id.clone(),
+            trace_id: marker.turn_id.clone(),
+            root_span_id: marker.root_span_id.clone(),
+            number: marker.number,
+            cause: marker.cause.clone(),
+            record_state: RecordState::Incomplete,
+            missing,
+            timings: Timings {
+                started: Moment {
+                    at: marker.started.clone(),
+                    offset_ms: 0,
+                },
+                ..Timings::default()
+            },
+            counters: Counters {
+                packets_recorded: stream.packets,
+                concealment_packets: stream.concealment_packets,
+                audio_ms: (stream.granule * 1000 / u64::from(GRANULE_RATE)) as u32,
+                ..Counters::default()
+            },
+            artifacts,
+            config: self.shape.clone(),
+            ..Manifest::default()
+        })
+    }
+}
+
+/// The content type of an artifact, from its name.
+fn content_type(name: &str) -> &'static str {
+    match name.rsplit('.').next().unwrap_or("") {
+        "ogg" => "audio/ogg",
+        "wav" => "audio/wav",
+        "png" => "image/png",
+        "jpg" => "image/jpeg",
+        "webp" => "image/webp",
+        "gif" => "image/gif",
+        "json" => "application/json",
+        "sse" => "text/event-stream",
+        _ => "application/octet-stream",
+    }
+}
+
+/// A lease's renewal period: a third of it.
+pub(super) fn renewal(lease_ms: u64) -> Duration {
+    Duration::from_millis((lease_ms / 3).max(1))
+}
+
+/// Runs [`Recorder::keep_lease`] for as long as the process does.
+pub fn spawn_lease(recorder: Arc<Recorder>) {
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(renewal(recorder.settings.lease_ms));
+        loop {
+            every.tick().await;
+            recorder.keep_lease().await;
+        }
+    });
+}
