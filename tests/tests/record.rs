@@ -182,6 +182,65 @@ async fn a_turn_with_speech_and_two_images_is_recorded_whole() -> anyhow::Result
             file.display()
         );
     }
+
+    // The CLI reads the record with the server's configuration.
+    let cli = |args: &[&str]| {
+        std::process::Command::new(binary())
+            .args(args)
+            .env("TURNGATE_STORE_URL", &gw.store)
+            .output()
+    };
+    let shown = cli(&["turn", "show", &turn])?;
+    let text = String::from_utf8(shown.stdout)?;
+    assert!(
+        shown.status.success(),
+        "{}",
+        String::from_utf8_lossy(&shown.stderr)
+    );
+    for expected in [
+        turn.as_str(),
+        session.as_str(),
+        TRANSCRIPT,
+        "audio.received.ogg",
+    ] {
+        assert!(text.contains(expected), "{expected} not in\n{text}");
+    }
+    let json: Value = serde_json::from_slice(&cli(&["turn", "show", &turn, "--json"])?.stdout)?;
+    assert_eq!(json, m);
+    let tar = std::env::temp_dir().join(format!("turngate-export-{}.tar", std::process::id()));
+    let exported = cli(&["turn", "export", &turn, "-o", tar.to_str().unwrap()])?;
+    assert!(
+        exported.status.success(),
+        "{}",
+        String::from_utf8_lossy(&exported.stderr)
+    );
+    let listing = std::process::Command::new("tar")
+        .arg("-tf")
+        .arg(&tar)
+        .output()?;
+    let entries: Vec<String> = String::from_utf8(listing.stdout)?
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(
+        entries[0],
+        format!("{turn}/manifest.json"),
+        "the manifest first"
+    );
+    assert_eq!(entries.len(), files(&dir).len());
+    let _ = std::fs::remove_file(&tar);
+    // Deleted on request: the whole turn, its index too; then nothing to show.
+    let deleted = cli(&["delete", "--turn", &turn])?;
+    assert!(
+        deleted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&deleted.stderr)
+    );
+    assert!(files(&dir).is_empty(), "{:?}", files(&dir));
+    assert!(!gw.store.join(format!("turns/{turn}")).exists());
+    let gone = cli(&["turn", "show", &turn])?;
+    assert!(!gone.status.success());
+    assert!(String::from_utf8_lossy(&gone.stderr).contains("no record"));
     Ok(())
 }
 

@@ -10,6 +10,7 @@
 //!     spans.otlp.json                 the turn's spans (OTLP/JSON)
 //!     manifest.json                   written last
 //! turns/{turn_id}                     create-only index: the session that recorded it
+//! conflicts/{turn_id}/{session_id}    a later session that recorded the same turn id
 //! open/{node_id}/{turn_id}            marker: a turn being recorded by that node
 //! ```
 
@@ -59,6 +60,17 @@ pub fn artifact(session: SessionId, turn_id: TurnId, name: &str) -> Path {
 /// The create-only index object of a turn id.
 pub fn index(turn: TurnId) -> Path {
     Path::from(format!("turns/{turn}"))
+}
+
+/// Where a session that recorded `turn` after the index's first one is noted:
+/// `conflicts/{turn}/{session}` (see [`crate::read::sessions_of`]).
+pub fn conflict(turn: TurnId, session: SessionId) -> Path {
+    Path::from(format!("conflicts/{turn}/{session}"))
+}
+
+/// The conflicts noted for `turn`.
+pub fn conflicts(turn: &str) -> Path {
+    Path::from(format!("conflicts/{turn}"))
 }
 
 /// The marker of a turn being recorded by `node`.

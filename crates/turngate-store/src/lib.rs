@@ -6,11 +6,15 @@
 //!   payloads with the sender's timing, flushed as page-aligned segments;
 //! - [`layout`]: where each object of a record lives;
 //! - [`manifest`]: the manifest, written last (schema: `proto/turngate/v1/record.proto`);
-//! - [`store`]: the object store (a local directory or S3).
+//! - [`store`]: the object store (a local directory or S3);
+//! - [`retention`]: deleting whole records, by age and on request;
+//! - [`read`]: finding a turn's records and reading them back.
 
 pub mod layout;
 pub mod manifest;
 pub mod ogg;
+pub mod read;
+pub mod retention;
 pub mod store;
 
 pub use store::{Created, Store};

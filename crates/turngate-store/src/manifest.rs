@@ -62,6 +62,10 @@ pub struct Manifest {
     /// The token claims `auth.span_claims` names, as on the turn's spans.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub claims: BTreeMap<String, String>,
+    /// The session's token subject (`sub`), so its records can be deleted on request
+    /// (`turngate delete --subject`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
 }
 
 /// The manifest format this crate writes.

@@ -85,6 +85,7 @@ fn full() -> Manifest {
             send_images: true,
         },
         claims: [("user.id".into(), "alice".into())].into(),
+        subject: Some("alice".into()),
     }
 }
 

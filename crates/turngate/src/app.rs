@@ -231,7 +231,8 @@ impl App {
             .map_err(|e| Problem::new(e.code(), e.to_string()))?;
         let resource = resource_id(&mut rng);
         let user = claims.span_attributes(&self.span_claims);
-        let conversation = turn::Conversation::new(self.turns.history_turns(), user);
+        let conversation =
+            turn::Conversation::new(self.turns.history_turns(), user, claims.sub.clone());
         let entry = Arc::new(Entry::new(Arc::clone(&started.shared), subject));
         self.registry
             .insert(slot, resource.clone(), Arc::clone(&entry));

@@ -131,6 +131,9 @@ pub struct RecordConfig {
     /// A node's lease on its open records, in milliseconds, renewed every third of it:
     /// another node finishes the records of a node whose lease ended a lease ago.
     pub lease_ms: u64,
+    /// Records are deleted this many days after their turn ended (`turngate gc`, and
+    /// hourly in `serve`).
+    pub retention_days: u32,
 }
 
 impl Default for RecordConfig {
@@ -145,6 +148,7 @@ impl Default for RecordConfig {
             segment_ms: 1000,
             retry_ms: 10_000,
             lease_ms: 60_000,
+            retention_days: 30,
         }
     }
 }
@@ -180,6 +184,11 @@ impl RecordConfig {
     /// How often audio segments are flushed.
     pub fn segment(&self) -> Duration {
         Duration::from_millis(self.segment_ms.max(1))
+    }
+
+    /// How long records are kept.
+    pub fn retention(&self) -> Duration {
+        Duration::from_secs(u64::from(self.retention_days) * 86_400)
     }
 
     /// How long a store operation is retried.
@@ -603,6 +612,7 @@ Configuration file keys (TOML; every key optional; defaults shown):
   segment_ms = 1000                 received audio reaches the store at least this often
   retry_ms = 10000                  how long a failing store operation is retried
   lease_ms = 60000                  a node's lease on its open records (renewed every third)
+  retention_days = 30               records are deleted this long after their turn ended
   [telemetry]
   capture_content = false           transcripts, prompts, answers and images in span attributes
                                     (TURNGATE_TELEMETRY_CAPTURE_CONTENT); the OTLP exporter is

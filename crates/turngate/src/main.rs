@@ -5,6 +5,7 @@
 
 mod app;
 mod auth;
+mod cli;
 mod config;
 mod http;
 mod problem;
@@ -48,6 +49,18 @@ enum Command {
     /// Client tokens for development.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Read a turn's record (works while the gateway is down).
+    #[command(subcommand)]
+    Turn(cli::TurnCommand),
+    /// Delete the records older than record.retention_days, whole, and orphans.
+    Gc(cli::ConfigFile),
+    /// Delete records on request: a session's, a subject's, or a turn's.
+    Delete {
+        #[command(flatten)]
+        what: cli::DeleteArgs,
+        #[command(flatten)]
+        config: cli::ConfigFile,
+    },
 }
 
 #[derive(Subcommand)]
@@ -81,7 +94,15 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    let runtime = || {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+    };
     match cli.command {
+        Command::Turn(command) => runtime()?.block_on(cli::turn(command)),
+        Command::Gc(config) => runtime()?.block_on(cli::gc(config)),
+        Command::Delete { what, config } => runtime()?.block_on(cli::delete(what, config)),
         Command::Serve(overrides) => {
             let config = config::Config::load(&overrides)?;
             config.check_media_ips()?;
@@ -162,7 +183,7 @@ async fn serve(config: config::Config) -> anyhow::Result<()> {
                         "Turn record: finished the records left open at the last stop."
                     );
                 }
-                record::spawn_lease(recorder);
+                record::spawn_upkeep(recorder);
             });
         }
         None => tracing::info!("Not recording turns (record.enabled = false)."),

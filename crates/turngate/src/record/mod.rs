@@ -22,7 +22,7 @@ use turngate_store::Store;
 use turngate_store::manifest::{BackendShape, TurnConfig};
 
 use crate::config::{Config, RecordConfig};
-pub use recover::spawn_lease;
+pub use recover::spawn_upkeep;
 pub use turn::{Outcome, TurnRecord};
 
 /// The node's recorder. See the module docs.

@@ -34,6 +34,9 @@ pub(super) struct Marker {
     pub number: u32,
     pub cause: String,
     pub root_span_id: String,
+    /// The token's subject, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
     /// RFC 3339: the turn's start.
     pub started: String,
 }
@@ -207,6 +210,7 @@ impl Recorder {
             },
             artifacts,
             config: self.shape.clone(),
+            subject: marker.subject.clone(),
             ..Manifest::default()
         })
     }
@@ -232,13 +236,29 @@ pub(super) fn renewal(lease_ms: u64) -> Duration {
     Duration::from_millis((lease_ms / 3).max(1))
 }
 
-/// Runs [`Recorder::keep_lease`] for as long as the process does.
-pub fn spawn_lease(recorder: Arc<Recorder>) {
+/// How often `serve` deletes expired records.
+const SWEEP_EVERY: Duration = Duration::from_secs(3600);
+
+/// The node's upkeep for as long as the process runs: [`Recorder::keep_lease`] every
+/// third of a lease, and a retention sweep at start and hourly.
+pub fn spawn_upkeep(recorder: Arc<Recorder>) {
     tokio::spawn(async move {
-        let mut every = tokio::time::interval(renewal(recorder.settings.lease_ms));
+        let mut lease = tokio::time::interval(renewal(recorder.settings.lease_ms));
+        let mut sweep = tokio::time::interval(SWEEP_EVERY);
         loop {
-            every.tick().await;
-            recorder.keep_lease().await;
+            tokio::select! {
+                _ = lease.tick() => {
+                    recorder.keep_lease().await;
+                }
+                _ = sweep.tick() => {
+                    let keep = recorder.settings.retention();
+                    match turngate_store::retention::sweep(&recorder.store, keep, std::time::SystemTime::now()).await {
+                        Ok(removed) if removed.objects > 0 => tracing::info!(turns = removed.turns, orphans = removed.orphans, objects = removed.objects, "Turn record: deleted expired records."),
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(error = %e, "Turn record: the retention sweep failed."),
+                    }
+                }
+            }
         }
     });
 }

@@ -79,6 +79,7 @@ impl TurnRecord {
         info: &TurnInfo,
         started: SystemTime,
         claims: &[(String, String)],
+        subject: Option<String>,
     ) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let writer = Writer {
@@ -87,6 +88,7 @@ impl TurnRecord {
             opened: info.clone(),
             started,
             claims: claims.to_vec(),
+            subject,
             artifacts: Vec::new(),
             missing: Vec::new(),
             segments: Vec::new(),
@@ -183,6 +185,7 @@ struct Writer {
     /// Wall time of the turn's start (offsets count from it).
     started: SystemTime,
     claims: Vec<(String, String)>,
+    subject: Option<String>,
     artifacts: Vec<Artifact>,
     missing: Vec<Missing>,
     /// The audio segments stored so far, in order (joined at the end).
@@ -200,6 +203,7 @@ impl Writer {
             number: self.opened.number,
             cause: snake(&self.opened.cause),
             root_span_id: self.opened.root_span_id.to_string(),
+            subject: self.subject.clone(),
             started: humantime::format_rfc3339_millis(self.started).to_string(),
         };
         let marked = self
@@ -279,7 +283,18 @@ impl Writer {
             .recorder
             .retrying(&key, || self.recorder.store.create(&key, body.clone()))
             .await;
-        if let Ok(Created::Exists) = created {
+        let ours = || async {
+            let index = self.recorder.store.get(&key).await.ok().flatten();
+            index
+                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                .is_some_and(|v| v["session_id"] == self.session_id.to_string().as_str())
+        };
+        // An earlier attempt of ours may have made it (its answer lost): not a conflict.
+        if let Ok(Created::Exists) = created
+            && !ours().await
+        {
+            let conflict = layout::conflict(self.opened.id, self.session_id);
+            let _ = self.recorder.put(&conflict, Bytes::new()).await;
             self.recorder
                 .stats
                 .index_conflicts
@@ -438,6 +453,7 @@ impl Writer {
             answer: outcome.and_then(|o| o.answer.clone()),
             config: self.recorder.shape.clone(),
             claims: self.claims.iter().cloned().collect(),
+            subject: self.subject.clone(),
         }
     }
 }

@@ -133,15 +133,22 @@ pub struct Conversation {
     history: watch::Sender<History<Exchange>>,
     /// Who it is with, as span attributes: the token claims `auth.span_claims` names.
     user: Vec<(String, String)>,
+    /// The token's subject, for its records (deleted on request by subject).
+    subject: Option<String>,
 }
 
 impl Conversation {
-    /// A conversation with the user `user` describes (span attributes), whose prompts
-    /// hold at most `history_turns` earlier exchanges.
-    pub fn new(history_turns: usize, user: Vec<(String, String)>) -> Arc<Self> {
+    /// A conversation with the user `user` describes (span attributes) and token
+    /// subject `subject`, whose prompts hold at most `history_turns` earlier exchanges.
+    pub fn new(
+        history_turns: usize,
+        user: Vec<(String, String)>,
+        subject: Option<String>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             history: watch::channel(History::new(history_turns)).0,
             user,
+            subject,
         })
     }
 

@@ -107,6 +107,7 @@ impl Turn {
                 &info,
                 wall(info.started_at),
                 &conversation.user,
+                conversation.subject.clone(),
             )
         });
         Self {

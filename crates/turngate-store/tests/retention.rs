@@ -1,0 +1,141 @@
+//! Retention and deletion on a local store: whole turns go, by the age their manifest
+//! gives or on request; orphans go once old; turns being recorded stay.
+
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use object_store::path::Path;
+use turngate_store::Store;
+use turngate_store::manifest::{Manifest, Moment, Timings};
+use turngate_store::retention::{Removed, Selector, delete, sweep};
+
+const DAY: Duration = Duration::from_secs(86_400);
+
+fn manifest(turn: &str, ended: SystemTime, subject: &str) -> Bytes {
+    let m = Manifest {
+        turn_id: turn.into(),
+        session_id: "s1".into(),
+        subject: Some(subject.into()),
+        timings: Timings {
+            started: Moment {
+                at: humantime::format_rfc3339_millis(ended - Duration::from_secs(5)).to_string(),
+                offset_ms: 0,
+            },
+            completed: Some(Moment {
+                at: humantime::format_rfc3339_millis(ended).to_string(),
+                offset_ms: 5000,
+            }),
+            ..Timings::default()
+        },
+        ..Manifest::default()
+    };
+    Bytes::from(serde_json::to_vec(&m).unwrap())
+}
+
+async fn put(store: &Store, key: &str, bytes: Bytes) {
+    store.put(&Path::from(key), bytes).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_sweep_removes_old_turns_whole_and_old_orphans_and_nothing_else() {
+    let dir = std::env::temp_dir().join(format!("turngate-retention-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let store = Store::open(dir.to_str().unwrap()).unwrap();
+    let now = SystemTime::now();
+    let turn = |t: &str| format!("sessions/s1/turns/{t}");
+    // An old turn, a recent one, an old orphan, and an old turn still being recorded.
+    put(
+        &store,
+        &format!("{}/manifest.json", turn("old")),
+        manifest("old", now - 40 * DAY, "alice"),
+    )
+    .await;
+    put(
+        &store,
+        &format!("{}/audio.asr.wav", turn("old")),
+        Bytes::from_static(b"RIFF"),
+    )
+    .await;
+    put(
+        &store,
+        "turns/old",
+        Bytes::from_static(br#"{"session_id":"s1"}"#),
+    )
+    .await;
+    put(
+        &store,
+        &format!("{}/manifest.json", turn("new")),
+        manifest("new", now, "bob"),
+    )
+    .await;
+    put(
+        &store,
+        &format!("{}/images/a.png", turn("new")),
+        Bytes::from_static(b"png"),
+    )
+    .await;
+    put(
+        &store,
+        &format!("{}/audio/received/000000.ogg", turn("orphan")),
+        Bytes::from_static(b"OggS"),
+    )
+    .await;
+    put(
+        &store,
+        &format!("{}/audio/received/000000.ogg", turn("live")),
+        Bytes::from_static(b"OggS"),
+    )
+    .await;
+    put(&store, "open/node-a/live", Bytes::from_static(b"{}")).await;
+    for t in ["orphan", "live"] {
+        let file = std::fs::File::options()
+            .write(true)
+            .open(dir.join(format!("{}/audio/received/000000.ogg", turn(t))))
+            .unwrap();
+        file.set_modified(now - 40 * DAY).unwrap();
+    }
+
+    let removed = sweep(&store, 30 * DAY, now).await.unwrap();
+    assert_eq!(
+        removed,
+        Removed {
+            turns: 1,
+            orphans: 1,
+            objects: 4
+        }
+    );
+    assert!(!dir.join(turn("old")).join("manifest.json").exists());
+    assert!(!dir.join(turn("old")).join("audio.asr.wav").exists());
+    assert!(
+        !dir.join("turns/old").exists(),
+        "the index goes with its turn"
+    );
+    assert!(
+        !dir.join(turn("orphan"))
+            .join("audio/received/000000.ogg")
+            .exists()
+    );
+    assert!(dir.join(turn("new")).join("images/a.png").exists());
+    assert!(
+        dir.join(turn("live"))
+            .join("audio/received/000000.ogg")
+            .exists()
+    );
+    // Nothing more to do.
+    assert_eq!(
+        sweep(&store, 30 * DAY, now).await.unwrap(),
+        Removed::default()
+    );
+
+    // On request: by subject, then by session.
+    let removed = delete(&store, &Selector::Subject("bob".into()))
+        .await
+        .unwrap();
+    assert_eq!((removed.turns, removed.objects), (1, 2));
+    assert!(!dir.join(turn("new")).join("manifest.json").exists());
+    let removed = delete(&store, &Selector::Session("s1".into()))
+        .await
+        .unwrap();
+    assert_eq!(removed.turns, 1, "the live turn's objects");
+    let _ = std::fs::remove_dir_all(&dir);
+}
