@@ -12,6 +12,7 @@
 
 pub mod fake_openai;
 pub mod otlp;
+pub mod s3;
 pub mod tokens;
 
 use std::path::{Path, PathBuf};

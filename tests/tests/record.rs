@@ -337,3 +337,157 @@ async fn a_node_killed_mid_turn_finishes_its_record_at_restart_and_leaves_live_n
     let _ = std::fs::remove_dir_all(&store);
     Ok(())
 }
+
+/// Runs the `turngate` CLI with `env`: (success, stdout, stderr).
+fn turngate(env: &[(&str, String)], args: &[&str]) -> anyhow::Result<(bool, Vec<u8>, String)> {
+    let out = std::process::Command::new(binary())
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()?;
+    Ok((
+        out.status.success(),
+        out.stdout,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
+/// Polls `turngate turn show --json` until the turn's manifest is there.
+async fn manifest_via_cli(env: &[(&str, String)], turn: &str) -> anyhow::Result<Value> {
+    for _ in 0..150 {
+        let (ok, stdout, _) = turngate(env, &["turn", "show", turn, "--json"])?;
+        if ok {
+            return Ok(serde_json::from_slice(&stdout)?);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (_, _, stderr) = turngate(env, &["turn", "show", turn, "--json"])?;
+    anyhow::bail!("no manifest of {turn}: {stderr}")
+}
+
+#[tokio::test]
+async fn a_record_in_s3_is_whole_and_the_cli_reads_it_back() -> anyhow::Result<()> {
+    let s3 = s3::S3::start().await?;
+    let (base, seen) = fake_openai().await?;
+    let store = s3.env("gateway-a");
+    let mut env = backend_env(&base, &base, &base);
+    env.extend(store.iter().cloned());
+    let gw = start_with(&env).await?;
+    let client = Client::connect(&gw, true).await?;
+    client.session_id().await?;
+    let image = png(64, 48);
+    let (completed, _) = client_turn(&client, 1, Some(&image)).await?;
+    let turn = completed["turn_id"].as_str().unwrap().to_owned();
+    let m = manifest_via_cli(&store, &turn).await?;
+    assert_eq!(m["record_state"], "complete", "{m:#}");
+    assert_eq!(m["transcript"], TRANSCRIPT);
+
+    // The export holds every artifact with the manifest's hash.
+    let dir = std::env::temp_dir().join(format!("turngate-s3-export-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let tar = dir.join("turn.tar");
+    let (ok, _, stderr) = turngate(
+        &store,
+        &["turn", "export", &turn, "-o", tar.to_str().unwrap()],
+    )?;
+    assert!(ok, "{stderr}");
+    let untar = std::process::Command::new("tar")
+        .arg("-xf")
+        .arg(&tar)
+        .arg("-C")
+        .arg(&dir)
+        .status()?;
+    assert!(untar.success());
+    for a in m["artifacts"].as_array().unwrap() {
+        let bytes = std::fs::read(dir.join(&turn).join(a["name"].as_str().unwrap()))?;
+        assert_eq!(a["sha256"], sha256_hex(&bytes), "{a}");
+    }
+    let asr_got = seen.lock().unwrap().wavs[0].0.clone();
+    assert_eq!(
+        std::fs::read(dir.join(&turn).join("audio.asr.wav"))?,
+        asr_got
+    );
+    assert_eq!(
+        std::fs::read(
+            dir.join(&turn)
+                .join(format!("images/{}.png", sha256_hex(&image)))
+        )?,
+        image
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_store_outage_keeps_turns_flowing_and_the_record_says_what_it_lost() -> anyhow::Result<()>
+{
+    let mut s3 = s3::S3::start().await?;
+    let (base, _seen) = fake_openai().await?;
+    let store = s3.env("outage");
+    let mut env = backend_env(&base, &base, &base);
+    env.extend(store.iter().cloned());
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    // Short retries, and a spool too small for the image.
+    let toml = "[record]\nretry_ms = 300\nspool_bytes = 60000\n";
+    let gw = Gateway::with_config("outage", toml, &[], &env).await?;
+    let client = Client::connect(&gw, true).await?;
+    client.session_id().await?;
+    s3.stop().await?;
+
+    // The turn goes on as if nothing happened.
+    let image = noise_png(200, 200);
+    assert!(image.len() > 60_000);
+    let (completed, errors) = client_turn(&client, 1, Some(&image)).await?;
+    assert_eq!(completed["status"], "ok", "{completed}");
+    assert!(errors.is_empty(), "{errors:?}");
+    let turn = completed["turn_id"].as_str().unwrap().to_owned();
+    assert!(client.inbox.of("transcript")[0]["text"] == TRANSCRIPT);
+    let spooled = async {
+        while gw.metric("turngate_record_spool_bytes").await? == 0.0 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        anyhow::Ok(())
+    };
+    tokio::time::timeout(Duration::from_secs(10), spooled).await??;
+    assert!(gw.metric("turngate_record_store_failures_total").await? >= 1.0);
+    assert!(gw.metric("turngate_record_store_failing_seconds").await? > 0.0);
+
+    // The store comes back (empty): the spool drains, and the record says what it lost.
+    s3.restart().await?;
+    let drained = async {
+        while gw.metric("turngate_record_spool_bytes").await? > 0.0 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        anyhow::Ok(())
+    };
+    tokio::time::timeout(Duration::from_secs(40), drained).await??;
+    let m = manifest_via_cli(&store, &turn).await?;
+    assert_eq!(m["record_state"], "incomplete", "{m:#}");
+    let image_name = format!("images/{}.png", sha256_hex(&image));
+    assert!(
+        m["missing"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x["name"] == image_name.as_str() && x["reason"] == "store_failed"),
+        "{m:#}"
+    );
+    // What the spool held is there: the audio, the ASR input, the manifest.
+    let names: Vec<&str> = m["artifacts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|a| a["name"].as_str())
+        .collect();
+    for name in [
+        "audio.received.ogg",
+        "audio.asr.wav",
+        "backends/llm.1.request.json",
+    ] {
+        assert!(names.contains(&name), "{name} not in {names:?}");
+    }
+    assert_eq!(
+        gw.metric("turngate_record_store_failing_seconds").await?,
+        0.0
+    );
+    Ok(())
+}

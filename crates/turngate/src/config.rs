@@ -134,6 +134,9 @@ pub struct RecordConfig {
     /// Records are deleted this many days after their turn ended (`turngate gc`, and
     /// hourly in `serve`).
     pub retention_days: u32,
+    /// Bytes of records kept in memory while the store refuses them, written once it
+    /// takes them again; beyond, parts of records are dropped (listed `missing`).
+    pub spool_bytes: u64,
 }
 
 impl Default for RecordConfig {
@@ -149,6 +152,7 @@ impl Default for RecordConfig {
             retry_ms: 10_000,
             lease_ms: 60_000,
             retention_days: 30,
+            spool_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -613,6 +617,7 @@ Configuration file keys (TOML; every key optional; defaults shown):
   retry_ms = 10000                  how long a failing store operation is retried
   lease_ms = 60000                  a node's lease on its open records (renewed every third)
   retention_days = 30               records are deleted this long after their turn ended
+  spool_bytes = 67108864            records held in memory while the store is down
   [telemetry]
   capture_content = false           transcripts, prompts, answers and images in span attributes
                                     (TURNGATE_TELEMETRY_CAPTURE_CONTENT); the OTLP exporter is

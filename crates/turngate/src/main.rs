@@ -84,6 +84,8 @@ enum TokenCommand {
 }
 
 fn main() -> std::process::ExitCode {
+    // One TLS stack for every client (backends, OTLP, the record store): rustls on ring.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     match run(Cli::parse()) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {

@@ -206,6 +206,19 @@ fn render(app: &App) -> String {
             out.single(name, help, "counter", value as f64);
         }
         out.single(
+            "turngate_record_spool_bytes",
+            "Bytes of turn records held in memory while the store refuses them (bounded by \
+             record.spool_bytes).",
+            "gauge",
+            recorder.spool.bytes() as f64,
+        );
+        out.single(
+            "turngate_record_spooled_written_total",
+            "Store operations that waited in the spool and then succeeded.",
+            "counter",
+            recorder.spool.written.load(Relaxed) as f64,
+        );
+        out.single(
             "turngate_record_store_failing_seconds",
             "How long the turn-record store has been failing (0 while it works).",
             "gauge",

@@ -10,6 +10,7 @@
 //! node left are finished by [`recover`].
 
 mod recover;
+mod spool;
 mod turn;
 
 use std::sync::Arc;
@@ -18,8 +19,8 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use object_store::path::Path;
-use turngate_store::Store;
 use turngate_store::manifest::{BackendShape, TurnConfig};
+use turngate_store::{Created, Store, layout};
 
 use crate::config::{Config, RecordConfig};
 pub use recover::spawn_upkeep;
@@ -34,6 +35,18 @@ pub struct Recorder {
     shape: TurnConfig,
     /// Counted for `/metrics`.
     pub stats: RecordStats,
+    /// What the store did not take yet.
+    pub spool: spool::Spool,
+}
+
+/// Where an object went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stored {
+    Written,
+    /// Into the spool: it is written once the store takes it.
+    Spooled,
+    /// Neither: the store refused it and the spool is full.
+    Dropped,
 }
 
 /// What recording counts, for `/metrics` and `/readyz`.
@@ -62,6 +75,10 @@ impl RecordStats {
 
     fn store_failed(&self) {
         self.store_failures.fetch_add(1, Ordering::Relaxed);
+        self.store_failing();
+    }
+
+    fn store_failing(&self) {
         let _ = self.failing_since_ms.compare_exchange(
             0,
             unix_ms(),
@@ -108,6 +125,7 @@ impl Recorder {
         Ok(Some(Arc::new(Self {
             node_id: settings.node_id(),
             store,
+            spool: spool::Spool::new(settings.spool_bytes),
             settings,
             shape,
             stats: RecordStats::default(),
@@ -122,6 +140,101 @@ impl Recorder {
     /// This node's id.
     pub fn node_id(&self) -> &str {
         &self.node_id
+    }
+
+    /// Writes `bytes` at `key`, or spools it: at once while the spool holds anything,
+    /// else once the retries are spent. `always` (manifests, markers) goes into the
+    /// spool even when it is full.
+    async fn store_or_spool(&self, key: &Path, bytes: Bytes, always: bool) -> Stored {
+        if self.spool.is_empty() && self.put(key, bytes.clone()).await.is_ok() {
+            return Stored::Written;
+        }
+        match self.spool.push(key.clone(), bytes, always) {
+            spool::Spooled::Queued => Stored::Spooled,
+            spool::Spooled::Full => Stored::Dropped,
+        }
+    }
+
+    /// Removes `key` now, or after what the spool holds.
+    async fn delete_after_spool(&self, key: &Path) {
+        if self.spool.is_empty() {
+            if self.retrying(key, || self.store.delete(key)).await.is_ok() {
+                return;
+            }
+        }
+        self.spool.delete(key.clone());
+    }
+
+    /// Carries out what the spool holds, oldest first, for as long as the process
+    /// runs: each operation until the store takes it, waiting 1 s after a failure,
+    /// doubling to 30 s.
+    pub async fn drain_spool(&self) {
+        let mut wait = Duration::from_secs(1);
+        loop {
+            let Some(pending) = self.spool.front() else {
+                self.spool.arrival().await;
+                continue;
+            };
+            let done = match &pending {
+                spool::Pending::Put(key, bytes) => self.store.put(key, bytes.clone()).await,
+                spool::Pending::Delete(key) => self.store.delete(key).await,
+                spool::Pending::Index(index) => self.try_index(index).await,
+            };
+            match done {
+                Ok(()) => {
+                    self.stats.store_ok();
+                    self.spool.done();
+                    wait = Duration::from_secs(1);
+                }
+                Err(e) => {
+                    self.stats.store_failing();
+                    tracing::debug!(error = %e, "Turn record: the store still refuses spooled operations.");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
+    }
+
+    /// Writes a turn's create-only index `turns/{turn}` naming its session, now or
+    /// after what the spool holds. The first session to present a turn id keeps the
+    /// index; a later one is noted under `conflicts/{turn}/{session}` (its record is
+    /// kept under its own session), logged and counted.
+    async fn index(&self, index: spool::Index) {
+        if self.spool.is_empty()
+            && self
+                .retrying(&layout::index(index.turn), || self.try_index(&index))
+                .await
+                .is_ok()
+        {
+            return;
+        }
+        self.spool.index(index);
+    }
+
+    async fn try_index(&self, index: &spool::Index) -> Result<(), turngate_store::Error> {
+        let key = layout::index(index.turn);
+        let session = index.session.to_string();
+        let body = serde_json::json!({"session_id": session, "node_id": self.node_id});
+        let created = self
+            .store
+            .create(&key, Bytes::from(body.to_string()))
+            .await?;
+        if created == Created::Exists {
+            let existing = self.store.get(&key).await?;
+            // An earlier attempt of ours may have made it (its answer lost).
+            let ours = existing
+                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                .is_some_and(|v| v["session_id"] == session.as_str());
+            if !ours {
+                self.store
+                    .put(&layout::conflict(index.turn, index.session), Bytes::new())
+                    .await?;
+                self.stats.index_conflicts.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(turn = %index.turn, session = %session, "Turn record: another session recorded this turn id first; this record is kept under its own session.");
+            }
+        }
+        Ok(())
     }
 
     /// Writes `bytes` at `key`, retrying with back-off (from 100 ms, doubling, at most

@@ -242,6 +242,8 @@ const SWEEP_EVERY: Duration = Duration::from_secs(3600);
 /// The node's upkeep for as long as the process runs: [`Recorder::keep_lease`] every
 /// third of a lease, and a retention sweep at start and hourly.
 pub fn spawn_upkeep(recorder: Arc<Recorder>) {
+    let spool = Arc::clone(&recorder);
+    tokio::spawn(async move { spool.drain_spool().await });
     tokio::spawn(async move {
         let mut lease = tokio::time::interval(renewal(recorder.settings.lease_ms));
         let mut sweep = tokio::time::interval(SWEEP_EVERY);

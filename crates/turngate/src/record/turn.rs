@@ -11,19 +11,18 @@
 use std::time::SystemTime;
 
 use bytes::Bytes;
-use serde_json::json;
 use tokio::sync::mpsc;
 use turngate_backends::tape::Exchange;
 use turngate_core::{Blob, CompletionStatus, SessionId, Stages, TurnInfo};
+use turngate_store::layout;
 use turngate_store::manifest::{
     self, Artifact, Chain, Counters, Description, Manifest, Missing, Moment, RecordState, Timings,
 };
 use turngate_store::ogg::{GRANULE_RATE, OggOpus};
-use turngate_store::{Created, layout};
 use turngate_telemetry::snake;
 
-use super::Recorder;
 use super::recover::Marker;
+use super::{Recorder, Stored};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -206,15 +205,18 @@ impl Writer {
             subject: self.subject.clone(),
             started: humantime::format_rfc3339_millis(self.started).to_string(),
         };
+        let marker_bytes = Bytes::from(serde_json::to_vec(&marker_body).unwrap_or_default());
         let marked = self
             .recorder
-            .put(
-                &marker,
-                Bytes::from(serde_json::to_vec(&marker_body).unwrap_or_default()),
-            )
+            .store_or_spool(&marker, marker_bytes, true)
             .await
-            .is_ok();
-        self.index().await;
+            != Stored::Dropped;
+        self.recorder
+            .index(super::spool::Index {
+                turn: id,
+                session: self.session_id,
+            })
+            .await;
 
         let comments = vec![
             format!("TURNGATE_TURN_ID={id}"),
@@ -263,43 +265,7 @@ impl Writer {
         let manifest = self.manifest(outcome.as_deref(), counters);
         let wrote = self.write_manifest(&manifest).await;
         if wrote && marked {
-            let _ = self
-                .recorder
-                .retrying(&marker, || self.recorder.store.delete(&marker))
-                .await;
-        }
-    }
-
-    /// The create-only index `turns/{turn}`: the first session to present a turn id
-    /// keeps it; a second one's record is kept under its own session, and the conflict
-    /// logged and counted.
-    async fn index(&self) {
-        let key = layout::index(self.opened.id);
-        let body = Bytes::from(
-            json!({"session_id": self.session_id.to_string(), "node_id": self.recorder.node_id()})
-                .to_string(),
-        );
-        let created = self
-            .recorder
-            .retrying(&key, || self.recorder.store.create(&key, body.clone()))
-            .await;
-        let ours = || async {
-            let index = self.recorder.store.get(&key).await.ok().flatten();
-            index
-                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-                .is_some_and(|v| v["session_id"] == self.session_id.to_string().as_str())
-        };
-        // An earlier attempt of ours may have made it (its answer lost): not a conflict.
-        if let Ok(Created::Exists) = created
-            && !ours().await
-        {
-            let conflict = layout::conflict(self.opened.id, self.session_id);
-            let _ = self.recorder.put(&conflict, Bytes::new()).await;
-            self.recorder
-                .stats
-                .index_conflicts
-                .fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(turn = %self.opened.id, session = %self.session_id, "Turn record: another session recorded this turn id first; this record is kept under its own session.");
+            self.recorder.delete_after_spool(&marker).await;
         }
     }
 
@@ -311,7 +277,7 @@ impl Writer {
         let bytes = Bytes::from(bytes);
         self.segments.push(bytes.clone());
         let key = self.key(&layout::name::segment(seq));
-        if self.recorder.put(&key, bytes).await.is_err() {
+        if self.recorder.store_or_spool(&key, bytes, false).await == Stored::Dropped {
             self.missing(layout::name::segment(seq), "store_failed");
         }
     }
@@ -324,9 +290,9 @@ impl Writer {
             &piece.content_type,
             self.offset_ms(SystemTime::now()),
         );
-        match self.recorder.put(&key, piece.bytes).await {
-            Ok(()) => self.artifacts.push(entry),
-            Err(_) => self.missing(piece.name, "store_failed"),
+        match self.recorder.store_or_spool(&key, piece.bytes, false).await {
+            Stored::Written | Stored::Spooled => self.artifacts.push(entry),
+            Stored::Dropped => self.missing(piece.name, "store_failed"),
         }
     }
 
@@ -341,7 +307,10 @@ impl Writer {
                 .incomplete
                 .fetch_add(1, Ordering::Relaxed);
         }
-        self.recorder.put(&key, Bytes::from(body)).await.is_ok()
+        self.recorder
+            .store_or_spool(&key, Bytes::from(body), true)
+            .await
+            != Stored::Dropped
     }
 
     fn missing(&mut self, name: String, reason: &str) {
