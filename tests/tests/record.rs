@@ -143,6 +143,26 @@ async fn a_turn_with_speech_and_two_images_is_recorded_whole() -> anyhow::Result
         .collect();
     assert_eq!(segments, ogg);
 
+    // The turn's spans, kept whatever the sampler decided (nothing is exported here),
+    // in OTLP/JSON: all of the turn's trace.
+    let spans: Value = serde_json::from_slice(&stored("spans.otlp.json")?)?;
+    let spans: Vec<&Value> = spans["resourceSpans"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|r| r["scopeSpans"].as_array().into_iter().flatten())
+        .flat_map(|s| s["spans"].as_array().into_iter().flatten())
+        .collect();
+    let names: Vec<&str> = spans.iter().filter_map(|s| s["name"].as_str()).collect();
+    for name in ["turn", "asr", "vision", "llm"] {
+        assert!(names.contains(&name), "no {name} span in {names:?}");
+    }
+    assert!(
+        spans.iter().all(|s| s["traceId"] == turn.as_str()),
+        "{spans:#?}"
+    );
+    assert_eq!(names.iter().filter(|n| **n == "vision").count(), 2);
+
     // Each backend's request as the backend received it, and its answer as sent.
     let chats = seen.lock().unwrap().chats.clone();
     let request = |name: &str| -> anyhow::Result<Value> {

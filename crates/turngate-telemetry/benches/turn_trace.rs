@@ -99,12 +99,13 @@ fn bench(c: &mut Criterion) {
         },
         warnings: Vec::new(),
     };
-    let on = Telemetry::with_exporter(Counting(Arc::clone(&exported)), &otel, false);
+    let on = Telemetry::with_exporter(Counting(Arc::clone(&exported)), &otel, false, false);
     let off = Telemetry::new(
         &OtelConfig {
             export: false,
             ..otel.clone()
         },
+        false,
         false,
     )
     .unwrap();

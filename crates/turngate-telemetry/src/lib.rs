@@ -6,11 +6,14 @@
 //! - [`pipeline`]: the tracer provider, export queue and `tracing` layer;
 //! - [`ids`]: the id generator that gives a turn's root span the turn's ids;
 //! - [`export`]: the bounded export queue that counts what it drops;
+//! - [`capture`]: the spans of turns being recorded, kept in process whatever the
+//!   sampler decided;
 //! - [`turn`]: a turn's trace and the spans under it;
 //! - [`names`]: every span name and attribute key;
 //! - [`content`]: opt-in content in the GenAI message format;
 //! - [`metrics`]: the Prometheus text format.
 
+pub mod capture;
 pub mod config;
 pub mod content;
 pub mod error;

@@ -17,6 +17,7 @@ use tracing_subscriber::filter::Targets;
 use tracing_subscriber::{Layer, registry::LookupSpan};
 use turngate_core::{TraceParent, TurnId, TurnSampler};
 
+use crate::capture::TurnSpans;
 use crate::config::{OtelConfig, Protocol, SamplerChoice};
 use crate::error::Error;
 use crate::export::{self, SpanCounters, Worker};
@@ -27,7 +28,10 @@ use crate::names::{TARGET, span};
 pub struct Telemetry {
     provider: Option<SdkTracerProvider>,
     pub(crate) tracer: Option<SdkTracer>,
+    /// The export's sampler, for [`Telemetry::turn_sampler`]; `None` when not exporting.
     sampler: Option<Sampler>,
+    /// The spans of turns being recorded, when turns are recorded.
+    turn_spans: Option<TurnSpans>,
     worker: Mutex<Option<Worker>>,
     /// What happened to ended spans.
     pub spans: Arc<SpanCounters>,
@@ -36,19 +40,23 @@ pub struct Telemetry {
 }
 
 impl Telemetry {
-    /// Telemetry as configured. Exports only if `otel.export`; otherwise spans cost
-    /// next to nothing and nothing is sent anywhere. Call from within the tokio runtime:
-    /// the export queue runs as a task.
-    pub fn new(otel: &OtelConfig, capture_content: bool) -> Result<Self, Error> {
+    /// Telemetry as configured. Exports only if `otel.export`; keeps the spans of
+    /// turns for their records ([`Telemetry::turn_spans`]) if `record_spans`; with
+    /// neither, spans cost next to nothing and nothing is kept or sent. Call from
+    /// within the tokio runtime: the export queue runs as a task.
+    pub fn new(
+        otel: &OtelConfig,
+        capture_content: bool,
+        record_spans: bool,
+    ) -> Result<Self, Error> {
         if !otel.export {
-            return Ok(Self {
-                provider: None,
-                tracer: None,
-                sampler: None,
-                worker: Mutex::new(None),
-                spans: Arc::default(),
+            return Ok(Self::assemble(
+                None,
+                otel,
                 capture_content,
-            });
+                record_spans,
+                Arc::default(),
+            ));
         }
         let _ = rustls::crypto::ring::default_provider().install_default();
         let exporter = match otel.protocol {
@@ -64,7 +72,12 @@ impl Telemetry {
                 .build(),
         }
         .map_err(|e| Error::Exporter(e.to_string()))?;
-        Ok(Self::with_exporter(exporter, otel, capture_content))
+        Ok(Self::with_exporter(
+            exporter,
+            otel,
+            capture_content,
+            record_spans,
+        ))
     }
 
     /// Telemetry exporting through `exporter` (the OTLP one in production), with the
@@ -73,31 +86,71 @@ impl Telemetry {
         mut exporter: E,
         otel: &OtelConfig,
         capture_content: bool,
+        record_spans: bool,
     ) -> Self {
         let spans = Arc::new(SpanCounters::default());
-        let mut resource = Resource::builder()
-            .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")));
-        if !otel.service_name_set {
-            resource = resource.with_service_name("turngate");
+        exporter.set_resource(&resource(otel));
+        let queue = export::start(exporter, otel.queue, Arc::clone(&spans));
+        Self::assemble(Some(queue), otel, capture_content, record_spans, spans)
+    }
+
+    fn assemble(
+        queue: Option<(export::QueueProcessor, Worker)>,
+        otel: &OtelConfig,
+        capture_content: bool,
+        record_spans: bool,
+        spans: Arc<SpanCounters>,
+    ) -> Self {
+        let turn_spans = record_spans.then(TurnSpans::default);
+        if queue.is_none() && turn_spans.is_none() {
+            return Self {
+                provider: None,
+                tracer: None,
+                sampler: None,
+                turn_spans: None,
+                worker: Mutex::new(None),
+                spans,
+                capture_content,
+            };
         }
-        let resource = resource.build();
-        exporter.set_resource(&resource);
-        let (processor, worker) = export::start(exporter, otel.queue, Arc::clone(&spans));
-        let provider = SdkTracerProvider::builder()
-            .with_span_processor(processor)
+        let exporting = queue.is_some();
+        // What the export samples; without an export, nothing.
+        let chosen = if exporting {
+            sampler(otel.sampler)
+        } else {
+            Sampler::AlwaysOff
+        };
+        let mut builder = SdkTracerProvider::builder()
             .with_id_generator(TurnIdGenerator::default())
-            .with_sampler(sampler(otel.sampler))
-            .with_resource(resource)
-            .build();
+            .with_resource(resource(otel));
+        builder = match &turn_spans {
+            // Records kept in process take every span; the export still takes only
+            // the sampled ones (the queue checks the sampled flag).
+            Some(turn_spans) => builder
+                .with_span_processor(turn_spans.clone())
+                .with_sampler(RecordEverything(chosen.clone())),
+            None => builder.with_sampler(chosen.clone()),
+        };
+        let worker = queue.map(|(processor, worker)| {
+            builder = std::mem::take(&mut builder).with_span_processor(processor);
+            worker
+        });
+        let provider = builder.build();
         let tracer = provider.tracer("turngate");
         Self {
             provider: Some(provider),
             tracer: Some(tracer),
-            sampler: Some(sampler(otel.sampler)),
-            worker: Mutex::new(Some(worker)),
+            sampler: exporting.then_some(chosen),
+            turn_spans,
+            worker: Mutex::new(worker),
             spans,
             capture_content,
         }
+    }
+
+    /// The spans of turns being recorded, if turns are recorded.
+    pub fn turn_spans(&self) -> Option<&TurnSpans> {
+        self.turn_spans.as_ref()
     }
 
     /// The tracer's sampling decision for a turn's root span, made when the turn opens
@@ -112,11 +165,11 @@ impl Telemetry {
 
     /// Whether spans are exported.
     pub fn exporting(&self) -> bool {
-        self.tracer.is_some()
+        self.sampler.is_some()
     }
 
     /// The `tracing` layer that turns turngate's spans into OpenTelemetry spans, if
-    /// exporting.
+    /// they are exported or recorded.
     pub fn layer<S>(&self) -> Option<impl Layer<S> + use<S>>
     where
         S: tracing::Subscriber + for<'a> LookupSpan<'a>,
@@ -163,6 +216,41 @@ fn samples(sampler: &Sampler, turn_id: TurnId, client_parent: Option<TraceParent
         )
         .decision;
     decision == SamplingDecision::RecordAndSample
+}
+
+/// The resource of the gateway's spans.
+fn resource(otel: &OtelConfig) -> Resource {
+    let mut resource = Resource::builder()
+        .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")));
+    if !otel.service_name_set {
+        resource = resource.with_service_name("turngate");
+    }
+    resource.build()
+}
+
+/// A sampler that records every span its inner one would drop (record-only: kept for
+/// turn records, never exported).
+#[derive(Clone, Debug)]
+struct RecordEverything(Sampler);
+
+impl ShouldSample for RecordEverything {
+    fn should_sample(
+        &self,
+        parent: Option<&opentelemetry::Context>,
+        trace_id: TraceId,
+        name: &str,
+        kind: &SpanKind,
+        attributes: &[KeyValue],
+        links: &[opentelemetry::trace::Link],
+    ) -> opentelemetry_sdk::trace::SamplingResult {
+        let mut result = self
+            .0
+            .should_sample(parent, trace_id, name, kind, attributes, links);
+        if result.decision == SamplingDecision::Drop {
+            result.decision = SamplingDecision::RecordOnly;
+        }
+        result
+    }
 }
 
 fn sampler(choice: SamplerChoice) -> Sampler {

@@ -148,7 +148,9 @@ async fn serve(config: config::Config) -> anyhow::Result<()> {
     // Logs go to stderr; colours only on a terminal. Spans go to OTLP when configured.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let otel = turngate_telemetry::OtelConfig::from_vars(|name| std::env::var(name).ok());
-    let telemetry = turngate_telemetry::Telemetry::new(&otel, config.telemetry.capture_content)?;
+    let record_spans = config.record.enabled;
+    let telemetry =
+        turngate_telemetry::Telemetry::new(&otel, config.telemetry.capture_content, record_spans)?;
     let logs = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(ansi)

@@ -24,7 +24,7 @@ use turngate_store::{Created, Store, layout};
 
 use crate::config::{Config, RecordConfig};
 pub use recover::spawn_upkeep;
-pub use turn::{Outcome, TurnRecord};
+pub use turn::{Outcome, TurnRecord, User};
 
 /// The node's recorder. See the module docs.
 pub struct Recorder {
@@ -157,10 +157,8 @@ impl Recorder {
 
     /// Removes `key` now, or after what the spool holds.
     async fn delete_after_spool(&self, key: &Path) {
-        if self.spool.is_empty() {
-            if self.retrying(key, || self.store.delete(key)).await.is_ok() {
-                return;
-            }
+        if self.spool.is_empty() && self.retrying(key, || self.store.delete(key)).await.is_ok() {
+            return;
         }
         self.spool.delete(key.clone());
     }

@@ -13,18 +13,27 @@ use std::time::SystemTime;
 use bytes::Bytes;
 use tokio::sync::mpsc;
 use turngate_backends::tape::Exchange;
-use turngate_core::{Blob, CompletionStatus, SessionId, Stages, TurnInfo};
+use turngate_core::{Blob, CompletionStatus, SessionId, Stages, TurnId, TurnInfo};
 use turngate_store::layout;
 use turngate_store::manifest::{
     self, Artifact, Chain, Counters, Description, Manifest, Missing, Moment, RecordState, Timings,
 };
 use turngate_store::ogg::{GRANULE_RATE, OggOpus};
+use turngate_telemetry::capture::TurnSpans;
 use turngate_telemetry::snake;
 
 use super::recover::Marker;
 use super::{Recorder, Stored};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+
+/// Who a turn's session is with, for its manifest.
+pub struct User<'a> {
+    /// The token claims `auth.span_claims` names, as on the spans.
+    pub claims: &'a [(String, String)],
+    /// The token's subject (records are deleted on request by it).
+    pub subject: Option<String>,
+}
 
 /// How a turn ended, for its manifest.
 pub struct Outcome {
@@ -66,6 +75,8 @@ pub struct TurnRecord {
     audio: bool,
     images: bool,
     bodies: bool,
+    /// Where the turn's spans are kept until they go into the record.
+    spans: Option<(TurnSpans, TurnId)>,
 }
 
 impl TurnRecord {
@@ -77,17 +88,20 @@ impl TurnRecord {
         session_id: SessionId,
         info: &TurnInfo,
         started: SystemTime,
-        claims: &[(String, String)],
-        subject: Option<String>,
+        user: User<'_>,
+        spans: Option<&TurnSpans>,
     ) -> Self {
+        if let Some(spans) = spans {
+            spans.watch(info.id);
+        }
         let (tx, rx) = mpsc::unbounded_channel();
         let writer = Writer {
             recorder: Arc::clone(recorder),
             session_id,
             opened: info.clone(),
             started,
-            claims: claims.to_vec(),
-            subject,
+            claims: user.claims.to_vec(),
+            subject: user.subject,
             artifacts: Vec::new(),
             missing: Vec::new(),
             segments: Vec::new(),
@@ -99,6 +113,7 @@ impl TurnRecord {
             audio: settings.audio,
             images: settings.images,
             bodies: settings.backend_bodies,
+            spans: spans.map(|s| (s.clone(), info.id)),
         }
     }
 
@@ -171,8 +186,30 @@ impl TurnRecord {
     }
 
     /// The turn completed: its record gets its manifest.
-    pub fn finish(self, outcome: Outcome) {
+    pub fn finish(mut self, outcome: Outcome) {
+        self.spans_now();
         let _ = self.tx.send(Op::Finish(Box::new(outcome)));
+    }
+
+    /// The turn's spans that ended, as `spans.otlp.json` (OTLP/JSON); they are no
+    /// longer watched.
+    fn spans_now(&mut self) {
+        if let Some((spans, turn)) = self.spans.take()
+            && let Some(json) = spans.take(turn)
+        {
+            self.artifact(
+                layout::name::SPANS.to_owned(),
+                Bytes::from(json),
+                "application/json",
+            );
+        }
+    }
+}
+
+impl Drop for TurnRecord {
+    /// A turn that never completed still gets the spans it has.
+    fn drop(&mut self) {
+        self.spans_now();
     }
 }
 

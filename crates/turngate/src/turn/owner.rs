@@ -29,7 +29,7 @@ use turngate_telemetry::{AudioStats, TurnTrace, names, snake};
 use super::prompt::{self, Described, Exchange};
 use super::stage::{Job, Ran};
 use super::{Conversation, Services, asr, llm, unless_cancelled, vision};
-use crate::record::{Outcome, TurnRecord};
+use crate::record::{Outcome, TurnRecord, User};
 
 /// What a turn that hands its input on gives its successor.
 #[derive(Debug, Default)]
@@ -106,8 +106,11 @@ impl Turn {
                 shared.id,
                 &info,
                 wall(info.started_at),
-                &conversation.user,
-                conversation.subject.clone(),
+                User {
+                    claims: &conversation.user,
+                    subject: conversation.subject.clone(),
+                },
+                services.telemetry.turn_spans(),
             )
         });
         Self {
