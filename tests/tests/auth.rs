@@ -282,13 +282,13 @@ async fn valid_tokens_open_sessions_and_only_their_subject_may_touch_them() -> a
             .send()
     };
     assert_eq!(upload(&bob).await?.status().as_u16(), 404);
-    let delete = |token: &str| {
+    let delete = |location: &str, token: &str| {
         gw.http
-            .delete(&location)
+            .delete(location)
             .header("authorization", format!("Bearer {token}"))
             .send()
     };
-    assert_eq!(delete(&bob).await?.status().as_u16(), 404);
+    assert_eq!(delete(&location, &bob).await?.status().as_u16(), 404);
     // Without a token: 401.
     assert_eq!(
         gw.http.delete(&location).send().await?.status().as_u16(),
@@ -296,21 +296,15 @@ async fn valid_tokens_open_sessions_and_only_their_subject_may_touch_them() -> a
     );
     // Alice can.
     assert_eq!(upload(&alice).await?.status().as_u16(), 201);
-    assert_eq!(delete(&alice).await?.status().as_u16(), 204);
+    assert_eq!(delete(&location, &alice).await?.status().as_u16(), 204);
 
     // Tokens without `sub` are no one in common: each owns only what it opened.
     let anonymous = |n: u64| hs256(&claims("", json!({"sub": null, "jti": n})));
     let (first, second) = (anonymous(1), anonymous(2));
     let theirs = connect(&gw, &first).await?;
     let location = format!("{}{}", gw.base, theirs.location);
-    let delete = |token: &str| {
-        gw.http
-            .delete(&location)
-            .header("authorization", format!("Bearer {token}"))
-            .send()
-    };
-    assert_eq!(delete(&second).await?.status().as_u16(), 404);
-    assert_eq!(delete(&first).await?.status().as_u16(), 204);
+    assert_eq!(delete(&location, &second).await?.status().as_u16(), 404);
+    assert_eq!(delete(&location, &first).await?.status().as_u16(), 204);
     Ok(())
 }
 
@@ -364,17 +358,21 @@ async fn session_reads_need_the_operator_credential() -> anyhow::Result<()> {
 #[tokio::test]
 async fn a_minted_development_token_opens_a_session() -> anyhow::Result<()> {
     let gw = gateway().await?;
-    let out = tokio::process::Command::new(binary())
-        .args(["token", "create", "--sub", "dev", "--ttl", "5m"])
-        .env("TURNGATE_AUTH_HS256_SECRET", SECRET)
-        .output()
-        .await?;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let token = String::from_utf8(out.stdout)?.trim().to_owned();
+    // `turngate token create --sub dev --ttl 5m`, with more arguments: the token.
+    let mint = |more: &[&std::ffi::OsStr]| {
+        let out = std::process::Command::new(binary())
+            .args(["token", "create", "--sub", "dev", "--ttl", "5m"])
+            .args(more)
+            .env("TURNGATE_AUTH_HS256_SECRET", SECRET)
+            .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8(out.stdout)?.trim().to_owned())
+    };
+    let token = mint(&[])?;
     // Without the gateway's configuration it has no issuer, which this gateway requires.
     let (status, _, body) = post_whip(&gw, Some(&format!("Bearer {token}"))).await?;
     assert_eq!((status, body["code"].as_str()), (401, Some("unauthorized")));
@@ -389,18 +387,8 @@ async fn a_minted_development_token_opens_a_session() -> anyhow::Result<()> {
     // With the gateway's configuration, it carries the issuer the gateway requires.
     let config = std::env::temp_dir().join(format!("turngate-iss-{}.toml", std::process::id()));
     std::fs::write(&config, "[auth]\nissuer = \"tests\"\n")?;
-    let out = tokio::process::Command::new(binary())
-        .args(["token", "create", "--sub", "dev", "--ttl", "5m", "--config"])
-        .arg(&config)
-        .env("TURNGATE_AUTH_HS256_SECRET", SECRET)
-        .output()
-        .await?;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    connect(&gw, String::from_utf8(out.stdout)?.trim()).await?;
+    let token = mint(&["--config".as_ref(), config.as_os_str()])?;
+    connect(&gw, &token).await?;
     Ok(())
 }
 

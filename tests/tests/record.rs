@@ -24,6 +24,19 @@ async fn manifest(store: &Path, session: &str, turn: &str) -> anyhow::Result<(Pa
     anyhow::bail!("no manifest at {}", path.display())
 }
 
+/// Sends `turn.start` and returns the id of the turn it opened.
+async fn start_client_turn(client: &Client) -> anyhow::Result<String> {
+    client.send_event(json!({"type": "turn.start"})).await?;
+    let started = client
+        .inbox
+        .wait("turn.started", 1, Duration::from_secs(3))
+        .await?;
+    Ok(started[0]["turn_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned())
+}
+
 /// Every file under `dir`.
 fn files(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
@@ -70,14 +83,7 @@ async fn a_turn_with_speech_and_two_images_is_recorded_whole() -> anyhow::Result
     let packets = encode_opus(rate, &pcm)?;
     let (png, jpeg) = (png(320, 200), jpeg(64, 48));
 
-    client.send_event(json!({"type": "turn.start"})).await?;
-    let turn = client
-        .inbox
-        .wait("turn.started", 1, Duration::from_secs(3))
-        .await?[0]["turn_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let turn = start_client_turn(&client).await?;
     client.send_packets(&packets[0..40], &[]).await?;
     client.upload("a", "image/png", &png, 16 * 1024).await?;
     // A loss gap of 3 packets, then a DTX gap of 10.
@@ -279,14 +285,7 @@ async fn a_node_killed_mid_turn_finishes_its_record_at_restart_and_leaves_live_n
     let session = client.session_id().await?;
     let (rate, pcm) = wav::read(&data("speech.wav"))?;
     let packets = encode_opus(rate, &pcm)?;
-    client.send_event(json!({"type": "turn.start"})).await?;
-    let turn = client
-        .inbox
-        .wait("turn.started", 1, Duration::from_secs(3))
-        .await?[0]["turn_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let turn = start_client_turn(&client).await?;
     // 3 s of a 6 s utterance, then the process dies.
     let utterance: Vec<Vec<u8>> = packets.iter().cycle().take(300).cloned().collect();
     client.send_packets(&utterance[..150], &[]).await?;

@@ -1,9 +1,9 @@
 //! Speech to text: `POST {base}/audio/transcriptions` (OpenAI-compatible), the turn's
 //! audio as a 16 kHz mono 16-bit WAV.
 
-use crate::client::{Backend, Outgoing, describe, read_body};
+use crate::client::{Backend, Outgoing, malformed, read_body};
 use crate::context::TurnContext;
-use crate::error::{BackendError, TimeoutKind};
+use crate::error::BackendError;
 use crate::tape::Tape;
 
 /// Transcribes a turn's audio: `wav`, its PCM (16 kHz mono, concealment included so
@@ -56,24 +56,4 @@ pub async fn transcribe(
         .and_then(|t| t.as_str())
         .map(|t| t.trim().to_owned())
         .ok_or_else(|| malformed(backend, "no string `text` in the answer".into()))
-}
-
-/// Reading or decoding an answer's body failed: past the request timeout, or not JSON.
-pub(crate) fn body_error(backend: &Backend, e: reqwest::Error) -> BackendError {
-    if e.is_timeout() {
-        BackendError::Timeout {
-            backend: backend.name,
-            kind: TimeoutKind::Request,
-            ms: backend.config().timeout_ms,
-        }
-    } else {
-        malformed(backend, describe(e))
-    }
-}
-
-pub(crate) fn malformed(backend: &Backend, detail: String) -> BackendError {
-    BackendError::Malformed {
-        backend: backend.name,
-        detail,
-    }
 }

@@ -313,12 +313,30 @@ pub(crate) async fn read_body(
     response: reqwest::Response,
     tape: &Tape,
 ) -> Result<Bytes, BackendError> {
-    let bytes = response
-        .bytes()
-        .await
-        .map_err(|e| crate::asr::body_error(backend, e))?;
+    let bytes = response.bytes().await.map_err(|e| body_error(backend, e))?;
     tape.body(&bytes);
     Ok(bytes)
+}
+
+/// Reading or decoding an answer's body failed: past the request timeout, or not JSON.
+pub(crate) fn body_error(backend: &Backend, e: reqwest::Error) -> BackendError {
+    if e.is_timeout() {
+        BackendError::Timeout {
+            backend: backend.name,
+            kind: TimeoutKind::Request,
+            ms: backend.config().timeout_ms,
+        }
+    } else {
+        malformed(backend, describe(e))
+    }
+}
+
+/// An answer that does not say what it should (`detail` says how).
+pub(crate) fn malformed(backend: &Backend, detail: String) -> BackendError {
+    BackendError::Malformed {
+        backend: backend.name,
+        detail,
+    }
 }
 
 /// The delay before retry `attempt` (0 for the first retry): [`BACKOFF`] doubled per

@@ -3,9 +3,8 @@
 
 use turngate_core::Blob;
 
-use crate::asr::malformed;
 use crate::chat::{Content, JSON, Message, Part, Request, Role};
-use crate::client::{Backend, Outgoing, read_body};
+use crate::client::{Backend, Outgoing, malformed, read_body};
 use crate::context::TurnContext;
 use crate::error::BackendError;
 use crate::tape::Tape;

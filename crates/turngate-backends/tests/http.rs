@@ -134,6 +134,23 @@ fn timeouts(first_token: u64, idle: u64, total: u64) -> StreamTimeouts {
 }
 
 /// The stream's deltas and how it ended: `Done` or an error.
+/// The error a call to `llm` that is expected to fail before its stream ends with;
+/// panics with `why` if it does not.
+async fn stream_error(llm: &Backend, why: &str) -> BackendError {
+    let Err(e) = llm::stream(
+        llm,
+        &ctx(),
+        messages(),
+        StreamTimeouts::default(),
+        &Tape::OFF,
+    )
+    .await
+    else {
+        panic!("{why}");
+    };
+    e
+}
+
 async fn collect(stream: &mut LlmStream) -> (Vec<String>, Result<LlmEvent, BackendError>) {
     let mut deltas = Vec::new();
     loop {
@@ -176,17 +193,7 @@ async fn status_error_keeps_only_the_sanitized_message() {
     let body = r#"{"error":{"message":"Overloaded,\n\ttry\u0007 later","type":"server_error","param":"secret prompt"}}"#;
     let url = error_server("/chat/completions", 503, "application/json", body).await;
     let llm = backend("llm", &url, 5_000, 0);
-    let Err(e) = llm::stream(
-        &llm,
-        &ctx(),
-        messages(),
-        StreamTimeouts::default(),
-        &Tape::OFF,
-    )
-    .await
-    else {
-        panic!("a 503 fails the call");
-    };
+    let e = stream_error(&llm, "a 503 fails the call").await;
     let expected = BackendError::Status {
         backend: "llm",
         status: 503,
@@ -206,17 +213,7 @@ async fn non_json_status_body_contributes_nothing() {
     let body = "<html>Traceback at db-7.internal: password=hunter2</html>";
     let url = error_server("/chat/completions", 500, "text/html", body).await;
     let llm = backend("llm", &url, 5_000, 0);
-    let Err(e) = llm::stream(
-        &llm,
-        &ctx(),
-        messages(),
-        StreamTimeouts::default(),
-        &Tape::OFF,
-    )
-    .await
-    else {
-        panic!("a 500 fails the call");
-    };
+    let e = stream_error(&llm, "a 500 fails the call").await;
     let expected = BackendError::Status {
         backend: "llm",
         status: 500,
@@ -272,17 +269,7 @@ async fn unavailable_client_message_leaves_out_the_transport() {
     let url = format!("http://{}/v1", listener.local_addr().unwrap());
     drop(listener);
     let llm = backend("llm", &url, 5_000, 0);
-    let Err(e) = llm::stream(
-        &llm,
-        &ctx(),
-        messages(),
-        StreamTimeouts::default(),
-        &Tape::OFF,
-    )
-    .await
-    else {
-        panic!("nothing listens");
-    };
+    let e = stream_error(&llm, "nothing listens").await;
     assert!(matches!(e, BackendError::Unavailable { .. }), "{e:?}");
     assert_eq!(e.client_message(), "llm is unavailable");
     let logged = e.to_string();
