@@ -1,4 +1,4 @@
-//! Backends for `scripts/bench-telemetry`: the fake OpenAI-compatible server and an
+//! Backends for `scripts/bench-compare`: the fake OpenAI-compatible server and an
 //! OTLP/HTTP receiver, on loopback. Prints one JSON line with their URLs, serves until
 //! interrupted (SIGINT), then prints how many spans it received.
 
