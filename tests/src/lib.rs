@@ -120,6 +120,8 @@ pub struct Gateway {
     /// removed when it is dropped, unless the test named one.
     pub store: PathBuf,
     own_store: bool,
+    /// Its spool directory (`TURNGATE_SPOOL_DIR`), removed when it is dropped.
+    spool: PathBuf,
     log: Arc<Mutex<String>>,
 }
 
@@ -128,6 +130,7 @@ impl Drop for Gateway {
         if self.own_store {
             let _ = std::fs::remove_dir_all(&self.store);
         }
+        let _ = std::fs::remove_dir_all(&self.spool);
     }
 }
 
@@ -183,6 +186,12 @@ impl Gateway {
             }
         };
         cmd.env("TURNGATE_STORE_URL", &store);
+        // A spool directory of its own too (used past the memory spool, S3 stores).
+        let spool =
+            std::env::temp_dir().join(format!("turngate-spool-{}-{port}", std::process::id()));
+        if !env.iter().any(|(k, _)| *k == "TURNGATE_SPOOL_DIR") {
+            cmd.env("TURNGATE_SPOOL_DIR", &spool);
+        }
         cmd.envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -207,6 +216,7 @@ impl Gateway {
             harness_keys,
             store,
             own_store: named.is_none(),
+            spool,
             log,
         };
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -232,6 +242,7 @@ impl Gateway {
             harness_keys: false,
             store: PathBuf::new(),
             own_store: false,
+            spool: PathBuf::new(),
             log: Arc::default(),
         }
     }

@@ -445,8 +445,8 @@ async fn a_store_outage_keeps_turns_flowing_and_the_record_says_what_it_lost() -
     let mut env = backend_env(&base, &base, &base);
     env.extend(store.iter().cloned());
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    // Short retries, and a spool too small for the image.
-    let toml = "[record]\nretry_ms = 300\nspool_bytes = 60000\n";
+    // Short retries, and a spool (memory, then disk) too small for the image.
+    let toml = "[record]\nretry_ms = 300\nspool_bytes = 60000\nspool_disk_bytes = 60000\n";
     let gw = Gateway::with_config("outage", toml, &[], &env).await?;
     let client = Client::connect(&gw, true).await?;
     client.session_id().await?;

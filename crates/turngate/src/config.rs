@@ -135,8 +135,15 @@ pub struct RecordConfig {
     /// hourly in `serve`).
     pub retention_days: u32,
     /// Bytes of records kept in memory while the store refuses them, written once it
-    /// takes them again; beyond, parts of records are dropped (listed `missing`).
+    /// takes them again; beyond, they go to `spool_dir`.
     pub spool_bytes: u64,
+    /// Where records wait past `spool_bytes`, surviving a restart
+    /// (`TURNGATE_SPOOL_DIR`). Default: `./turngate-spool` for an S3 store, none for a
+    /// local one (the store is a local directory already).
+    pub spool_dir: Option<PathBuf>,
+    /// Bytes of records `spool_dir` holds at most; beyond, parts of records are dropped
+    /// (listed `missing`, `store_failed`).
+    pub spool_disk_bytes: u64,
 }
 
 impl Default for RecordConfig {
@@ -153,6 +160,8 @@ impl Default for RecordConfig {
             lease_ms: 60_000,
             retention_days: 30,
             spool_bytes: 64 * 1024 * 1024,
+            spool_dir: None,
+            spool_disk_bytes: 1024 * 1024 * 1024,
         }
     }
 }
@@ -188,6 +197,15 @@ impl RecordConfig {
     /// How often audio segments are flushed.
     pub fn segment(&self) -> Duration {
         Duration::from_millis(self.segment_ms.max(1))
+    }
+
+    /// The spool's directory, if it has one.
+    pub fn spool_dir(&self) -> Option<PathBuf> {
+        self.spool_dir.clone().or_else(|| {
+            self.store
+                .starts_with("s3://")
+                .then(|| PathBuf::from("turngate-spool"))
+        })
     }
 
     /// How long records are kept.
@@ -618,6 +636,9 @@ Configuration file keys (TOML; every key optional; defaults shown):
   lease_ms = 60000                  a node's lease on its open records (renewed every third)
   retention_days = 30               records are deleted this long after their turn ended
   spool_bytes = 67108864            records held in memory while the store is down
+  spool_dir                         then on disk, surviving a restart (TURNGATE_SPOOL_DIR;
+                                    default ./turngate-spool for an s3:// store)
+  spool_disk_bytes = 1073741824     at most this much on disk; beyond, parts are dropped
   [telemetry]
   capture_content = false           transcripts, prompts, answers and images in span attributes
                                     (TURNGATE_TELEMETRY_CAPTURE_CONTENT); the OTLP exporter is
@@ -847,6 +868,9 @@ impl Config {
         }
         if let Some(v) = env("TURNGATE_NODE_ID") {
             config.record.node_id = Some(v);
+        }
+        if let Some(v) = env("TURNGATE_SPOOL_DIR") {
+            config.record.spool_dir = Some(v.into());
         }
         config.insecure_no_auth = o.insecure_no_auth;
         for (prefix, backend) in [

@@ -125,7 +125,12 @@ impl Recorder {
         Ok(Some(Arc::new(Self {
             node_id: settings.node_id(),
             store,
-            spool: spool::Spool::new(settings.spool_bytes),
+            spool: spool::Spool::new(
+                settings.spool_bytes,
+                settings.spool_dir(),
+                settings.spool_disk_bytes,
+            )
+            .map_err(|e| anyhow::anyhow!("record.spool_dir: {e}"))?,
             settings,
             shape,
             stats: RecordStats::default(),

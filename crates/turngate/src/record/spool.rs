@@ -1,23 +1,31 @@
-//! Objects the store did not take: kept in memory, at most `record.spool_bytes`, and
-//! written again in the order they came ([`super::Recorder::drain_spool`], with
-//! back-off from 1 s doubling to 30 s) until the store takes them.
+//! Store operations the store did not take yet: kept in memory (at most
+//! `record.spool_bytes`), then in a local directory (`record.spool_dir`, at most
+//! `record.spool_disk_bytes`), and carried out in the order they came
+//! ([`super::Recorder::drain_spool`], with back-off from 1 s doubling to 30 s) until
+//! the store takes them. What waits on disk survives a restart: a node replays it
+//! before anything new.
 //!
-//! While anything waits here, new objects queue behind it without trying the store
-//! first: a turn's manifest so never lands before the artifacts it lists, and turns
-//! do not each wait out the retries of a store that is down. Beyond the bound an
-//! object is dropped (its turn lists it `missing`, `store_failed`); a manifest is
-//! always taken, so a record that lost parts still says so once the store is back.
+//! While anything waits here, new operations queue behind it without trying the store
+//! first: a turn's manifest so never lands before the artifacts it lists, and turns do
+//! not each wait out the retries of a store that is down. Once anything waits on disk,
+//! new operations go to disk too, so the order holds across the tiers (memory holds
+//! only what is older than all of disk). Beyond both bounds an object is dropped (its
+//! turn lists it `missing`, `store_failed`); a manifest or a marker is always taken, so
+//! a record that lost parts still says so once the store is back.
 
 use std::collections::VecDeque;
+use std::path::PathBuf;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use object_store::path::Path;
+use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
+use turngate_core::{SessionId, TurnId};
 
 /// A store operation waiting its turn.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Pending {
     Put(Path, Bytes),
     /// A marker to remove once the manifest before it is written.
@@ -27,10 +35,10 @@ pub enum Pending {
 }
 
 /// A turn's index entry: `turns/{turn}` naming its session.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Index {
-    pub turn: turngate_core::TurnId,
-    pub session: turngate_core::SessionId,
+    pub turn: TurnId,
+    pub session: SessionId,
 }
 
 impl Pending {
@@ -42,39 +50,86 @@ impl Pending {
     }
 }
 
+/// How an operation is written on disk: this header as one JSON line, then the body.
+#[derive(Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+enum Header {
+    Put { key: String },
+    Delete { key: String },
+    Index { turn: String, session: String },
+}
+
+/// Where an operation went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Spooled {
+    Queued,
+    /// Both tiers are full: the object is dropped.
+    Full,
+}
+
 /// The spool. See the module docs.
 pub struct Spool {
-    queue: Mutex<VecDeque<Pending>>,
-    /// Bytes waiting.
+    tiers: Mutex<Tiers>,
+    /// Bytes waiting, in memory and on disk.
     bytes: AtomicU64,
-    max_bytes: u64,
-    /// Objects that waited here and were then written.
+    max_memory: u64,
+    max_disk: u64,
+    /// Operations that waited here and were then carried out.
     pub written: AtomicU64,
     arrived: Notify,
 }
 
-/// Whether an object went into the spool.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Spooled {
-    Queued,
-    /// The spool is full: the object is dropped.
-    Full,
+struct Tiers {
+    memory: VecDeque<Pending>,
+    memory_bytes: u64,
+    /// The directory, and the sequence numbers of what waits in it, oldest first.
+    dir: Option<PathBuf>,
+    disk: VecDeque<(u64, u64)>,
+    disk_bytes: u64,
+    next_seq: u64,
 }
 
 impl Spool {
-    pub fn new(max_bytes: u64) -> Self {
-        Self {
-            queue: Mutex::default(),
-            bytes: AtomicU64::new(0),
-            max_bytes,
+    /// A spool of `max_memory` bytes in memory and `max_disk` bytes in `dir` (none: no
+    /// disk tier). What `dir` holds from an earlier run waits first.
+    pub fn new(max_memory: u64, dir: Option<PathBuf>, max_disk: u64) -> std::io::Result<Self> {
+        let mut disk = VecDeque::new();
+        let mut disk_bytes = 0;
+        if let Some(dir) = &dir {
+            std::fs::create_dir_all(dir)?;
+            let mut found: Vec<(u64, u64)> = std::fs::read_dir(dir)?
+                .flatten()
+                .filter_map(|e| {
+                    let seq = e.file_name().to_str()?.parse().ok()?;
+                    Some((seq, e.metadata().ok()?.len()))
+                })
+                .collect();
+            found.sort_unstable();
+            disk_bytes = found.iter().map(|(_, len)| len).sum();
+            disk.extend(found);
+        }
+        let next_seq = disk.back().map_or(0, |(seq, _)| seq + 1);
+        Ok(Self {
+            bytes: AtomicU64::new(disk_bytes),
+            tiers: Mutex::new(Tiers {
+                memory: VecDeque::new(),
+                memory_bytes: 0,
+                dir,
+                disk,
+                disk_bytes,
+                next_seq,
+            }),
+            max_memory,
+            max_disk,
             written: AtomicU64::new(0),
             arrived: Notify::new(),
-        }
+        })
     }
 
     /// Whether anything waits.
     pub fn is_empty(&self) -> bool {
-        self.bytes() == 0 && self.queue().is_empty()
+        let tiers = self.tiers();
+        tiers.memory.is_empty() && tiers.disk.is_empty()
     }
 
     /// Bytes waiting.
@@ -82,45 +137,98 @@ impl Spool {
         self.bytes.load(Ordering::Relaxed)
     }
 
-    /// Queues `bytes` for `key`, within the bound unless `always` (manifests).
+    /// Queues `bytes` for `key`, within the bounds unless `always` (manifests,
+    /// markers).
     pub fn push(&self, key: Path, bytes: Bytes, always: bool) -> Spooled {
-        let size = bytes.len() as u64;
-        if !always && self.bytes() + size > self.max_bytes {
-            return Spooled::Full;
-        }
-        self.enqueue(Pending::Put(key, bytes));
-        Spooled::Queued
+        self.enqueue(Pending::Put(key, bytes), always)
     }
 
     /// Queues the removal of `key` behind what waits.
     pub fn delete(&self, key: Path) {
-        self.enqueue(Pending::Delete(key));
+        self.enqueue(Pending::Delete(key), true);
     }
 
     /// Queues a turn's index behind what waits.
     pub fn index(&self, index: Index) {
-        self.enqueue(Pending::Index(index));
+        self.enqueue(Pending::Index(index), true);
     }
 
-    fn enqueue(&self, pending: Pending) {
-        let mut queue = self.queue();
-        self.bytes.fetch_add(pending.size(), Ordering::Relaxed);
-        queue.push_back(pending);
-        drop(queue);
+    fn enqueue(&self, pending: Pending, always: bool) -> Spooled {
+        let size = pending.size();
+        let mut tiers = self.tiers();
+        let in_memory = tiers.disk.is_empty()
+            && (tiers.memory_bytes + size <= self.max_memory || (always && tiers.dir.is_none()));
+        let added = if in_memory {
+            tiers.memory_bytes += size;
+            tiers.memory.push_back(pending);
+            size
+        } else {
+            let fits = tiers.disk_bytes + size <= self.max_disk;
+            let Some(dir) = tiers.dir.clone().filter(|_| fits || always) else {
+                return Spooled::Full;
+            };
+            let seq = tiers.next_seq;
+            match write(&dir.join(seq.to_string()), &pending) {
+                Ok(len) => {
+                    tiers.next_seq += 1;
+                    tiers.disk.push_back((seq, len));
+                    tiers.disk_bytes += len;
+                    len
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "Turn record: cannot write to the spool directory.");
+                    return Spooled::Full;
+                }
+            }
+        };
+        drop(tiers);
+        self.bytes.fetch_add(added, Ordering::Relaxed);
         self.arrived.notify_one();
+        Spooled::Queued
     }
 
-    /// The oldest operation waiting, if any.
+    /// The oldest operation waiting, if any (memory first: it is older than disk).
     pub fn front(&self) -> Option<Pending> {
-        self.queue().front().cloned()
+        let tiers = self.tiers();
+        if let Some(pending) = tiers.memory.front() {
+            return Some(pending.clone());
+        }
+        let (seq, _) = *tiers.disk.front()?;
+        let path = tiers.dir.as_ref()?.join(seq.to_string());
+        drop(tiers);
+        match read(&path) {
+            Ok(pending) => Some(pending),
+            Err(e) => {
+                // A file that does not read back is of no use to anyone: skip it.
+                tracing::warn!(file = %path.display(), error = %e, "Turn record: an unreadable spool file; skipped.");
+                self.done();
+                self.front()
+            }
+        }
     }
 
     /// The oldest operation was carried out: it leaves the spool.
     pub fn done(&self) {
-        if let Some(pending) = self.queue().pop_front() {
-            self.bytes.fetch_sub(pending.size(), Ordering::Relaxed);
-            self.written.fetch_add(1, Ordering::Relaxed);
-        }
+        let mut tiers = self.tiers();
+        let size = if let Some(pending) = tiers.memory.pop_front() {
+            tiers.memory_bytes -= pending.size();
+            pending.size()
+        } else if let Some((seq, len)) = tiers.disk.pop_front() {
+            tiers.disk_bytes -= len;
+            if let Some(dir) = &tiers.dir {
+                let _ = std::fs::remove_file(dir.join(seq.to_string()));
+            }
+            len
+        } else {
+            return;
+        };
+        drop(tiers);
+        let _ = self
+            .bytes
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
+                Some(b.saturating_sub(size))
+            });
+        self.written.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Waits until something is queued.
@@ -128,24 +236,136 @@ impl Spool {
         self.arrived.notified().await;
     }
 
-    fn queue(&self) -> std::sync::MutexGuard<'_, VecDeque<Pending>> {
-        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    fn tiers(&self) -> std::sync::MutexGuard<'_, Tiers> {
+        self.tiers.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// Writes `pending` to `path` (synced, so it survives a crash); returns its length.
+fn write(path: &std::path::Path, pending: &Pending) -> std::io::Result<u64> {
+    use std::io::Write;
+    let (header, body): (Header, &[u8]) = match pending {
+        Pending::Put(key, bytes) => (
+            Header::Put {
+                key: key.to_string(),
+            },
+            bytes,
+        ),
+        Pending::Delete(key) => (
+            Header::Delete {
+                key: key.to_string(),
+            },
+            &[],
+        ),
+        Pending::Index(i) => (
+            Header::Index {
+                turn: i.turn.to_string(),
+                session: i.session.to_string(),
+            },
+            &[],
+        ),
+    };
+    let mut file = std::fs::File::create(path)?;
+    serde_json::to_writer(&mut file, &header)?;
+    file.write_all(b"\n")?;
+    file.write_all(body)?;
+    file.sync_all()?;
+    file.metadata().map(|m| m.len())
+}
+
+/// Reads back what [`write`] wrote.
+fn read(path: &std::path::Path) -> std::io::Result<Pending> {
+    let bytes = std::fs::read(path)?;
+    let bad = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_owned());
+    let newline = bytes
+        .iter()
+        .position(|&b| b == b'\n')
+        .ok_or_else(|| bad("no header"))?;
+    let header: Header = serde_json::from_slice(&bytes[..newline])?;
+    let body = Bytes::from(bytes).slice(newline + 1..);
+    Ok(match header {
+        Header::Put { key } => Pending::Put(Path::from(key), body),
+        Header::Delete { key } => Pending::Delete(Path::from(key)),
+        Header::Index { turn, session } => Pending::Index(Index {
+            turn: turn.parse().map_err(|_| bad("turn id"))?,
+            session: session.parse().map_err(|_| bad("session id"))?,
+        }),
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn put(n: usize) -> Pending {
+        Pending::Put(Path::from(format!("k/{n}")), Bytes::from(vec![n as u8; n]))
+    }
+
+    fn push(spool: &Spool, p: &Pending, always: bool) -> Spooled {
+        match p {
+            Pending::Put(k, b) => spool.push(k.clone(), b.clone(), always),
+            _ => unreachable!(),
+        }
+    }
+
+    fn drained(spool: &Spool) -> Vec<Pending> {
+        std::iter::from_fn(|| {
+            let p = spool.front()?;
+            spool.done();
+            Some(p)
+        })
+        .collect()
+    }
+
     #[test]
-    fn the_bound_holds_except_for_manifests() {
-        let spool = Spool::new(10);
-        let put = |n: usize, always| spool.push(Path::from("k"), Bytes::from(vec![0; n]), always);
-        assert_eq!(put(6, false), Spooled::Queued);
-        assert_eq!(put(6, false), Spooled::Full);
-        assert_eq!(put(4, false), Spooled::Queued);
-        assert_eq!(put(100, true), Spooled::Queued);
+    fn memory_only_keeps_its_bound_except_for_manifests() {
+        let spool = Spool::new(10, None, 0).unwrap();
+        assert_eq!(push(&spool, &put(6), false), Spooled::Queued);
+        assert_eq!(push(&spool, &put(6), false), Spooled::Full);
+        assert_eq!(push(&spool, &put(4), false), Spooled::Queued);
+        assert_eq!(push(&spool, &put(100), true), Spooled::Queued);
         assert_eq!(spool.bytes(), 110);
+        assert_eq!(drained(&spool), vec![put(6), put(4), put(100)]);
+        assert!(spool.is_empty());
+        assert_eq!(spool.bytes(), 0);
+    }
+
+    #[test]
+    fn past_memory_operations_go_to_disk_in_order_and_survive_a_restart() {
+        let dir = std::env::temp_dir().join(format!("turngate-spool-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let index = Pending::Index(Index {
+            turn: "0af7651916cd43dd8448eb211c80319c".parse().unwrap(),
+            session: "01890f3a9b7c4d5e6f708192a3b4c5d6".parse().unwrap(),
+        });
+        {
+            let spool = Spool::new(10, Some(dir.clone()), 1000).unwrap();
+            assert_eq!(push(&spool, &put(8), false), Spooled::Queued); // memory
+            assert_eq!(push(&spool, &put(9), false), Spooled::Queued); // disk
+            // Memory has room again, but disk holds something: disk, to keep the order.
+            assert_eq!(push(&spool, &put(1), false), Spooled::Queued);
+            spool.index(match &index {
+                Pending::Index(i) => i.clone(),
+                _ => unreachable!(),
+            });
+            spool.delete(Path::from("open/n/t"));
+            assert_eq!(push(&spool, &put(2000), false), Spooled::Full);
+            assert_eq!(spool.front(), Some(put(8)));
+            spool.done();
+            // The process stops here: memory is lost, disk is not.
+        }
+        let spool = Spool::new(10, Some(dir.clone()), 1000).unwrap();
         assert!(!spool.is_empty());
+        assert_eq!(
+            drained(&spool),
+            vec![
+                put(9),
+                put(1),
+                index,
+                Pending::Delete(Path::from("open/n/t"))
+            ]
+        );
+        assert!(std::fs::read_dir(&dir).unwrap().next().is_none());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
