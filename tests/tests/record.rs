@@ -104,6 +104,12 @@ async fn a_turn_with_speech_and_two_images_is_recorded_whole() -> anyhow::Result
         (Some(turn.as_str()), Some(turn.as_str()))
     );
     assert_eq!(m["status"], "ok");
+    let completed = &m["timings"]["completed"];
+    assert!(completed["at"].is_string(), "{m:#}");
+    assert!(
+        completed["offset_ms"].as_u64().unwrap()
+            >= m["timings"]["input_ended"]["offset_ms"].as_u64().unwrap()
+    );
     assert_eq!(m["transcript"], TRANSCRIPT);
     assert_eq!(m["answer"], DELTAS.concat());
     assert_eq!(m["descriptions"].as_array().unwrap().len(), 2);
@@ -255,6 +261,16 @@ async fn a_turn_with_speech_and_two_images_is_recorded_whole() -> anyhow::Result
     );
     assert_eq!(entries.len(), files(&dir).len());
     let _ = std::fs::remove_file(&tar);
+    // An id that is not one is refused (it would name a wider prefix), nothing deleted.
+    for bad in [
+        ["delete", "--session", ""],
+        ["delete", "--session", "/"],
+        ["delete", "--turn", ".."],
+    ] {
+        let refused = cli(&bad)?;
+        assert!(!refused.status.success(), "{bad:?}");
+    }
+    assert!(dir.join("manifest.json").exists());
     // Deleted on request: the whole turn, its index too; then nothing to show.
     let deleted = cli(&["delete", "--turn", &turn])?;
     assert!(

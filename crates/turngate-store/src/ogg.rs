@@ -11,7 +11,10 @@
 //!   transmission (DTX) — is filled with packets whose frames are zero bytes long, which
 //!   ask the decoder for packet loss concealment (RFC 7845 §4.1, RFC 6716 §3.2.1), so
 //!   the stream decodes to the sender's duration. Only multiples of 2.5 ms can be
-//!   filled; a smaller remainder is left out, as §4.1 allows.
+//!   filled; a smaller remainder is left out, as §4.1 allows. A gap is never filled
+//!   past the packet's arrival time (from the first packet's) plus [`MAX_AHEAD`]: a
+//!   sender whose timestamps jump (a restart, or an attack) cannot make the recording
+//!   outgrow the time it took.
 //! - Pre-skip is 0: the recording starts mid-stream, and its timing is the sender's,
 //!   from the first packet received.
 //!
@@ -27,6 +30,11 @@ pub const GRANULE_RATE: u32 = 48_000;
 /// 2.5 ms at 48 kHz: the shortest Opus frame, and the unit of repairable gaps.
 const SHORTEST_FRAME: u64 = 120;
 
+/// How far the recording may run ahead of the packets' arrival times: the jitter a
+/// real sender's timing shows, and no more (the decoder's own concealment has the same
+/// bound).
+pub const MAX_AHEAD: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// An Ogg Opus muxer for one turn's received packets. See the module docs.
 pub struct OggOpus {
     writer: PacketWriter<'static, Vec<u8>>,
@@ -34,6 +42,8 @@ pub struct OggOpus {
     comments: Vec<String>,
     /// The RTP clock, from the first packet on.
     clock: Option<Clock>,
+    /// When the first packet arrived.
+    first_arrival: std::time::Duration,
     /// Granule position at the end of the last packet muxed.
     granule: u64,
     /// The TOC byte of the last packet with audio: gap packets take its configuration
@@ -83,6 +93,7 @@ impl OggOpus {
             serial,
             comments,
             clock: None,
+            first_arrival: std::time::Duration::ZERO,
             granule: 0,
             last_toc: None,
             held: None,
@@ -91,12 +102,14 @@ impl OggOpus {
         }
     }
 
-    /// Muxes one received packet: `payload` as it arrived, with its RTP `timestamp`.
-    /// A packet older than what was muxed (reordered, or repeated) is kept, after it.
-    pub fn push(&mut self, timestamp: u32, payload: &[u8]) {
+    /// Muxes one received packet: `payload` as it arrived at `arrival` (any clock, the
+    /// same for every packet), with its RTP `timestamp`. A packet older than what was
+    /// muxed (reordered, or repeated) is kept, after it.
+    pub fn push(&mut self, timestamp: u32, arrival: std::time::Duration, payload: &[u8]) {
         let clock = match &mut self.clock {
             Some(clock) => clock,
             None => {
+                self.first_arrival = arrival;
                 let channels = if payload.first().is_some_and(|toc| toc & 0x04 != 0) {
                     2
                 } else {
@@ -107,10 +120,12 @@ impl OggOpus {
             }
         };
         let at = clock.since_first(timestamp);
+        let elapsed = arrival.saturating_sub(self.first_arrival) + MAX_AHEAD;
+        let limit = elapsed.as_micros() as u64 * u64::from(GRANULE_RATE) / 1_000_000;
         if let Ok(at) = u64::try_from(at)
-            && at > self.granule
+            && at.min(limit) > self.granule
         {
-            self.conceal(at - self.granule);
+            self.conceal(at.min(limit) - self.granule);
         }
         self.received += 1;
         self.granule += u64::from(packet_samples(payload).unwrap_or(0));
@@ -282,6 +297,26 @@ mod tests {
     /// A 20 ms SILK wideband mono packet: TOC config 9, code 0.
     const SILK_20MS: u8 = 9 << 3;
 
+    fn ms(n: u64) -> std::time::Duration {
+        std::time::Duration::from_millis(n)
+    }
+
+    /// The arrival time of a packet sent in real time: its timestamp's.
+    fn at(timestamp: u32) -> std::time::Duration {
+        ms(u64::from(timestamp) / 48)
+    }
+
+    #[test]
+    fn a_timestamp_jump_is_filled_no_further_than_the_packets_arrival() {
+        let mut mux = OggOpus::new(1, Vec::new());
+        mux.push(0, ms(0), &[SILK_20MS]);
+        // The next packet arrives 20 ms later, claiming to be an hour later.
+        mux.push(48_000 * 3600, ms(20), &[SILK_20MS]);
+        // Filled up to its arrival plus a second (50 packets of 20 ms), then itself.
+        assert_eq!(mux.granule(), 48 * (20 + 1000) + 960);
+        assert_eq!(mux.concealment_packets(), 50);
+    }
+
     fn packets(bytes: &[u8]) -> Vec<(Vec<u8>, u64, bool)> {
         let mut reader = ogg::PacketReader::new(std::io::Cursor::new(bytes));
         let mut out = Vec::new();
@@ -295,7 +330,7 @@ mod tests {
     #[test]
     fn the_headers_come_first_each_on_its_own_page_with_the_comments() {
         let mut mux = OggOpus::new(7, vec!["TURNGATE_TURN_ID=abc".into()]);
-        mux.push(1000, &[SILK_20MS, 1, 2, 3]);
+        mux.push(1000, ms(0), &[SILK_20MS, 1, 2, 3]);
         let packets = packets(&mux.finish());
         assert!(packets[0].0.starts_with(b"OpusHead"));
         assert_eq!(packets[0].0[9], 1, "mono");
@@ -313,7 +348,7 @@ mod tests {
         let mut mux = OggOpus::new(1, Vec::new());
         // 0, 20 ms, then 3 packets lost (40..100 ms), then 100 ms.
         for ts in [0u32, 960, 4800] {
-            mux.push(ts, &[SILK_20MS, 0xaa]);
+            mux.push(ts, at(ts), &[SILK_20MS, 0xaa]);
         }
         assert_eq!(mux.granule(), 5760);
         assert_eq!(mux.concealment_packets(), 3);
@@ -340,9 +375,9 @@ mod tests {
     #[test]
     fn a_gap_shorter_than_a_frame_is_filled_with_celt_frames_and_rounded_to_2_5_ms() {
         let mut mux = OggOpus::new(1, Vec::new());
-        mux.push(0, &[SILK_20MS]);
+        mux.push(0, at(0), &[SILK_20MS]);
         // 20 ms of audio, then a gap of 7.5 ms + 50 samples.
-        mux.push(960 + 360 + 50, &[SILK_20MS]);
+        mux.push(960 + 360 + 50, at(960 + 360 + 50), &[SILK_20MS]);
         // 2.5 ms units only: 5 ms + 2.5 ms of concealment.
         assert_eq!(mux.concealment_packets(), 2);
         assert_eq!(mux.granule(), 960 + 360 + 960);
@@ -353,7 +388,7 @@ mod tests {
         let mut mux = OggOpus::new(1, Vec::new());
         let start = u32::MAX - 959;
         for i in 0..4u32 {
-            mux.push(start.wrapping_add(i * 960), &[SILK_20MS]);
+            mux.push(start.wrapping_add(i * 960), at(i * 960), &[SILK_20MS]);
         }
         assert_eq!(mux.granule(), 4 * 960);
         assert_eq!(mux.concealment_packets(), 0);
@@ -363,7 +398,7 @@ mod tests {
     fn a_late_packet_is_kept_after_the_others() {
         let mut mux = OggOpus::new(1, Vec::new());
         for ts in [0u32, 960, 1920, 960] {
-            mux.push(ts, &[SILK_20MS]);
+            mux.push(ts, at(ts), &[SILK_20MS]);
         }
         assert_eq!(mux.received(), 4);
         assert_eq!(mux.granule(), 4 * 960);
@@ -374,7 +409,7 @@ mod tests {
         let mut mux = OggOpus::new(3, Vec::new());
         let mut joined = Vec::new();
         for i in 0..150u32 {
-            mux.push(i * 960, &[SILK_20MS, i as u8]);
+            mux.push(i * 960, at(i * 960), &[SILK_20MS, i as u8]);
             if i % 50 == 49 {
                 let segment = mux.flush();
                 assert!(segment.starts_with(b"OggS"));
@@ -407,7 +442,7 @@ mod tests {
                 .filter(|&i| i == 0 || kept[i as usize])
                 .collect();
             for &i in &sent {
-                mux.push(start.wrapping_add(i * 960), &[SILK_20MS, 0]);
+                mux.push(start.wrapping_add(i * 960), at(i * 960), &[SILK_20MS, 0]);
             }
             let last = u64::from(*sent.last().unwrap());
             proptest::prop_assert_eq!(mux.granule(), (last + 1) * 960);

@@ -31,7 +31,8 @@ fn the_recording_decodes_to_the_senders_duration_across_loss_and_dtx() {
         if (20..25).contains(&i) || (60..80).contains(&i) {
             continue;
         }
-        mux.push(base.wrapping_add(i as u32 * 960), packet);
+        let arrival = std::time::Duration::from_millis(i as u64 * 20);
+        mux.push(base.wrapping_add(i as u32 * 960), arrival, packet);
         if i % 50 == 49 {
             joined.extend(mux.flush());
         }

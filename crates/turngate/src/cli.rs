@@ -142,14 +142,23 @@ pub async fn gc(config: ConfigFile) -> anyhow::Result<()> {
 pub async fn delete(args: DeleteArgs, config: ConfigFile) -> anyhow::Result<()> {
     let (_, store) = config.store()?;
     let selector = match (args.session, args.subject, args.turn) {
-        (Some(s), _, _) => Selector::Session(s),
-        (_, Some(s), _) => Selector::Subject(s),
-        (_, _, Some(t)) => Selector::Turn(t),
-        _ => anyhow::bail!("say what to delete: --session, --subject or --turn"),
+        (Some(s), _, _) => Selector::Session(id::<turngate_core::SessionId>("--session", s)?),
+        (_, Some(s), _) if !s.is_empty() => Selector::Subject(s),
+        (_, _, Some(t)) => Selector::Turn(id::<turngate_core::TurnId>("--turn", t)?),
+        _ => anyhow::bail!("say what to delete: --session, --subject (not empty) or --turn"),
     };
     let removed = retention::delete(&store, &selector).await?;
     report("delete", removed);
     Ok(())
+}
+
+/// `value`, checked to be an id of its kind (32 lowercase hex): anything else could
+/// name a wider prefix than one session's or turn's records.
+fn id<T: std::str::FromStr>(flag: &str, value: String) -> anyhow::Result<String> {
+    value
+        .parse::<T>()
+        .map(|_| value.clone())
+        .map_err(|_| anyhow::anyhow!("{flag} {value:?} is not an id (32 lowercase hex)"))
 }
 
 fn report(what: &str, removed: Removed) {

@@ -55,6 +55,7 @@ enum Op {
     Frame {
         timestamp: u32,
         payload: Bytes,
+        arrival: std::time::Duration,
     },
     Artifact(Piece),
     /// Something the record will not hold whole.
@@ -149,12 +150,14 @@ impl TurnRecord {
         }
     }
 
-    /// A frame of the turn: its RTP timestamp and its payload as received.
-    pub fn frame(&self, timestamp: u32, payload: &Bytes) {
+    /// A frame of the turn: its RTP timestamp, its payload as received, and when it
+    /// arrived (session time).
+    pub fn frame(&self, timestamp: u32, payload: &Bytes, arrival: std::time::Duration) {
         if self.audio {
             let _ = self.tx.send(Op::Frame {
                 timestamp,
                 payload: payload.clone(),
+                arrival,
             });
         }
     }
@@ -267,7 +270,9 @@ impl Writer {
         let outcome = loop {
             tokio::select! {
                 op = rx.recv() => match op {
-                    Some(Op::Frame { timestamp, payload }) => ogg.push(timestamp, &payload),
+                    Some(Op::Frame { timestamp, payload, arrival }) => {
+                        ogg.push(timestamp, arrival, &payload)
+                    }
                     Some(Op::Artifact(piece)) => self.store(piece).await,
                     Some(Op::Missing(missing)) => self.missing.push(missing),
                     Some(Op::Finish(outcome)) => break Some(outcome),

@@ -150,7 +150,7 @@ impl Turn {
             return;
         }
         if let Some(record) = &self.record {
-            record.frame(frame.value.rtp_timestamp, &frame.value.payload);
+            record.frame(frame.value.rtp_timestamp, &frame.value.payload, frame.at);
         }
         let samples = frame.value.pcm.len() as u64;
         if self.samples + samples > self.samples_cap {
@@ -336,6 +336,8 @@ impl Turn {
         done.state = TurnState::Completed;
         done.interrupted = status == CompletionStatus::Interrupted;
         done.status = Some(status);
+        // Session time, as the engine records it once this report has reached it.
+        done.completed_at = SystemTime::now().duration_since(self.shared.started).ok();
         self.trace
             .end(&done, status, self.blobs.len(), SystemTime::now());
         if let (Some(record), Some(r)) = (self.record.take(), recorded) {
