@@ -909,6 +909,22 @@ impl Config {
 
     fn validate(&self) -> anyhow::Result<()> {
         let fail = |msg: String| Err(anyhow::anyhow!("invalid configuration: {msg}"));
+        let r = &self.record;
+        if r.retention_days == 0 {
+            return fail("record.retention_days must be at least 1 (a sweep would delete every finished record)".into());
+        }
+        if !(100..=60_000).contains(&r.segment_ms) {
+            return fail(format!(
+                "record.segment_ms ({}) must be 100 to 60000",
+                r.segment_ms
+            ));
+        }
+        if r.lease_ms < 3_000 {
+            return fail(format!(
+                "record.lease_ms ({}) must be at least 3000",
+                r.lease_ms
+            ));
+        }
         let m = &self.media;
         if m.ips.is_empty() {
             return fail("media.ips (--media-ip) must name at least one address".into());
@@ -1172,6 +1188,27 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("asr.url"), "{e}");
+    }
+
+    #[test]
+    fn record_settings_that_would_lose_records_are_refused() {
+        for (toml, key) in [
+            ("[record]\nretention_days = 0\n", "record.retention_days"),
+            ("[record]\nsegment_ms = 0\n", "record.segment_ms"),
+            ("[record]\nlease_ms = 0\n", "record.lease_ms"),
+        ] {
+            let e = load_toml(toml).unwrap_err().to_string();
+            assert!(e.contains(key), "{e}");
+        }
+        let c = load_toml("[record]\nstore = \"s3://b/p\"\n").unwrap();
+        assert_eq!(c.record.spool_dir(), Some(PathBuf::from("turngate-spool")));
+        assert_eq!(
+            Config::load(&Overrides::default())
+                .unwrap()
+                .record
+                .spool_dir(),
+            None
+        );
     }
 
     #[test]

@@ -77,7 +77,7 @@ pub struct TurnRecord {
     images: bool,
     bodies: bool,
     /// Where the turn's spans are kept until they go into the record.
-    spans: Option<(TurnSpans, TurnId)>,
+    spans: Option<(TurnSpans, TurnId, SessionId)>,
 }
 
 impl TurnRecord {
@@ -93,7 +93,7 @@ impl TurnRecord {
         spans: Option<&TurnSpans>,
     ) -> Self {
         if let Some(spans) = spans {
-            spans.watch(info.id);
+            spans.watch(info.id, session_id);
         }
         let (tx, rx) = mpsc::unbounded_channel();
         let writer = Writer {
@@ -114,12 +114,21 @@ impl TurnRecord {
             audio: settings.audio,
             images: settings.images,
             bodies: settings.backend_bodies,
-            spans: spans.map(|s| (s.clone(), info.id)),
+            spans: spans.map(|s| (s.clone(), info.id, session_id)),
         }
     }
 
-    /// Whether backend request and response bodies are kept (`record.backend_bodies`).
-    pub fn keeps_bodies(&self) -> bool {
+    /// Whether the bodies of call `label` are kept: `record.backend_bodies`, and for a
+    /// call that `carries_images`, `record.images` too (its body holds them). Bodies
+    /// not kept for want of `record.images` are listed as missing (`disabled`).
+    pub fn keeps_bodies_of(&self, label: &str, carries_images: bool) -> bool {
+        if carries_images && !self.images && self.bodies {
+            let _ = self.tx.send(Op::Missing(Missing {
+                name: format!("backends/{label}.*"),
+                reason: "disabled".into(),
+            }));
+            return false;
+        }
         self.bodies
     }
 
@@ -197,8 +206,8 @@ impl TurnRecord {
     /// The turn's spans that ended, as `spans.otlp.json` (OTLP/JSON); they are no
     /// longer watched.
     fn spans_now(&mut self) {
-        if let Some((spans, turn)) = self.spans.take()
-            && let Some(json) = spans.take(turn)
+        if let Some((spans, turn, session)) = self.spans.take()
+            && let Some(json) = spans.take(turn, session)
         {
             self.artifact(
                 layout::name::SPANS.to_owned(),

@@ -15,7 +15,7 @@ pub(super) async fn run(job: &Job<'_>, pcm: &[i16]) -> Ran<Option<String>> {
     let Some(backend) = job.backends().asr.as_ref().filter(|_| !pcm.is_empty()) else {
         return Ran::skipped(None);
     };
-    let call = Call::start(job, span::ASR, "asr".into(), backend);
+    let call = Call::start(job, span::ASR, "asr".into(), backend, false);
     let wav = bytes::Bytes::from(turngate_backends::wav::encode(pcm));
     call.attr(attr::REQUEST_BYTES, wav.len() as i64);
     if let Some(record) = job.record {

@@ -39,8 +39,15 @@ pub(super) struct Call<'a> {
 
 impl<'a> Call<'a> {
     /// A call of `job`'s turn to `backend` for `stage` (the span's name); its exchanges
-    /// go into the turn's record as `backends/{label}.{attempt}.…`.
-    pub fn start(job: &Job<'a>, stage: &'static str, label: String, backend: &Backend) -> Self {
+    /// go into the turn's record as `backends/{label}.{attempt}.…`, unless the record
+    /// keeps no bodies, or no images and the call `carries_images`.
+    pub fn start(
+        job: &Job<'a>,
+        stage: &'static str,
+        label: String,
+        backend: &Backend,
+        carries_images: bool,
+    ) -> Self {
         let (trace, turn, metrics) = (job.trace, &job.ctx, job.metrics());
         let c = backend.config();
         let span = trace.client_span(stage, &c.provider, &c.model, &c.url);
@@ -57,7 +64,7 @@ impl<'a> Call<'a> {
             metrics,
             content: trace.capture_content(),
             tape: match job.record {
-                Some(record) if record.keeps_bodies() => Tape::recording(),
+                Some(record) if record.keeps_bodies_of(&label, carries_images) => Tape::recording(),
                 _ => Tape::OFF,
             },
             record: job.record.map(|record| (record, label)),

@@ -39,7 +39,13 @@ pub(super) async fn run(
             total_ms: None,
         };
     };
-    let call = Call::start(job, span::LLM, "llm".into(), backend);
+    let carries_images = messages.iter().any(|m| match &m.content {
+        chat::Content::Parts(parts) => parts
+            .iter()
+            .any(|p| matches!(p, chat::Part::ImageUrl { .. })),
+        chat::Content::Text(_) => false,
+    });
+    let call = Call::start(job, span::LLM, "llm".into(), backend, carries_images);
     let prompt_bytes = chat::json_len(&messages);
     call.attr(attr::REQUEST_BYTES, prompt_bytes as i64);
     call.input(&messages);

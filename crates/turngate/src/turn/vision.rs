@@ -24,7 +24,13 @@ pub(super) async fn run(job: &Job<'_>, blobs: &[Tagged<Blob>]) -> Ran<Vec<Descri
     };
     let started = Instant::now();
     let calls = blobs.iter().enumerate().map(|(i, blob)| async move {
-        let call = Call::start(job, span::VISION, format!("vision-{}", i + 1), backend);
+        let call = Call::start(
+            job,
+            span::VISION,
+            format!("vision-{}", i + 1),
+            backend,
+            true,
+        );
         call.attr(attr::BLOB_ID, blob.value.blob_id.to_string());
         call.attr(attr::REQUEST_BYTES, blob.value.bytes.len() as i64);
         let messages = vision::messages(&blob.value, &backends.vision_instruction);
