@@ -307,7 +307,7 @@ async fn a_node_killed_mid_turn_finishes_its_record_at_restart_and_leaves_live_n
     client.send_packets(&utterance[..150], &[]).await?;
     gw.kill().await?;
     client.vanish().await;
-    let marker = store.join(format!("open/node-k/{turn}"));
+    let marker = store.join(format!("open/node-k/{turn}/{session}"));
     assert!(marker.exists(), "the turn's marker is left");
 
     // Two other nodes' open records: one whose lease runs, one whose lease ended.

@@ -11,7 +11,7 @@
 //!     manifest.json                   written last
 //! turns/{turn_id}                     create-only index: the session that recorded it
 //! conflicts/{turn_id}/{session_id}    a later session that recorded the same turn id
-//! open/{node_id}/{turn_id}            marker: a turn being recorded by that node
+//! open/{node_id}/{turn_id}/{session_id}  marker: a turn being recorded by that node
 //! ```
 
 use object_store::path::Path;
@@ -73,9 +73,10 @@ pub fn conflicts(turn: &str) -> Path {
     Path::from(format!("conflicts/{turn}"))
 }
 
-/// The marker of a turn being recorded by `node`.
-pub fn marker(node: &str, turn: TurnId) -> Path {
-    Path::from(format!("open/{node}/{turn}"))
+/// The marker of a turn being recorded by `node`, for `session` (two sessions may
+/// present one client turn id).
+pub fn marker(node: &str, turn: TurnId, session: SessionId) -> Path {
+    Path::from(format!("open/{node}/{turn}/{session}"))
 }
 
 /// The markers of `node`.

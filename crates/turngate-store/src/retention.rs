@@ -168,7 +168,8 @@ async fn open_turns(store: &Store) -> Result<BTreeSet<String>, Error> {
         .list(&Path::from("open"))
         .await?
         .into_iter()
-        .filter_map(|m| m.location.filename().map(str::to_owned))
+        // open/{node}/{turn}[/{session}]
+        .filter_map(|m| m.location.parts().nth(2).map(|p| p.as_ref().to_owned()))
         .collect())
 }
 

@@ -37,6 +37,9 @@ pub struct Recorder {
     pub stats: RecordStats,
     /// What the store did not take yet.
     pub spool: spool::Spool,
+    /// The turns this process is recording now, as `{turn}/{session}`: its own markers
+    /// of any other turn are left over from a stop, and finished.
+    live: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 /// Where an object went.
@@ -134,7 +137,26 @@ impl Recorder {
             settings,
             shape,
             stats: RecordStats::default(),
+            live: Default::default(),
         })))
+    }
+
+    /// Notes that this process records turn `key` (`{turn}/{session}`), or no longer.
+    fn set_live(&self, key: String, live: bool) {
+        let mut set = self.live.lock().unwrap_or_else(|e| e.into_inner());
+        if live {
+            set.insert(key);
+        } else {
+            set.remove(&key);
+        }
+    }
+
+    /// Whether this process records turn `key` (`{turn}/{session}`) now.
+    fn is_live(&self, key: &str) -> bool {
+        self.live
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(key)
     }
 
     /// Where records go, as configured.

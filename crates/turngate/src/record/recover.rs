@@ -49,7 +49,8 @@ struct Lease {
 }
 
 impl Recorder {
-    /// Finishes this node's open markers (at start); returns how many.
+    /// Finishes this node's open markers of turns it is not recording (at start, all
+    /// of them; later, those a failing store kept it from finishing); returns how many.
     pub async fn recover_own(&self) -> usize {
         let node = self.node_id().to_owned();
         self.recover_node(&node).await
@@ -68,12 +69,12 @@ impl Recorder {
         let Ok(open) = self.store.list(&Path::from("open")).await else {
             return 0;
         };
+        let mut finished = self.recover_own().await;
         let nodes: BTreeSet<String> = open
             .iter()
             .filter_map(|m| m.location.parts().nth(1).map(|p| p.as_ref().to_owned()))
             .filter(|n| n != self.node_id())
             .collect();
-        let mut finished = 0;
         for node in nodes {
             let key = Path::from(format!("nodes/{node}"));
             let expired = match self.store.get(&key).await {
@@ -102,6 +103,16 @@ impl Recorder {
         };
         let mut finished = 0;
         for meta in markers {
+            // open/{node}/{turn}/{session}: a turn this process records now stays open.
+            let key: Vec<String> = meta
+                .location
+                .parts()
+                .skip(2)
+                .map(|p| p.as_ref().to_owned())
+                .collect();
+            if self.is_live(&key.join("/")) {
+                continue;
+            }
             match self.finish_marker(&meta.location).await {
                 Ok(()) => finished += 1,
                 Err(e) => {

@@ -95,6 +95,7 @@ impl TurnRecord {
         if let Some(spans) = spans {
             spans.watch(info.id, session_id);
         }
+        recorder.set_live(format!("{}/{session_id}", info.id), true);
         let (tx, rx) = mpsc::unbounded_channel();
         let writer = Writer {
             recorder: Arc::clone(recorder),
@@ -243,7 +244,7 @@ struct Writer {
 impl Writer {
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Op>) {
         let id = self.opened.id;
-        let marker = layout::marker(self.recorder.node_id(), id);
+        let marker = layout::marker(self.recorder.node_id(), id, self.session_id);
         let marker_body = Marker {
             session_id: self.session_id.to_string(),
             turn_id: id.to_string(),
@@ -318,6 +319,8 @@ impl Writer {
         if wrote && marked {
             self.recorder.delete_after_spool(&marker).await;
         }
+        self.recorder
+            .set_live(format!("{id}/{}", self.session_id), false);
     }
 
     async fn segment(&mut self, bytes: Vec<u8>) {
