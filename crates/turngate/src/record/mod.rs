@@ -5,7 +5,7 @@
 //! [`Recorder`] is the node's: the store, the node id, what to keep, and the counters.
 //! Each turn gets a [`TurnRecord`] from its owner: a handle to a task of its own that
 //! writes the turn's objects as they come (audio every `record.segment_ms`), so the
-//! media path never waits on the store. The task writes an `open/{node}/{turn}` marker
+//! media path never waits on the store. The task writes an `open/{node}/{turn}/{session}` marker
 //! first and removes it after the manifest, which it writes last; markers a stopped
 //! node left are finished by [`recover`].
 

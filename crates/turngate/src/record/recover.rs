@@ -1,9 +1,11 @@
-//! Finishing the records a node left open: a turn whose `open/{node}/{turn}` marker is
-//! still there when the node starts again (it crashed, or was killed) gets its
-//! segments joined into `audio.received.ogg` and a manifest with `record_state:
+//! Finishing the records a node left open: a turn whose `open/{node}/{turn}/{session}`
+//! marker is still there when the node starts again (it crashed, or was killed) gets
+//! its segments joined into `audio.received.ogg` and a manifest with `record_state:
 //! incomplete`, `missing` saying what the stop cost; then the marker goes.
 //!
-//! A node finishes its own markers at start. Another node's markers are left alone
+//! A node finishes its own markers of turns it is not recording: at start, and again
+//! with every lease renewal (the store may have been down at start). Another node's
+//! markers are left alone
 //! while that node holds its lease: each node renews `nodes/{node_id}` (its lease's
 //! end) every third of `record.lease_ms`; markers of a node whose lease ended more than
 //! a lease ago are finished by whichever node looks first. Recovered manifests are

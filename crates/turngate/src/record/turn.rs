@@ -1,7 +1,7 @@
 //! One turn's record: a handle the turn's owner feeds ([`TurnRecord`]) and the task
 //! that writes what it is fed.
 //!
-//! The task writes, in order: the `open/{node}/{turn}` marker and the create-only
+//! The task writes, in order: the `open/{node}/{turn}/{session}` marker and the create-only
 //! `turns/{turn}` index; the received audio as Ogg Opus segments every
 //! `record.segment_ms`; images and other artifacts as they come; at the end the last
 //! segment, the segments joined (`audio.received.ogg`), the manifest, and then removes
