@@ -27,6 +27,9 @@ pub struct Removed {
     pub orphans: usize,
     /// Objects deleted in all.
     pub objects: usize,
+    /// Turns chosen but left alone because they are being recorded (a marker says so):
+    /// their node would write them back. Delete them once they end.
+    pub open: usize,
 }
 
 /// Which records to delete on request.
@@ -100,6 +103,7 @@ pub async fn delete(store: &Store, selector: &Selector) -> Result<Removed, Error
         Selector::Session(id) => Path::from(format!("sessions/{id}")),
         _ => Path::from("sessions"),
     };
+    let open = open_turns(store).await?;
     let mut removed = Removed::default();
     for turn in turns(store, &prefix).await? {
         let chosen = match selector {
@@ -111,13 +115,19 @@ pub async fn delete(store: &Store, selector: &Selector) -> Result<Removed, Error
                     .await?
                     .and_then(|b| serde_json::from_slice::<Manifest>(&b).ok())
                     .is_some_and(|m| m.subject.as_deref() == Some(sub.as_str())),
-                None => false,
+                // Being recorded: its marker names the subject.
+                None => open_subject(store, &turn).await?.as_deref() == Some(sub.as_str()),
             },
         };
-        if chosen {
-            removed.objects += delete_turn(store, &turn).await?;
-            removed.turns += 1;
+        if !chosen {
+            continue;
         }
+        if open.contains(&turn.turn) {
+            removed.open += 1;
+            continue;
+        }
+        removed.objects += delete_turn(store, &turn).await?;
+        removed.turns += 1;
     }
     Ok(removed)
 }
@@ -171,6 +181,25 @@ async fn open_turns(store: &Store) -> Result<BTreeSet<String>, Error> {
         // open/{node}/{turn}[/{session}]
         .filter_map(|m| m.location.parts().nth(2).map(|p| p.as_ref().to_owned()))
         .collect())
+}
+
+/// The token subject a marker of `turn` names, if one does.
+async fn open_subject(store: &Store, turn: &TurnObjects) -> Result<Option<String>, Error> {
+    for meta in store.list(&Path::from("open")).await? {
+        let parts: Vec<String> = meta
+            .location
+            .parts()
+            .map(|p| p.as_ref().to_owned())
+            .collect();
+        if parts.get(2) == Some(&turn.turn)
+            && parts.get(3).is_none_or(|s| *s == turn.session)
+            && let Some(bytes) = store.get(&meta.location).await?
+            && let Ok(marker) = serde_json::from_slice::<serde_json::Value>(&bytes)
+        {
+            return Ok(marker["subject"].as_str().map(str::to_owned));
+        }
+    }
+    Ok(None)
 }
 
 /// Deletes one turn: manifest, the rest, then its index if it names this session.

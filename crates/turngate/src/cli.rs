@@ -149,6 +149,11 @@ pub async fn delete(args: DeleteArgs, config: ConfigFile) -> anyhow::Result<()> 
     };
     let removed = retention::delete(&store, &selector).await?;
     report("delete", removed);
+    anyhow::ensure!(
+        removed.open == 0,
+        "{} turns are being recorded and were left alone (their node would write them back): delete again once they end",
+        removed.open
+    );
     Ok(())
 }
 
