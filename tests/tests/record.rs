@@ -283,6 +283,15 @@ async fn a_turn_with_speech_and_two_images_is_recorded_whole() -> anyhow::Result
     let gone = cli(&["turn", "show", &turn])?;
     assert!(!gone.status.success());
     assert!(String::from_utf8_lossy(&gone.stderr).contains("no record"));
+    // A mistyped store is named, not made.
+    let mistyped = gw.store.join("nowhere");
+    let out = std::process::Command::new(binary())
+        .args(["turn", "show", &turn])
+        .env("TURNGATE_STORE_URL", &mistyped)
+        .output()?;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no record store"));
+    assert!(!mistyped.exists());
     Ok(())
 }
 

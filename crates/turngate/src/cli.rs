@@ -29,7 +29,17 @@ impl ConfigFile {
             config: self.config.clone(),
             ..config::Overrides::default()
         })?;
-        let store = Store::open(&config.record.store)?;
+        // Reading or pruning a store that is not there is a mistyped location: say so
+        // rather than make an empty one and find nothing in it.
+        let location = &config.record.store;
+        if !location.contains("://") || location.starts_with("file://") {
+            let dir = location.trim_start_matches("file://");
+            anyhow::ensure!(
+                std::path::Path::new(dir).is_dir(),
+                "no record store at {dir:?} (record.store / TURNGATE_STORE_URL)"
+            );
+        }
+        let store = Store::open(location)?;
         Ok((config, store))
     }
 }
