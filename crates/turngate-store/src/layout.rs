@@ -36,15 +36,34 @@ pub mod name {
     /// An image as uploaded: `images/{blob_id}.{ext}`, the extension from its sniffed
     /// content type.
     pub fn image(blob_id: &str, mime: &str) -> String {
-        let ext = match mime {
-            "image/png" => "png",
-            "image/jpeg" => "jpg",
-            "image/webp" => "webp",
-            "image/gif" => "gif",
-            _ => "bin",
-        };
+        let ext = TYPES
+            .iter()
+            .find(|(_, t)| *t == mime)
+            .map_or("bin", |(ext, _)| ext);
         format!("images/{blob_id}.{ext}")
     }
+
+    /// The content type of an artifact, from its name's extension.
+    pub fn content_type(name: &str) -> &'static str {
+        let ext = name.rsplit('.').next().unwrap_or("");
+        TYPES
+            .iter()
+            .find(|(e, _)| *e == ext)
+            .map_or("application/octet-stream", |(_, t)| t)
+    }
+
+    /// Artifact extensions and their content types, both ways.
+    const TYPES: [(&str, &str); 9] = [
+        ("ogg", "audio/ogg"),
+        ("wav", "audio/wav"),
+        ("png", "image/png"),
+        ("jpg", "image/jpeg"),
+        ("webp", "image/webp"),
+        ("gif", "image/gif"),
+        ("json", "application/json"),
+        ("sse", "text/event-stream"),
+        ("txt", "text/plain"),
+    ];
 }
 
 /// The prefix of a turn's record.

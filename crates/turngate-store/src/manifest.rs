@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
+use turngate_core::upload::{hex, sha256};
 
 /// The manifest of one turn's record.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -229,8 +229,5 @@ pub struct BackendShape {
 
 /// SHA-256 of `bytes`, lowercase hex.
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex(&sha256(bytes))
 }

@@ -19,6 +19,7 @@ use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
+use turngate_core::upload::{hex, sha256};
 
 /// Most leeway allowed on `exp` and `nbf`, in seconds.
 pub const MAX_LEEWAY_S: u64 = 5;
@@ -309,7 +310,7 @@ impl Auth {
         }
         claims.owner = Some(match &claims.sub {
             Some(sub) => sub.clone(),
-            None => format!("token:{}", hex(&Sha256::digest(token.as_bytes()))),
+            None => format!("token:{}", hex(&sha256(token.as_bytes()))),
         });
         Ok(claims)
     }
@@ -452,9 +453,4 @@ pub fn mint(
         &claims,
         &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
     )?)
-}
-
-/// Lowercase hex of `bytes`.
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

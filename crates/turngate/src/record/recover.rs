@@ -179,7 +179,7 @@ impl Recorder {
             if name.starts_with("audio/received/") {
                 joined.extend_from_slice(&bytes);
             }
-            artifacts.push(Artifact::of(&name, &bytes, content_type(&name), 0));
+            artifacts.push(Artifact::of(&name, &bytes, name::content_type(&name), 0));
         }
         let mut missing = vec![Missing {
             name: "outcome".into(),
@@ -226,21 +226,6 @@ impl Recorder {
             subject: marker.subject.clone(),
             ..Manifest::default()
         })
-    }
-}
-
-/// The content type of an artifact, from its name.
-fn content_type(name: &str) -> &'static str {
-    match name.rsplit('.').next().unwrap_or("") {
-        "ogg" => "audio/ogg",
-        "wav" => "audio/wav",
-        "png" => "image/png",
-        "jpg" => "image/jpeg",
-        "webp" => "image/webp",
-        "gif" => "image/gif",
-        "json" => "application/json",
-        "sse" => "text/event-stream",
-        _ => "application/octet-stream",
     }
 }
 
