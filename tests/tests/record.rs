@@ -91,6 +91,13 @@ async fn a_turn_with_speech_and_two_images_is_recorded_whole() -> anyhow::Result
     client.pause_dtx(10).await;
     client.send_packets(&packets[80..120], &[]).await?;
     client.upload("b", "image/jpeg", &jpeg, 16 * 1024).await?;
+    // The audio and the data channel are two transports: let the last packets land
+    // before ending the turn, as a push-to-talk client releasing its button would.
+    let sent = client.packets_sent();
+    gw.wait_session(&session, Duration::from_secs(5), |s| {
+        s["counters"]["frames_received"] == sent && s["counters"]["frames_pending"] == 0
+    })
+    .await?;
     client.send_event(json!({"type": "turn.end"})).await?;
     client
         .inbox
@@ -148,12 +155,17 @@ async fn a_turn_with_speech_and_two_images_is_recorded_whole() -> anyhow::Result
     let ms = samples as i64 / 48;
     assert!((ms - 2600).abs() <= 20, "decoded {ms} ms");
     assert_eq!(m["counters"]["packets_recorded"], 117);
-    // The segments it was joined from, as flushed during the turn.
-    let segments: Vec<u8> = (0..)
+    // The segments it was joined from, as flushed during the turn, each listed.
+    let segments: Vec<Vec<u8>> = (0..)
         .map_while(|i| stored(&format!("audio/received/{i:06}.ogg")).ok())
-        .flatten()
         .collect();
-    assert_eq!(segments, ogg);
+    assert!(segments.len() >= 2, "{} segments", segments.len());
+    let listed = artifacts
+        .iter()
+        .filter(|a| a["name"].as_str().unwrap().starts_with("audio/received/"))
+        .count();
+    assert_eq!(listed, segments.len());
+    assert_eq!(segments.concat(), ogg);
 
     // The turn's spans, kept whatever the sampler decided (nothing is exported here),
     // in OTLP/JSON: all of the turn's trace.

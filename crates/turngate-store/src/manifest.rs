@@ -158,7 +158,8 @@ pub struct Counters {
     pub audio_ms: u32,
     /// Of the audio ASR was given, milliseconds concealed rather than decoded.
     pub concealed_ms: u32,
-    /// Images of the turn.
+    /// Image uploads tagged with the turn (one the gateway then refused has no
+    /// artifact); of a recovered turn, the images that reached the store.
     pub images: u32,
 }
 

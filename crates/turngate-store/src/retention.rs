@@ -8,7 +8,7 @@
 //! once they are older than the retention and no marker says the turn is being
 //! recorded.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, SystemTime};
 
 use object_store::ObjectMeta;
@@ -66,35 +66,78 @@ impl TurnObjects {
 }
 
 /// Deletes the turns whose manifest ended more than `keep` before `now`, and orphans
-/// older than `keep`.
+/// older than `keep` (one pass, as `turngate gc` runs it; see [`Sweeper`]).
 pub async fn sweep(store: &Store, keep: Duration, now: SystemTime) -> Result<Removed, Error> {
-    let open = open_turns(store).await?;
-    let mut removed = Removed::default();
-    for turn in turns(store, &Path::from("sessions")).await? {
+    Sweeper::default().sweep(store, keep, now).await
+}
+
+/// Sweeps by age, pass after pass, as `serve` does hourly: a session at a time (so a
+/// pass holds one session's object list, not the store's), reading a manifest only when
+/// its end time is not known yet. A manifest is written after its turn ends, so one
+/// written more than `keep` ago is expired unread; the end times of the others are
+/// remembered between passes (a few bytes per turn still kept), so each is read once.
+#[derive(Debug, Default)]
+pub struct Sweeper {
+    /// Manifest (by [`key_hash`]) → the turn's end.
+    ends: HashMap<u64, SystemTime>,
+}
+
+impl Sweeper {
+    /// One pass. See [`sweep`].
+    pub async fn sweep(
+        &mut self,
+        store: &Store,
+        keep: Duration,
+        now: SystemTime,
+    ) -> Result<Removed, Error> {
+        let open = open_turns(store).await?;
         let expired = |end: SystemTime| end + keep < now;
-        match turn.manifest() {
-            Some(meta) => {
-                let ended = match store.get(&meta.location).await? {
-                    Some(bytes) => serde_json::from_slice::<Manifest>(&bytes)
-                        .ok()
-                        .and_then(|m| end_time(&m)),
-                    None => None,
-                };
-                // A manifest without a readable end time ages from when it was written.
-                let ended = ended.unwrap_or_else(|| modified(meta));
-                if expired(ended) {
-                    removed.objects += delete_turn(store, &turn).await?;
-                    removed.turns += 1;
+        let mut removed = Removed::default();
+        let mut ends = HashMap::with_capacity(self.ends.len());
+        for session in store.children(&Path::from("sessions")).await? {
+            for turn in turns(store, &session).await? {
+                match turn.manifest() {
+                    Some(meta) => {
+                        let written = modified(meta);
+                        let hash = key_hash(&meta.location, written);
+                        let ended = match self.ends.get(&hash) {
+                            _ if expired(written) => written,
+                            Some(&ended) => ended,
+                            None => store
+                                .get(&meta.location)
+                                .await?
+                                .and_then(|b| serde_json::from_slice::<Manifest>(&b).ok())
+                                .and_then(|m| end_time(&m))
+                                // Without a readable end time it ages from its writing.
+                                .unwrap_or(written),
+                        };
+                        if expired(ended) {
+                            removed.objects += delete_turn(store, &turn).await?;
+                            removed.turns += 1;
+                        } else {
+                            ends.insert(hash, ended);
+                        }
+                    }
+                    None if !open.contains(&turn.turn) && turn.newest().is_some_and(expired) => {
+                        removed.objects += delete_turn(store, &turn).await?;
+                        removed.orphans += 1;
+                    }
+                    None => {}
                 }
             }
-            None if !open.contains(&turn.turn) && turn.newest().is_some_and(expired) => {
-                removed.objects += delete_turn(store, &turn).await?;
-                removed.orphans += 1;
-            }
-            None => {}
         }
+        self.ends = ends;
+        Ok(removed)
     }
-    Ok(removed)
+}
+
+/// An object's hash by key and writing time, to remember it by in a few bytes (an
+/// object written again is read again).
+fn key_hash(key: &Path, written: SystemTime) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    (key.as_ref(), written).hash(&mut hasher);
+    hasher.finish()
 }
 
 /// Deletes the records `selector` names, whole.

@@ -131,6 +131,17 @@ impl Store {
         Ok(self.inner.list(Some(prefix)).try_collect().await?)
     }
 
+    /// The "directories" directly under `prefix` (its common prefixes, `/`-delimited),
+    /// in no particular order: one level at a time, so a pass over the store need not
+    /// hold every object's metadata at once.
+    pub async fn children(&self, prefix: &Path) -> Result<Vec<Path>, Error> {
+        Ok(self
+            .inner
+            .list_with_delimiter(Some(prefix))
+            .await?
+            .common_prefixes)
+    }
+
     /// Deletes the object at `key`; deleting what is not there succeeds.
     pub async fn delete(&self, key: &Path) -> Result<(), Error> {
         match self.inner.delete(key).await {

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use object_store::path::Path;
 use turngate_store::Store;
 use turngate_store::manifest::{Manifest, Moment, Timings};
-use turngate_store::retention::{Removed, Selector, delete, sweep};
+use turngate_store::retention::{Removed, Selector, Sweeper, delete, sweep};
 
 const DAY: Duration = Duration::from_secs(86_400);
 
@@ -144,5 +144,50 @@ async fn a_sweep_removes_old_turns_whole_and_old_orphans_and_nothing_else() {
             .join("audio/received/000000.ogg")
             .exists()
     );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn a_sweeper_reads_each_manifest_once_and_ages_it_from_its_end() {
+    let dir = std::env::temp_dir().join(format!("turngate-sweeper-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let store = Store::open(dir.to_str().unwrap()).unwrap();
+    let now = SystemTime::now();
+    let key = "sessions/s1/turns/mid/manifest.json";
+    // An empty store: nothing to do, no error.
+    assert_eq!(
+        sweep(&store, 30 * DAY, now).await.unwrap(),
+        Removed::default()
+    );
+    // Ended 20 days ago (recovered late: written now).
+    put(&store, key, manifest("mid", now - 20 * DAY, "carol")).await;
+    let written = std::fs::metadata(dir.join(key))
+        .unwrap()
+        .modified()
+        .unwrap();
+
+    let mut sweeper = Sweeper::default();
+    assert_eq!(
+        sweeper.sweep(&store, 30 * DAY, now).await.unwrap(),
+        Removed::default()
+    );
+    // The manifest's bytes change behind the sweeper's back, its writing time does
+    // not: the sweeper goes by the end time it read, where a fresh pass would read the
+    // new bytes (no end time: aged from its writing, so kept).
+    std::fs::write(dir.join(key), b"not json").unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(dir.join(key))
+        .unwrap()
+        .set_modified(written)
+        .unwrap();
+    let later = now + 15 * DAY;
+    assert_eq!(
+        sweep(&store, 30 * DAY, later).await.unwrap(),
+        Removed::default()
+    );
+    let removed = sweeper.sweep(&store, 30 * DAY, later).await.unwrap();
+    assert_eq!((removed.turns, removed.objects), (1, 1));
+    assert!(!dir.join(key).exists());
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -4,7 +4,8 @@
 //!
 //! With recording on, the sampler records every span (a span it would drop becomes
 //! record-only: captured here, never exported, since the export queue takes sampled
-//! spans only). A trace keeps at most [`MAX_SPANS`] spans; spans of traces no one
+//! spans only). A trace keeps at most [`MAX_SPANS`] spans (the rest are counted, so a
+//! record can say it lacks them); spans of traces no one
 //! watches are let go at once. A turn is watched with its session: two sessions
 //! presenting the same client turn id share a trace id, and each record keeps only its
 //! own session's spans (by their `turngate.session.id`).
@@ -35,8 +36,24 @@ pub struct TurnSpans {
 
 #[derive(Debug, Default)]
 struct Watched {
-    traces: HashMap<(TraceId, String), Vec<SpanData>>,
+    traces: HashMap<(TraceId, String), Kept>,
     resource: Option<Resource>,
+}
+
+/// One watched turn's spans, and how many more ended beyond [`MAX_SPANS`].
+#[derive(Debug, Default)]
+struct Kept {
+    spans: Vec<SpanData>,
+    dropped: usize,
+}
+
+/// A turn's spans as [`TurnSpans::take`] hands them over.
+#[derive(Debug)]
+pub struct Taken {
+    /// OTLP/JSON: an `ExportTraceServiceRequest`.
+    pub json: Vec<u8>,
+    /// Spans that ended beyond [`MAX_SPANS`] and are not in `json`.
+    pub dropped: usize,
 }
 
 /// The key of a turn's spans: its trace and its session.
@@ -53,8 +70,8 @@ impl TurnSpans {
     /// The spans of `turn` that ended, as an OTLP/JSON `ExportTraceServiceRequest`
     /// (hex ids, as the OTLP JSON encoding asks); stops watching it. `None` if it was
     /// not watched.
-    pub fn take(&self, turn: TurnId, session: SessionId) -> Option<Vec<u8>> {
-        let (spans, resource) = {
+    pub fn take(&self, turn: TurnId, session: SessionId) -> Option<Taken> {
+        let (Kept { spans, dropped }, resource) = {
             let mut watched = self.lock();
             let spans = watched.traces.remove(&key(turn, session))?;
             (
@@ -71,7 +88,8 @@ impl TurnSpans {
                 &ResourceAttributesWithSchema::from(&resource),
             ),
         };
-        serde_json::to_vec(&request).ok()
+        let json = serde_json::to_vec(&request).ok()?;
+        Some(Taken { json, dropped })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Watched> {
@@ -92,12 +110,15 @@ impl SpanProcessor for TurnSpans {
             return;
         };
         let mut watched = self.lock();
-        if let Some(spans) = watched
+        if let Some(kept) = watched
             .traces
             .get_mut(&(span.span_context.trace_id(), session))
-            && spans.len() < MAX_SPANS
         {
-            spans.push(span);
+            if kept.spans.len() < MAX_SPANS {
+                kept.spans.push(span);
+            } else {
+                kept.dropped += 1;
+            }
         }
     }
 
@@ -111,5 +132,65 @@ impl SpanProcessor for TurnSpans {
 
     fn set_resource(&mut self, resource: &Resource) {
         self.lock().resource = Some(resource.clone());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry::KeyValue;
+    use opentelemetry::trace::{SpanContext, TraceContextExt, TraceFlags, TraceState, Tracer};
+    use opentelemetry::trace::{SpanId, TracerProvider};
+    use opentelemetry_sdk::trace::SdkTracerProvider;
+
+    /// Ends `n` spans in `turn`'s trace carrying `session`.
+    fn end_spans(provider: &SdkTracerProvider, turn: TurnId, session: SessionId, n: usize) {
+        let tracer = provider.tracer("test");
+        let parent = SpanContext::new(
+            TraceId::from_bytes(turn.to_bytes()),
+            SpanId::from_bytes([1; 8]),
+            TraceFlags::SAMPLED,
+            true,
+            TraceState::default(),
+        );
+        let cx = Context::new().with_remote_span_context(parent);
+        for _ in 0..n {
+            tracer
+                .span_builder("s")
+                .with_attributes([KeyValue::new(SESSION_ID, session.to_string())])
+                .start_with_context(&tracer, &cx);
+        }
+    }
+
+    #[test]
+    fn keeps_each_sessions_spans_and_counts_those_beyond_the_limit() {
+        let spans = TurnSpans::default();
+        let provider = SdkTracerProvider::builder()
+            .with_span_processor(spans.clone())
+            .build();
+        let turn: TurnId = "0af7651916cd43dd8448eb211c80319c".parse().unwrap();
+        let (a, b): (SessionId, SessionId) = (
+            "01890f3a9b7c4d5e6f708192a3b4c5d6".parse().unwrap(),
+            "01890f3a9b7c4d5e6f708192a3b4c5d7".parse().unwrap(),
+        );
+        spans.watch(turn, a);
+        spans.watch(turn, b);
+        end_spans(&provider, turn, a, MAX_SPANS + 3);
+        end_spans(&provider, turn, b, 2);
+
+        let taken = spans.take(turn, a).unwrap();
+        assert_eq!(taken.dropped, 3);
+        let request: serde_json::Value = serde_json::from_slice(&taken.json).unwrap();
+        let count = |r: &serde_json::Value| {
+            r["resourceSpans"][0]["scopeSpans"][0]["spans"]
+                .as_array()
+                .map_or(0, Vec::len)
+        };
+        assert_eq!(count(&request), MAX_SPANS);
+        let taken = spans.take(turn, b).unwrap();
+        assert_eq!(taken.dropped, 0);
+        assert_eq!(count(&serde_json::from_slice(&taken.json).unwrap()), 2);
+        // No longer watched: taken once.
+        assert!(spans.take(turn, a).is_none());
     }
 }

@@ -159,6 +159,10 @@ pub async fn delete(args: DeleteArgs, config: ConfigFile) -> anyhow::Result<()> 
     };
     let removed = retention::delete(&store, &selector).await?;
     report("delete", removed);
+    if removed.objects == 0 && removed.open == 0 {
+        // Not an error: a repeated request finds nothing left, as it should.
+        eprintln!("delete: no records matched");
+    }
     anyhow::ensure!(
         removed.open == 0,
         "{} turns are being recorded and were left alone (their node would write them back): delete again once they end",

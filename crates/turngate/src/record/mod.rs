@@ -170,8 +170,8 @@ impl Recorder {
     }
 
     /// Writes `bytes` at `key`, or spools it: at once while the spool holds anything,
-    /// else once the retries are spent. `always` (manifests, markers) goes into the
-    /// spool even when it is full.
+    /// else once the retries are spent. `always` (manifests, markers) may use twice
+    /// the spool's bounds.
     async fn store_or_spool(&self, key: &Path, bytes: Bytes, always: bool) -> Stored {
         if self.spool.is_empty() && self.put(key, bytes.clone()).await.is_ok() {
             return Stored::Written;
@@ -187,7 +187,9 @@ impl Recorder {
         if self.spool.is_empty() && self.retrying(key, || self.store.delete(key)).await.is_ok() {
             return;
         }
-        self.spool.delete(key.clone());
+        if self.spool.delete(key.clone()) == spool::Spooled::Full {
+            tracing::warn!(key = %key, "Turn record: the spool is full; a marker stays (the record is finished again later).");
+        }
     }
 
     /// Carries out what the spool holds, oldest first, for as long as the process
@@ -234,7 +236,11 @@ impl Recorder {
         {
             return;
         }
-        self.spool.index(index);
+        let turn = index.turn;
+        if self.spool.index(index) == spool::Spooled::Full {
+            self.stats.store_failures.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(turn = %turn, "Turn record: the spool is full; this turn has no index entry (its record is under its session).");
+        }
     }
 
     async fn try_index(&self, index: &spool::Index) -> Result<(), turngate_store::Error> {
@@ -288,6 +294,7 @@ impl Recorder {
                     return Err(e);
                 }
                 Err(e) => {
+                    self.stats.store_failing();
                     tracing::debug!(key = %key, error = %e, "Turn record: retrying a store operation.");
                     tokio::time::sleep(wait).await;
                     wait = (wait * 2).min(Duration::from_secs(2));

@@ -181,16 +181,22 @@ impl Recorder {
             }
             artifacts.push(Artifact::of(&name, &bytes, name::content_type(&name), 0));
         }
-        let mut missing = vec![Missing {
-            name: "outcome".into(),
+        let stopped = |name: &str| Missing {
+            name: name.into(),
             reason: "node_stopped".into(),
-        }];
+        };
+        let mut missing = vec![stopped("outcome")];
+        // The spans were in the stopped process's memory.
+        if !artifacts.iter().any(|a| a.name == name::SPANS) {
+            missing.push(stopped(name::SPANS));
+        }
+        let images = artifacts
+            .iter()
+            .filter(|a| a.name.starts_with("images/"))
+            .count() as u32;
         let stream = turngate_store::ogg::Summary::of(&joined);
         if joined.is_empty() {
-            missing.push(Missing {
-                name: name::AUDIO_RECEIVED.into(),
-                reason: "node_stopped".into(),
-            });
+            missing.push(stopped(name::AUDIO_RECEIVED));
         } else {
             let key = Path::from(format!("{prefix}/{}", name::AUDIO_RECEIVED));
             let entry = Artifact::of(name::AUDIO_RECEIVED, &joined, "audio/ogg", 0);
@@ -219,6 +225,7 @@ impl Recorder {
                 packets_recorded: stream.packets,
                 concealment_packets: stream.concealment_packets,
                 audio_ms: (stream.granule * 1000 / u64::from(GRANULE_RATE)) as u32,
+                images,
                 ..Counters::default()
             },
             artifacts,
@@ -245,6 +252,7 @@ pub fn spawn_upkeep(recorder: Arc<Recorder>) {
     tokio::spawn(async move {
         let mut lease = tokio::time::interval(renewal(recorder.settings.lease_ms));
         let mut sweep = tokio::time::interval(SWEEP_EVERY);
+        let mut sweeper = turngate_store::retention::Sweeper::default();
         loop {
             tokio::select! {
                 _ = lease.tick() => {
@@ -252,7 +260,7 @@ pub fn spawn_upkeep(recorder: Arc<Recorder>) {
                 }
                 _ = sweep.tick() => {
                     let keep = recorder.settings.retention();
-                    match turngate_store::retention::sweep(&recorder.store, keep, std::time::SystemTime::now()).await {
+                    match sweeper.sweep(&recorder.store, keep, std::time::SystemTime::now()).await {
                         Ok(removed) if removed.objects > 0 => tracing::info!(turns = removed.turns, orphans = removed.orphans, objects = removed.objects, "Turn record: deleted expired records."),
                         Ok(_) => {}
                         Err(e) => tracing::warn!(error = %e, "Turn record: the retention sweep failed."),

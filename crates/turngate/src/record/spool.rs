@@ -10,8 +10,10 @@
 //! not each wait out the retries of a store that is down. Once anything waits on disk,
 //! new operations go to disk too, so the order holds across the tiers (memory holds
 //! only what is older than all of disk). Beyond both bounds an object is dropped (its
-//! turn lists it `missing`, `store_failed`); a manifest or a marker is always taken, so
-//! a record that lost parts still says so once the store is back.
+//! turn lists it `missing`, `store_failed`); manifests, markers, index entries and
+//! marker removals may use as much again beyond a bound, so a record that lost parts
+//! still says so once the store is back, and a store down for days cannot exhaust
+//! memory or disk with them either.
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -42,10 +44,12 @@ pub struct Index {
 }
 
 impl Pending {
+    /// Bytes it holds in memory (roughly, for the bound: its body or its key).
     fn size(&self) -> u64 {
         match self {
             Self::Put(_, bytes) => bytes.len() as u64,
-            Self::Delete(_) | Self::Index(_) => 0,
+            Self::Delete(key) => key.as_ref().len() as u64,
+            Self::Index(_) => 64,
         }
     }
 }
@@ -137,34 +141,40 @@ impl Spool {
         self.bytes.load(Ordering::Relaxed)
     }
 
-    /// Queues `bytes` for `key`, within the bounds unless `always` (manifests,
-    /// markers).
+    /// Queues `bytes` for `key`, within the bounds, or twice the bounds if `always`
+    /// (manifests, markers).
     pub fn push(&self, key: Path, bytes: Bytes, always: bool) -> Spooled {
         self.enqueue(Pending::Put(key, bytes), always)
     }
 
-    /// Queues the removal of `key` behind what waits.
-    pub fn delete(&self, key: Path) {
-        self.enqueue(Pending::Delete(key), true);
+    /// Queues the removal of `key` behind what waits (within twice the bounds).
+    pub fn delete(&self, key: Path) -> Spooled {
+        self.enqueue(Pending::Delete(key), true)
     }
 
-    /// Queues a turn's index behind what waits.
-    pub fn index(&self, index: Index) {
-        self.enqueue(Pending::Index(index), true);
+    /// Queues a turn's index behind what waits (within twice the bounds).
+    pub fn index(&self, index: Index) -> Spooled {
+        self.enqueue(Pending::Index(index), true)
     }
 
     fn enqueue(&self, pending: Pending, always: bool) -> Spooled {
         let size = pending.size();
         let mut tiers = self.tiers();
+        let room = |used: u64, max: u64| {
+            let max = if always { max.saturating_mul(2) } else { max };
+            used + size <= max
+        };
+        // With a disk tier, memory holds only what fits its own bound.
         let in_memory = tiers.disk.is_empty()
-            && (tiers.memory_bytes + size <= self.max_memory || (always && tiers.dir.is_none()));
+            && (tiers.memory_bytes + size <= self.max_memory
+                || (tiers.dir.is_none() && room(tiers.memory_bytes, self.max_memory)));
         let added = if in_memory {
             tiers.memory_bytes += size;
             tiers.memory.push_back(pending);
             size
         } else {
-            let fits = tiers.disk_bytes + size <= self.max_disk;
-            let Some(dir) = tiers.dir.clone().filter(|_| fits || always) else {
+            let fits = room(tiers.disk_bytes, self.max_disk);
+            let Some(dir) = tiers.dir.clone().filter(|_| fits) else {
                 return Spooled::Full;
             };
             let seq = tiers.next_seq;
@@ -318,14 +328,25 @@ mod tests {
     }
 
     #[test]
-    fn memory_only_keeps_its_bound_except_for_manifests() {
+    fn memory_only_keeps_its_bound_and_manifests_twice_it() {
         let spool = Spool::new(10, None, 0).unwrap();
         assert_eq!(push(&spool, &put(6), false), Spooled::Queued);
         assert_eq!(push(&spool, &put(6), false), Spooled::Full);
         assert_eq!(push(&spool, &put(4), false), Spooled::Queued);
-        assert_eq!(push(&spool, &put(100), true), Spooled::Queued);
-        assert_eq!(spool.bytes(), 110);
-        assert_eq!(drained(&spool), vec![put(6), put(4), put(100)]);
+        assert_eq!(push(&spool, &put(2), true), Spooled::Queued);
+        assert_eq!(push(&spool, &put(9), true), Spooled::Full);
+        assert_eq!(spool.delete(Path::from("open/n/t")), Spooled::Queued);
+        assert_eq!(spool.delete(Path::from("open/n/u")), Spooled::Full);
+        assert_eq!(spool.bytes(), 20);
+        assert_eq!(
+            drained(&spool),
+            vec![
+                put(6),
+                put(4),
+                put(2),
+                Pending::Delete(Path::from("open/n/t"))
+            ]
+        );
         assert!(spool.is_empty());
         assert_eq!(spool.bytes(), 0);
     }
@@ -348,7 +369,7 @@ mod tests {
                 Pending::Index(i) => i.clone(),
                 _ => unreachable!(),
             });
-            spool.delete(Path::from("open/n/t"));
+            assert_eq!(spool.delete(Path::from("open/n/t")), Spooled::Queued);
             assert_eq!(push(&spool, &put(2000), false), Spooled::Full);
             assert_eq!(spool.front(), Some(put(8)));
             spool.done();

@@ -208,11 +208,17 @@ impl TurnRecord {
     /// longer watched.
     fn spans_now(&mut self) {
         if let Some((spans, turn, session)) = self.spans.take()
-            && let Some(json) = spans.take(turn, session)
+            && let Some(taken) = spans.take(turn, session)
         {
+            if taken.dropped > 0 {
+                let _ = self.tx.send(Op::Missing(Missing {
+                    name: layout::name::SPANS.to_owned(),
+                    reason: "over_limit".into(),
+                }));
+            }
             self.artifact(
                 layout::name::SPANS.to_owned(),
-                Bytes::from(json),
+                Bytes::from(taken.json),
                 "application/json",
             );
         }
@@ -327,13 +333,14 @@ impl Writer {
         if bytes.is_empty() {
             return;
         }
-        let seq = self.segments.len() as u32;
         let bytes = Bytes::from(bytes);
         self.segments.push(bytes.clone());
-        let key = self.key(&layout::name::segment(seq));
-        if self.recorder.store_or_spool(&key, bytes, false).await == Stored::Dropped {
-            self.missing(layout::name::segment(seq), "store_failed");
-        }
+        self.store(Piece {
+            name: layout::name::segment(self.segments.len() as u32 - 1),
+            bytes,
+            content_type: "audio/ogg".into(),
+        })
+        .await;
     }
 
     async fn store(&mut self, piece: Piece) {
@@ -361,10 +368,14 @@ impl Writer {
                 .incomplete
                 .fetch_add(1, Ordering::Relaxed);
         }
-        self.recorder
+        let stored = self
+            .recorder
             .store_or_spool(&key, Bytes::from(body), true)
-            .await
-            != Stored::Dropped
+            .await;
+        if stored == Stored::Dropped {
+            tracing::error!(turn = %self.opened.id, session = %self.session_id, "Turn record: the store refuses it and the spool is full; this turn's manifest is lost.");
+        }
+        stored != Stored::Dropped
     }
 
     fn missing(&mut self, name: String, reason: &str) {
