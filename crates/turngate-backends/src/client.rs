@@ -28,6 +28,35 @@ const ERROR_BODY_LIMIT: usize = 16 * 1024;
 #[serde(transparent)]
 pub struct ApiKey(pub String);
 
+impl ApiKey {
+    /// `bytes` with every occurrence of the key replaced by `[redacted]`: a backend may
+    /// echo it (`Incorrect API key provided: …`), and what it says is kept and shown.
+    /// A key shorter than 8 bytes is not looked for (it would garble the text and is no
+    /// secret anyway).
+    pub fn redact<'a>(&self, bytes: &'a [u8]) -> std::borrow::Cow<'a, [u8]> {
+        let key = self.0.as_bytes();
+        if key.len() < 8 || memchr::memmem::find(bytes, key).is_none() {
+            return std::borrow::Cow::Borrowed(bytes);
+        }
+        let mut out = Vec::with_capacity(bytes.len());
+        let mut rest = 0;
+        for at in memchr::memmem::find_iter(bytes, key) {
+            if at >= rest {
+                out.extend_from_slice(&bytes[rest..at]);
+                out.extend_from_slice(b"[redacted]");
+                rest = at + key.len();
+            }
+        }
+        out.extend_from_slice(&bytes[rest..]);
+        std::borrow::Cow::Owned(out)
+    }
+
+    /// [`redact`](Self::redact) of text.
+    pub fn redact_str(&self, text: &str) -> String {
+        String::from_utf8_lossy(&self.redact(text.as_bytes())).into_owned()
+    }
+}
+
 impl fmt::Debug for ApiKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("ApiKey(***)")
@@ -201,8 +230,14 @@ impl Backend {
     ) -> Result<reqwest::Response, BackendError> {
         let mut attempt = 0;
         loop {
-            outgoing.tape.request(outgoing.body, outgoing.content_type);
-            let result = self.attempt(ctx, timeout, outgoing.tape, &build).await;
+            let key = self.config.api_key.as_ref();
+            outgoing
+                .tape
+                .request(outgoing.body, outgoing.content_type, key);
+            let result = self
+                .attempt(ctx, timeout, outgoing.tape, &build)
+                .await
+                .map_err(|e| e.redact(key));
             match result {
                 Err(e) if retry && e.retryable() && attempt < self.config.retries => {
                     tracing::debug!(backend = self.name, turn = %ctx.turn_id, error = %e, attempt, "Retrying.");

@@ -128,6 +128,45 @@ pub enum BackendError {
     Config(String),
 }
 
+impl BackendError {
+    /// The same, with `key` [redacted](crate::client::ApiKey::redact) from every message
+    /// the backend or the transport wrote.
+    pub(crate) fn redact(self, key: Option<&crate::client::ApiKey>) -> Self {
+        let Some(key) = key else {
+            return self;
+        };
+        let text = |s: String| key.redact_str(&s);
+        match self {
+            Self::Unavailable { backend, detail } => Self::Unavailable {
+                backend,
+                detail: text(detail),
+            },
+            Self::Status {
+                backend,
+                status,
+                message,
+            } => Self::Status {
+                backend,
+                status,
+                message: message.map(text),
+            },
+            Self::StreamError { backend, message } => Self::StreamError {
+                backend,
+                message: message.map(text),
+            },
+            Self::Malformed { backend, detail } => Self::Malformed {
+                backend,
+                detail: text(detail),
+            },
+            Self::StreamBroken { backend, detail } => Self::StreamBroken {
+                backend,
+                detail: text(detail),
+            },
+            other => other,
+        }
+    }
+}
+
 fn shed_reason(reason: crate::slots::Shed) -> &'static str {
     match reason {
         crate::slots::Shed::QueueFull => "too many turns are waiting for it",

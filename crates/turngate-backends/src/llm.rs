@@ -153,10 +153,11 @@ pub async fn stream(
     }
     let (tx, events) = mpsc::channel(STREAM_BUFFER);
     let tape = tape.clone();
+    let key = backend.config().api_key.clone();
     let reader = tokio::spawn(async move {
         let _slot = slot;
         if let Err(e) = read(clock, response, &tx, &tape).await {
-            let _ = tx.send(Err(e)).await;
+            let _ = tx.send(Err(e.redact(key.as_ref()))).await;
         }
     });
     Ok(LlmStream { events, reader })

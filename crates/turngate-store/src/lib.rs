@@ -28,4 +28,7 @@ pub enum Error {
     /// The store refused or failed an operation.
     #[error("record store: {0}")]
     Object(#[from] object_store::Error),
+    /// An operation had no answer within the time it was given (milliseconds).
+    #[error("record store: no answer within {0} ms")]
+    Timeout(u64),
 }

@@ -161,6 +161,9 @@ pub struct Counters {
     /// Image uploads tagged with the turn (one the gateway then refused has no
     /// artifact); of a recovered turn, the images that reached the store.
     pub images: u32,
+    /// RTP packets that arrived too late for their place in the recording (duplicates,
+    /// or reordered beyond its window), left out of it.
+    pub late_packets: u32,
 }
 
 /// One stored artifact.

@@ -17,10 +17,18 @@
 //!   outgrow the time it took.
 //! - Pre-skip is 0: the recording starts mid-stream, and its timing is the sender's,
 //!   from the first packet received.
+//! - Granule positions never go back (RFC 7845 §4), so a packet older than the stream's
+//!   end (reordered, or repeated) cannot be appended: the last [`REORDER`] packets wait
+//!   before they are paged, and a late packet takes the place of the concealment that
+//!   filled its slot if that is still waiting; otherwise (a duplicate, or later than
+//!   that) it is left out and counted ([`OggOpus::late`]), so the stream keeps the
+//!   sender's timing.
 //!
-//! [`OggOpus::flush`] returns what has been muxed so far, ending on a page boundary, so
-//! the segments it returns concatenate into one valid stream: that is how a turn's
-//! audio reaches the store at least every second.
+//! [`OggOpus::flush`] returns what has been muxed so far but the last packet, ending on
+//! a page boundary, so the segments it returns concatenate into one valid stream: that
+//! is how a turn's audio reaches the store at least every second.
+//! [`OggOpus::finish`] ends the stream with its last packet on a page marked
+//! end-of-stream.
 
 use ogg::writing::{PacketWriteEndInfo, PacketWriter};
 
@@ -34,6 +42,21 @@ const SHORTEST_FRAME: u64 = 120;
 /// real sender's timing shows, and no more (the decoder's own concealment has the same
 /// bound).
 pub const MAX_AHEAD: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Packets that wait before they are paged, so that a reordered packet can still take
+/// its place: 5 packets, 100 ms of 20 ms packets.
+pub const REORDER: usize = 5;
+
+/// A packet waiting to be paged.
+struct Queued {
+    packet: Vec<u8>,
+    /// Granule position at its start.
+    start: u64,
+    /// Granule position at its end.
+    end: u64,
+    /// Made to fill a gap: a packet that arrives late for this slot replaces it.
+    concealment: bool,
+}
 
 /// An Ogg Opus muxer for one turn's received packets. See the module docs.
 pub struct OggOpus {
@@ -49,12 +72,12 @@ pub struct OggOpus {
     /// The TOC byte of the last packet with audio: gap packets take its configuration
     /// (RFC 7845 §4.1).
     last_toc: Option<u8>,
-    /// The last packet and its granule position, held back so that a flush can end its
-    /// page with it.
-    held: Option<(Vec<u8>, u64)>,
-    /// Packets received, and packets made to fill gaps.
+    /// Packets not paged yet, oldest first (at most [`REORDER`] + 1).
+    queue: std::collections::VecDeque<Queued>,
+    /// Packets received and muxed, packets made to fill gaps, packets left out as late.
     received: u64,
     concealment_packets: u64,
+    late: u64,
 }
 
 /// RTP timestamps unwrapped to 64 bits.
@@ -96,15 +119,17 @@ impl OggOpus {
             first_arrival: std::time::Duration::ZERO,
             granule: 0,
             last_toc: None,
-            held: None,
+            queue: std::collections::VecDeque::new(),
             received: 0,
             concealment_packets: 0,
+            late: 0,
         }
     }
 
     /// Muxes one received packet: `payload` as it arrived at `arrival` (any clock, the
     /// same for every packet), with its RTP `timestamp`. A packet older than what was
-    /// muxed (reordered, or repeated) is kept, after it.
+    /// muxed (reordered, or repeated) replaces the concealment of its slot if that
+    /// still waits, else it is left out (see the module docs).
     pub fn push(&mut self, timestamp: u32, arrival: std::time::Duration, payload: &[u8]) {
         let clock = match &mut self.clock {
             Some(clock) => clock,
@@ -120,6 +145,10 @@ impl OggOpus {
             }
         };
         let at = clock.since_first(timestamp);
+        if at < self.granule as i64 {
+            self.take_late(at, payload);
+            return;
+        }
         let elapsed = arrival.saturating_sub(self.first_arrival) + MAX_AHEAD;
         let limit = elapsed.as_micros() as u64 * u64::from(GRANULE_RATE) / 1_000_000;
         if let Ok(at) = u64::try_from(at)
@@ -128,22 +157,56 @@ impl OggOpus {
             self.conceal(at.min(limit) - self.granule);
         }
         self.received += 1;
-        self.granule += u64::from(packet_samples(payload).unwrap_or(0));
         if !payload.is_empty() {
             self.last_toc = Some(payload[0]);
         }
-        self.emit(payload.to_vec());
+        self.emit(payload.to_vec(), false);
     }
 
-    /// What was muxed since the last flush, ending on a page boundary (empty if
-    /// nothing was). The flushes' outputs, concatenated, are one valid stream.
+    /// A packet starting at `at`, before the stream's end: into the concealment that
+    /// filled its slot, if that still waits and has its length; else left out.
+    fn take_late(&mut self, at: i64, payload: &[u8]) {
+        let samples = u64::from(packet_samples(payload).unwrap_or(0));
+        let slot = self.queue.iter_mut().find(|q| {
+            q.concealment && i64::try_from(q.start) == Ok(at) && q.end - q.start == samples
+        });
+        match slot {
+            Some(slot) => {
+                slot.packet = payload.to_vec();
+                slot.concealment = false;
+                self.concealment_packets -= 1;
+                self.received += 1;
+            }
+            None => self.late += 1,
+        }
+    }
+
+    /// What was muxed since the last flush but the last packet, ending on a page
+    /// boundary (empty if nothing was). The flushes' outputs, concatenated, are one
+    /// valid stream.
     pub fn flush(&mut self) -> Vec<u8> {
-        self.flush_as(PacketWriteEndInfo::EndPage)
+        while self.queue.len() > 1 {
+            let end = if self.queue.len() == 2 {
+                PacketWriteEndInfo::EndPage
+            } else {
+                PacketWriteEndInfo::NormalPacket
+            };
+            self.page_oldest(end);
+        }
+        std::mem::take(self.writer.inner_mut())
     }
 
     /// The rest of the stream, its last page marked end-of-stream.
     pub fn finish(&mut self) -> Vec<u8> {
-        self.flush_as(PacketWriteEndInfo::EndStream)
+        while !self.queue.is_empty() {
+            let end = if self.queue.len() == 1 {
+                PacketWriteEndInfo::EndStream
+            } else {
+                PacketWriteEndInfo::NormalPacket
+            };
+            self.page_oldest(end);
+        }
+        std::mem::take(self.writer.inner_mut())
     }
 
     /// The stream's duration so far: its granule position, in 48 kHz samples.
@@ -151,9 +214,14 @@ impl OggOpus {
         self.granule
     }
 
-    /// Packets received so far.
+    /// Packets received and muxed so far.
     pub fn received(&self) -> u64 {
         self.received
+    }
+
+    /// Packets received too late for their place in the stream, left out.
+    pub fn late(&self) -> u64 {
+        self.late
     }
 
     /// Packets made to fill gaps (lost packets, DTX) so far.
@@ -205,24 +273,31 @@ impl OggOpus {
                 let stereo = self.last_toc.map_or(0, |toc| toc & 0x04);
                 ((config << 3) | stereo, frame_samples(config))
             });
-            self.granule += u64::from(samples);
             gap -= u64::from(samples);
             self.concealment_packets += 1;
-            self.emit(vec![toc]);
+            self.emit(vec![toc], true);
         }
     }
 
-    fn emit(&mut self, packet: Vec<u8>) {
-        if let Some((held, granule)) = self.held.replace((packet, self.granule)) {
-            self.write(held, PacketWriteEndInfo::NormalPacket, granule);
+    /// Queues `packet` at the stream's end; pages the oldest beyond [`REORDER`].
+    fn emit(&mut self, packet: Vec<u8>, concealment: bool) {
+        let start = self.granule;
+        self.granule += u64::from(packet_samples(&packet).unwrap_or(0));
+        self.queue.push_back(Queued {
+            packet,
+            start,
+            end: self.granule,
+            concealment,
+        });
+        if self.queue.len() > REORDER + 1 {
+            self.page_oldest(PacketWriteEndInfo::NormalPacket);
         }
     }
 
-    fn flush_as(&mut self, end: PacketWriteEndInfo) -> Vec<u8> {
-        if let Some((held, granule)) = self.held.take() {
-            self.write(held, end, granule);
+    fn page_oldest(&mut self, end: PacketWriteEndInfo) {
+        if let Some(q) = self.queue.pop_front() {
+            self.write(q.packet, end, q.end);
         }
-        std::mem::take(self.writer.inner_mut())
     }
 
     fn write(&mut self, packet: Vec<u8>, end: PacketWriteEndInfo, granule: u64) {
@@ -395,13 +470,48 @@ mod tests {
     }
 
     #[test]
-    fn a_late_packet_is_kept_after_the_others() {
+    fn a_reordered_packet_takes_its_place_and_a_duplicate_is_left_out() {
         let mut mux = OggOpus::new(1, Vec::new());
-        for ts in [0u32, 960, 1920, 960] {
-            mux.push(ts, at(ts), &[SILK_20MS]);
+        // 960 arrives after 1920 (its slot filled with concealment meanwhile), then
+        // 960 again; the sender's timing is 3 packets.
+        for ts in [0u32, 1920, 960, 960] {
+            mux.push(ts, at(1920), &[SILK_20MS, ts as u8]);
         }
-        assert_eq!(mux.received(), 4);
-        assert_eq!(mux.granule(), 4 * 960);
+        assert_eq!(
+            (mux.received(), mux.concealment_packets(), mux.late()),
+            (3, 0, 1)
+        );
+        assert_eq!(mux.granule(), 3 * 960);
+        let audio: Vec<_> = packets(&mux.finish()).into_iter().skip(2).collect();
+        let order: Vec<(u8, u64)> = audio.iter().map(|p| (p.0[1], p.1)).collect();
+        // Packet bytes in timestamp order (granules are per page: one page here).
+        assert_eq!(
+            order.iter().map(|o| o.0).collect::<Vec<_>>(),
+            [0, 960u32 as u8, 1920u32 as u8]
+        );
+        // Later than the reorder window: left out, the timing kept.
+        let mut mux = OggOpus::new(1, Vec::new());
+        for i in [0u32, 2, 3, 4, 5, 6, 7, 8, 1] {
+            mux.push(i * 960, at(8 * 960), &[SILK_20MS]);
+        }
+        assert_eq!((mux.late(), mux.concealment_packets()), (1, 1));
+        assert_eq!(mux.granule(), 9 * 960);
+    }
+
+    #[test]
+    fn the_last_page_is_marked_end_of_stream_even_after_a_flush() {
+        let mut mux = OggOpus::new(1, Vec::new());
+        for i in 0..3u32 {
+            mux.push(i * 960, at(i * 960), &[SILK_20MS]);
+        }
+        let mut joined = mux.flush();
+        joined.extend(mux.finish());
+        let mut reader = ogg::PacketReader::new(std::io::Cursor::new(&joined));
+        let mut last = None;
+        while let Some(p) = reader.read_packet().unwrap() {
+            last = Some((p.last_in_stream(), p.absgp_page()));
+        }
+        assert_eq!(last, Some((true, 3 * 960)));
     }
 
     #[test]
@@ -414,10 +524,10 @@ mod tests {
                 let segment = mux.flush();
                 assert!(segment.starts_with(b"OggS"));
                 joined.extend(segment);
-                // What is joined so far is a whole stream (as after a crash), its last
-                // packet ending a page.
+                // What is joined so far is a whole stream (as after a crash) of all
+                // but the last packet, ending a page.
                 let so_far = packets(&joined);
-                assert_eq!(so_far.len(), 2 + i as usize + 1);
+                assert_eq!(so_far.len(), 2 + i as usize);
                 assert!(so_far.last().unwrap().2);
             }
         }

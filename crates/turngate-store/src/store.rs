@@ -44,8 +44,23 @@ impl Store {
             if bucket.is_empty() {
                 return Err(Error::Config(format!("no bucket in {location:?}")));
             }
+            use object_store::ClientConfigKey::{ConnectTimeout, Timeout};
+            use object_store::aws::AmazonS3ConfigKey::Client;
+            // The recorder retries and spools by itself, within its own time bound
+            // (`record.retry_ms`): object_store's default of 10 retries over up to 3
+            // minutes would hold one write far past it. Two quick retries for a
+            // transient error, and a connection that does not open within 5 s (an
+            // endpoint that drops packets) fails rather than hangs.
+            let retry = object_store::RetryConfig {
+                max_retries: 2,
+                retry_timeout: std::time::Duration::from_secs(5),
+                backoff: object_store::BackoffConfig::default(),
+            };
             let s3 = object_store::aws::AmazonS3Builder::from_env()
                 .with_bucket_name(bucket)
+                .with_retry(retry)
+                .with_config(Client(ConnectTimeout), "5 seconds")
+                .with_config(Client(Timeout), "60 seconds")
                 .build()
                 .map_err(|e| Error::Config(format!("{location}: {e}")))?;
             let prefix = prefix.trim_matches('/');

@@ -67,6 +67,7 @@ fn full() -> Manifest {
             audio_ms: 4,
             concealed_ms: 5,
             images: 6,
+            late_packets: 7,
         },
         artifacts: vec![Artifact::of("audio.asr.wav", b"RIFF", "audio/wav", 7)],
         transcript: Some("hello".into()),

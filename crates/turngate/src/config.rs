@@ -126,7 +126,9 @@ pub struct RecordConfig {
     /// loses at most this much.
     pub segment_ms: u64,
     /// A failing store operation is retried (100 ms, doubling, at most 2 s apart) for
-    /// this long, in milliseconds, before what it wrote is marked missing.
+    /// this long, in milliseconds, each attempt cut at the end of it, before what it
+    /// wrote goes into the spool: the longest a turn's record waits on the store (its
+    /// audio waits in memory meanwhile, so keep it near `segment_ms`).
     pub retry_ms: u64,
     /// A node's lease on its open records, in milliseconds, renewed every third of it:
     /// another node finishes the records of a node whose lease ended a lease ago.
@@ -156,7 +158,7 @@ impl Default for RecordConfig {
             images: true,
             backend_bodies: true,
             segment_ms: 1000,
-            retry_ms: 10_000,
+            retry_ms: 1_000,
             lease_ms: 60_000,
             retention_days: 30,
             spool_bytes: 64 * 1024 * 1024,
@@ -632,7 +634,7 @@ Configuration file keys (TOML; every key optional; defaults shown):
   images = true                     keep the images as uploaded
   backend_bodies = true             keep backend request bodies and answers as received
   segment_ms = 1000                 received audio reaches the store at least this often
-  retry_ms = 10000                  how long a failing store operation is retried
+  retry_ms = 1000                   how long a failing store operation is retried
   lease_ms = 60000                  a node's lease on its open records (renewed every third)
   retention_days = 30               records are deleted this long after their turn ended
   spool_bytes = 67108864            records held in memory while the store is down

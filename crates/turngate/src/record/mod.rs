@@ -195,9 +195,17 @@ impl Recorder {
     /// Carries out what the spool holds, oldest first, for as long as the process
     /// runs: each operation until the store takes it, waiting 1 s after a failure,
     /// doubling to 30 s.
+    ///
+    /// After a failure, the lease is renewed first once the store answers again: a
+    /// store down for longer than two leases would otherwise let another node take this
+    /// node's open records for a dead node's, while the spool still holds their rest.
     pub async fn drain_spool(&self) {
         let mut wait = Duration::from_secs(1);
+        let mut renew = false;
         loop {
+            if renew && self.renew_lease().await.is_ok() {
+                renew = false;
+            }
             let Some(pending) = self.spool.front() else {
                 self.spool.arrival().await;
                 continue;
@@ -215,6 +223,7 @@ impl Recorder {
                 }
                 Err(e) => {
                     self.stats.store_failing();
+                    renew = true;
                     tracing::debug!(error = %e, "Turn record: the store still refuses spooled operations.");
                     tokio::time::sleep(wait).await;
                     wait = (wait * 2).min(Duration::from_secs(30));
@@ -283,7 +292,12 @@ impl Recorder {
         let deadline = tokio::time::Instant::now() + self.settings.retry();
         let mut wait = Duration::from_millis(100);
         loop {
-            match op().await {
+            // An attempt that hangs (a store that takes the connection and answers
+            // nothing) is cut at the deadline like one that fails.
+            let attempt = tokio::time::timeout_at(deadline, op())
+                .await
+                .unwrap_or(Err(turngate_store::Error::Timeout(self.settings.retry_ms)));
+            match attempt {
                 Ok(value) => {
                     self.stats.store_ok();
                     return Ok(value);

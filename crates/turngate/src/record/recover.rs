@@ -53,7 +53,16 @@ struct Lease {
 impl Recorder {
     /// Finishes this node's open markers of turns it is not recording (at start, all
     /// of them; later, those a failing store kept it from finishing); returns how many.
+    ///
+    /// Not while the spool holds anything: it may hold the rest of those records (their
+    /// segments, their manifest), and is replayed first; a later renewal finishes them.
     pub async fn recover_own(&self) -> usize {
+        if !self.spool.is_empty() {
+            tracing::debug!(
+                "Turn record: the spool is not empty yet; this node's open records wait."
+            );
+            return 0;
+        }
         let node = self.node_id().to_owned();
         self.recover_node(&node).await
     }
@@ -61,13 +70,7 @@ impl Recorder {
     /// Renews this node's lease and finishes the markers of nodes whose lease ended
     /// more than a lease ago; returns how many. Runs every third of a lease.
     pub async fn keep_lease(&self) -> usize {
-        let lease = Lease {
-            until_ms: super::unix_ms() + self.settings.lease_ms as i64,
-        };
-        let key = Path::from(format!("nodes/{}", self.node_id()));
-        if let Ok(body) = serde_json::to_vec(&lease) {
-            let _ = self.put(&key, Bytes::from(body)).await;
-        }
+        let _ = self.renew_lease().await;
         let Ok(open) = self.store.list(&Path::from("open")).await else {
             return 0;
         };
@@ -93,6 +96,16 @@ impl Recorder {
             }
         }
         finished
+    }
+
+    /// Writes this node's lease: it holds until a lease from now.
+    pub(super) async fn renew_lease(&self) -> Result<(), turngate_store::Error> {
+        let lease = Lease {
+            until_ms: super::unix_ms() + self.settings.lease_ms as i64,
+        };
+        let key = Path::from(format!("nodes/{}", self.node_id()));
+        let body = serde_json::to_vec(&lease).unwrap_or_default();
+        self.put(&key, Bytes::from(body)).await
     }
 
     async fn recover_node(&self, node: &str) -> usize {
@@ -244,28 +257,41 @@ pub(super) fn renewal(lease_ms: u64) -> Duration {
 /// How often `serve` deletes expired records.
 const SWEEP_EVERY: Duration = Duration::from_secs(3600);
 
-/// The node's upkeep for as long as the process runs: [`Recorder::keep_lease`] every
-/// third of a lease, and a retention sweep at start and hourly.
+/// The node's upkeep for as long as the process runs, each in a task of its own (a
+/// long sweep must not hold up the lease): the spool's replay, [`Recorder::keep_lease`]
+/// every third of a lease, and a retention sweep at start and hourly. Ticks missed
+/// while the store was slow are not made up in a burst.
 pub fn spawn_upkeep(recorder: Arc<Recorder>) {
     let spool = Arc::clone(&recorder);
     tokio::spawn(async move { spool.drain_spool().await });
+    let lease = Arc::clone(&recorder);
     tokio::spawn(async move {
-        let mut lease = tokio::time::interval(renewal(recorder.settings.lease_ms));
-        let mut sweep = tokio::time::interval(SWEEP_EVERY);
+        let mut tick = tokio::time::interval(renewal(lease.settings.lease_ms));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            lease.keep_lease().await;
+        }
+    });
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(SWEEP_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut sweeper = turngate_store::retention::Sweeper::default();
         loop {
-            tokio::select! {
-                _ = lease.tick() => {
-                    recorder.keep_lease().await;
-                }
-                _ = sweep.tick() => {
-                    let keep = recorder.settings.retention();
-                    match sweeper.sweep(&recorder.store, keep, std::time::SystemTime::now()).await {
-                        Ok(removed) if removed.objects > 0 => tracing::info!(turns = removed.turns, orphans = removed.orphans, objects = removed.objects, "Turn record: deleted expired records."),
-                        Ok(_) => {}
-                        Err(e) => tracing::warn!(error = %e, "Turn record: the retention sweep failed."),
-                    }
-                }
+            tick.tick().await;
+            let keep = recorder.settings.retention();
+            match sweeper
+                .sweep(&recorder.store, keep, std::time::SystemTime::now())
+                .await
+            {
+                Ok(removed) if removed.objects > 0 => tracing::info!(
+                    turns = removed.turns,
+                    orphans = removed.orphans,
+                    objects = removed.objects,
+                    "Turn record: deleted expired records."
+                ),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "Turn record: the retention sweep failed."),
             }
         }
     });

@@ -74,6 +74,9 @@ pub enum Spooled {
 /// The spool. See the module docs.
 pub struct Spool {
     tiers: Mutex<Tiers>,
+    /// The directory's lock, held for the spool's life: two processes replaying one
+    /// directory would write each other's operations and overwrite each other's files.
+    _lock: Option<std::fs::File>,
     /// Bytes waiting, in memory and on disk.
     bytes: AtomicU64,
     max_memory: u64,
@@ -99,8 +102,17 @@ impl Spool {
     pub fn new(max_memory: u64, dir: Option<PathBuf>, max_disk: u64) -> std::io::Result<Self> {
         let mut disk = VecDeque::new();
         let mut disk_bytes = 0;
+        let mut lock = None;
         if let Some(dir) = &dir {
             std::fs::create_dir_all(dir)?;
+            let file = std::fs::File::create(dir.join(".lock"))?;
+            file.try_lock().map_err(|_| {
+                std::io::Error::other(format!(
+                    "{} is in use by another process (each node needs its own spool directory)",
+                    dir.display()
+                ))
+            })?;
+            lock = Some(file);
             let mut found: Vec<(u64, u64)> = std::fs::read_dir(dir)?
                 .flatten()
                 .filter_map(|e| {
@@ -114,6 +126,7 @@ impl Spool {
         }
         let next_seq = disk.back().map_or(0, |(seq, _)| seq + 1);
         Ok(Self {
+            _lock: lock,
             bytes: AtomicU64::new(disk_bytes),
             tiers: Mutex::new(Tiers {
                 memory: VecDeque::new(),
@@ -376,6 +389,8 @@ mod tests {
             // The process stops here: memory is lost, disk is not.
         }
         let spool = Spool::new(10, Some(dir.clone()), 1000).unwrap();
+        // One process at a time.
+        assert!(Spool::new(10, Some(dir.clone()), 1000).is_err());
         assert!(!spool.is_empty());
         assert_eq!(
             drained(&spool),
@@ -386,7 +401,12 @@ mod tests {
                 Pending::Delete(Path::from("open/n/t"))
             ]
         );
-        assert!(std::fs::read_dir(&dir).unwrap().next().is_none());
+        let left: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(left, [".lock"]);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -319,6 +319,7 @@ impl Writer {
             audio_ms: (ogg.granule() * 1000 / u64::from(GRANULE_RATE)) as u32,
             concealed_ms: 0,
             images: 0,
+            late_packets: ogg.late() as u32,
         };
         let manifest = self.manifest(outcome.as_deref(), counters);
         let wrote = self.write_manifest(&manifest).await;
