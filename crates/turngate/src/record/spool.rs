@@ -1,7 +1,7 @@
 //! Store operations the store did not take yet: kept in memory (at most
 //! `record.spool_bytes`), then in a local directory (`record.spool_dir`, at most
 //! `record.spool_disk_bytes`), and carried out in the order they came
-//! ([`super::Recorder::drain_spool`], with back-off from 1 s doubling to 30 s) until
+//! ([`super::Recorder::drain_spool`], with back-off from 1 s doubling to 5 s) until
 //! the store takes them. What waits on disk survives a restart: a node replays it
 //! before anything new.
 //!
