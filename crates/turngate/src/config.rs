@@ -921,6 +921,12 @@ impl Config {
                 r.segment_ms
             ));
         }
+        if !(100..=60_000).contains(&r.retry_ms) {
+            return fail(format!(
+                "record.retry_ms ({}) must be 100 to 60000",
+                r.retry_ms
+            ));
+        }
         if r.lease_ms < 3_000 {
             return fail(format!(
                 "record.lease_ms ({}) must be at least 3000",
@@ -1197,6 +1203,7 @@ mod tests {
         for (toml, key) in [
             ("[record]\nretention_days = 0\n", "record.retention_days"),
             ("[record]\nsegment_ms = 0\n", "record.segment_ms"),
+            ("[record]\nretry_ms = 0\n", "record.retry_ms"),
             ("[record]\nlease_ms = 0\n", "record.lease_ms"),
         ] {
             let e = load_toml(toml).unwrap_err().to_string();
