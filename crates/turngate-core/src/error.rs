@@ -112,6 +112,20 @@ pub enum ErrorCode {
     /// or no call slot came free in time, no image validator came free in time, or the
     /// gateway holds its budget of image bytes. Retrying later may succeed.
     Overloaded,
+    /// No record of this turn (never recorded, deleted, or expired), or none of it is
+    /// whole yet (its manifest is written when it ends).
+    TurnNotFound,
+    /// Two sessions recorded a turn with this (client-given) id: name one with
+    /// `?session=`; the problem lists them in `sessions`.
+    AmbiguousTurn,
+    /// The turn is being recorded: its record cannot be deleted until it ends.
+    TurnBeingRecorded,
+    /// The `Range` asks for bytes the object does not have.
+    RangeNotSatisfiable,
+    /// The gateway records nothing (`record.enabled = false`).
+    RecordsDisabled,
+    /// The record store failed the read or delete; retrying later may succeed.
+    StoreUnavailable,
     /// An unexpected failure inside the gateway; the message says more.
     Internal,
 }
@@ -167,6 +181,12 @@ impl ErrorCode {
         Self::Forbidden,
         Self::RateLimited,
         Self::Overloaded,
+        Self::TurnNotFound,
+        Self::AmbiguousTurn,
+        Self::TurnBeingRecorded,
+        Self::RangeNotSatisfiable,
+        Self::RecordsDisabled,
+        Self::StoreUnavailable,
         Self::Internal,
     ];
 
@@ -221,6 +241,12 @@ impl ErrorCode {
             Self::Forbidden => "forbidden",
             Self::RateLimited => "rate_limited",
             Self::Overloaded => "overloaded",
+            Self::TurnNotFound => "turn_not_found",
+            Self::AmbiguousTurn => "ambiguous_turn",
+            Self::TurnBeingRecorded => "turn_being_recorded",
+            Self::RangeNotSatisfiable => "range_not_satisfiable",
+            Self::RecordsDisabled => "records_disabled",
+            Self::StoreUnavailable => "store_unavailable",
             Self::Internal => "internal",
         }
     }

@@ -66,13 +66,17 @@ pub mod name {
     ];
 }
 
-/// The prefix of a turn's record.
-pub fn turn(session: SessionId, turn: TurnId) -> Path {
+/// The prefix of a turn's record (ids typed, or as read back from the store).
+pub fn turn(session: impl std::fmt::Display, turn: impl std::fmt::Display) -> Path {
     Path::from(format!("sessions/{session}/turns/{turn}"))
 }
 
 /// An artifact of a turn's record.
-pub fn artifact(session: SessionId, turn_id: TurnId, name: &str) -> Path {
+pub fn artifact(
+    session: impl std::fmt::Display,
+    turn_id: impl std::fmt::Display,
+    name: &str,
+) -> Path {
     Path::from(format!("{}/{name}", turn(session, turn_id)))
 }
 

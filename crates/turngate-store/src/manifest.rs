@@ -57,6 +57,10 @@ pub struct Manifest {
     pub descriptions: Vec<Description>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub answer: Option<String>,
+    /// The numbers of the earlier turns whose exchanges the LLM's prompt held, oldest
+    /// first (after the system prompt, a user and an assistant message each).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<u32>,
     /// The configuration that shaped the turn: models, prompts, base URLs (never keys).
     pub config: TurnConfig,
     /// The token claims `auth.span_claims` names, as on the turn's spans.

@@ -1,5 +1,5 @@
 //! Reading records back: which sessions recorded a turn id, a record's manifest, its
-//! objects.
+//! objects, a session's turns.
 //!
 //! A turn id is found through its create-only index `turns/{turn}` (the first session
 //! to record it) and `conflicts/{turn}/{session}` (any later one), so finding a turn
@@ -33,10 +33,7 @@ pub async fn sessions_of(store: &Store, turn: &str) -> Result<Vec<String>, Error
 /// The manifest of `session`'s record of `turn`, if it has one (a record without one
 /// is not whole: being written, or partly deleted).
 pub async fn manifest(store: &Store, session: &str, turn: &str) -> Result<Option<Manifest>, Error> {
-    let key = Path::from(format!(
-        "sessions/{session}/turns/{turn}/{}",
-        name::MANIFEST
-    ));
+    let key = layout::artifact(session, turn, name::MANIFEST);
     Ok(match store.get(&key).await? {
         Some(bytes) => Some(
             serde_json::from_slice(&bytes)
@@ -48,7 +45,7 @@ pub async fn manifest(store: &Store, session: &str, turn: &str) -> Result<Option
 
 /// Every object of a record, by name under the turn's prefix, sorted.
 pub async fn objects(store: &Store, session: &str, turn: &str) -> Result<Vec<String>, Error> {
-    let prefix = format!("sessions/{session}/turns/{turn}");
+    let prefix = layout::turn(session, turn).to_string();
     let mut names: Vec<String> = store
         .list(&Path::from(prefix.as_str()))
         .await?
@@ -62,4 +59,29 @@ pub async fn objects(store: &Store, session: &str, turn: &str) -> Result<Vec<Str
         .collect();
     names.sort();
     Ok(names)
+}
+
+/// The manifests of every whole record of `session` (turns being recorded have none
+/// yet), in turn-number order. Read 16 at a time.
+pub async fn session_turns(store: &Store, session: &str) -> Result<Vec<Manifest>, Error> {
+    use futures_util::{StreamExt, TryStreamExt};
+    let turns = store
+        .children(&Path::from(format!("sessions/{session}/turns")))
+        .await?;
+    let mut manifests: Vec<Manifest> = futures_util::stream::iter(turns)
+        .map(|prefix| async move {
+            let key = Path::from(format!("{prefix}/{}", name::MANIFEST));
+            Ok::<_, Error>(
+                store
+                    .get(&key)
+                    .await?
+                    .and_then(|bytes| serde_json::from_slice::<Manifest>(&bytes).ok()),
+            )
+        })
+        .buffer_unordered(16)
+        .try_filter_map(|m| async move { Ok(m) })
+        .try_collect()
+        .await?;
+    manifests.sort_by(|a, b| (a.number, &a.turn_id).cmp(&(b.number, &b.turn_id)));
+    Ok(manifests)
 }

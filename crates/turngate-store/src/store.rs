@@ -141,6 +141,20 @@ impl Store {
         }
     }
 
+    /// Bytes `range` of the object at `key` (the range must lie within it), or `None`
+    /// if there is no object.
+    pub async fn get_range(
+        &self,
+        key: &Path,
+        range: std::ops::Range<u64>,
+    ) -> Result<Option<Bytes>, Error> {
+        match self.inner.get_range(key, range).await {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Every object under `prefix`, in no particular order.
     pub async fn list(&self, prefix: &Path) -> Result<Vec<ObjectMeta>, Error> {
         Ok(self.inner.list(Some(prefix)).try_collect().await?)

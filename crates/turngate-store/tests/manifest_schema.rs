@@ -76,6 +76,7 @@ fn full() -> Manifest {
             description: "a cat".into(),
         }],
         answer: Some("hi".into()),
+        history: vec![1, 2],
         config: TurnConfig {
             asr: Some(shape("whisper")),
             vision: Some(shape("llava")),

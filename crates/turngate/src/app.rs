@@ -51,6 +51,10 @@ pub struct App {
     pub secure_cookies: bool,
     /// The token claims that go onto spans.
     pub span_claims: Vec<String>,
+    /// Whether `/` serves the demo page (`ui.demo`).
+    pub demo: bool,
+    /// The trace UI's address template (`ui.trace_url_template`).
+    pub trace_url_template: Option<String>,
 }
 
 impl App {
@@ -99,6 +103,8 @@ impl App {
                 && !config.listen.ip().is_loopback(),
             secure_cookies: !config.listen.ip().is_loopback(),
             span_claims: config.auth.span_claims.clone(),
+            demo: config.ui.demo(config.listen),
+            trace_url_template: config.ui.trace_url_template.clone(),
             creation_rates: CreationRates::new(
                 config.auth.sessions_per_minute_per_subject,
                 config.sessions.per_minute_per_ip,

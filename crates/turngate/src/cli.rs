@@ -8,10 +8,9 @@ use std::time::SystemTime;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use object_store::path::Path;
 use turngate_store::manifest::Manifest;
 use turngate_store::retention::{self, Removed, Selector};
-use turngate_store::{Store, read};
+use turngate_store::{Store, layout, read};
 
 use crate::config::{self, Config};
 
@@ -120,9 +119,9 @@ pub async fn turn(command: TurnCommand) -> anyhow::Result<()> {
             let mut tar = tar::Builder::new(std::io::BufWriter::new(file));
             let mut names = read::objects(&store, &session, &turn_id).await?;
             // The manifest first.
-            names.sort_by_key(|n| n != turngate_store::layout::name::MANIFEST);
+            names.sort_by_key(|n| n != layout::name::MANIFEST);
             for name in &names {
-                let key = Path::from(format!("sessions/{session}/turns/{turn_id}/{name}"));
+                let key = layout::artifact(&session, &turn_id, name);
                 let Some(bytes) = store.get(&key).await? else {
                     continue;
                 };

@@ -46,6 +46,8 @@ pub struct Config {
     pub auth: AuthConfig,
     /// The turn record.
     pub record: RecordConfig,
+    /// The web pages the gateway serves.
+    pub ui: UiConfig,
     /// Serve without authentication on a non-loopback address (`--insecure-no-auth`;
     /// flag only).
     #[serde(skip)]
@@ -100,6 +102,26 @@ impl AuthConfig {
     /// Whether anything is configured that turns authentication on.
     pub fn enabled(&self) -> bool {
         self.hs256_secret.is_some() || self.jwks_file.is_some() || self.admin_token.is_some()
+    }
+}
+
+/// `[ui]`: the demo page and the links of the turn inspector.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UiConfig {
+    /// Serve the demo page at `/` (`TURNGATE_UI_DEMO`); unset: when listening on
+    /// loopback only.
+    pub demo: Option<bool>,
+    /// A trace UI's address for a turn, `{trace_id}` standing for its trace id, e.g.
+    /// `http://jaeger:16686/trace/{trace_id}` (`TURNGATE_TRACE_URL_TEMPLATE`); unset: no
+    /// link.
+    pub trace_url_template: Option<String>,
+}
+
+impl UiConfig {
+    /// Whether `/` serves the demo page, for a gateway listening on `listen`.
+    pub fn demo(&self, listen: SocketAddr) -> bool {
+        self.demo.unwrap_or_else(|| listen.ip().is_loopback())
     }
 }
 
@@ -481,6 +503,7 @@ impl Default for Config {
             telemetry: TelemetryConfig::default(),
             auth: AuthConfig::default(),
             record: RecordConfig::default(),
+            ui: UiConfig::default(),
             insecure_no_auth: false,
         }
     }
@@ -641,6 +664,11 @@ Configuration file keys (TOML; every key optional; defaults shown):
   spool_dir                         then on disk, surviving a restart (TURNGATE_SPOOL_DIR;
                                     default ./turngate-spool for an s3:// store)
   spool_disk_bytes = 1073741824     at most this much on disk; beyond, parts are dropped
+  [ui]
+  demo                              the demo page at / (TURNGATE_UI_DEMO; default: on when
+                                    listening on loopback only)
+  trace_url_template                a trace UI's address, {trace_id} for the id: the inspector
+                                    links each turn there (TURNGATE_TRACE_URL_TEMPLATE)
   [telemetry]
   capture_content = false           transcripts, prompts, answers and images in span attributes
                                     (TURNGATE_TELEMETRY_CAPTURE_CONTENT); the OTLP exporter is
@@ -874,6 +902,16 @@ impl Config {
         if let Some(v) = env("TURNGATE_SPOOL_DIR") {
             config.record.spool_dir = Some(v.into());
         }
+        if let Some(v) = env("TURNGATE_TRACE_URL_TEMPLATE") {
+            config.ui.trace_url_template = Some(v);
+        }
+        if let Some(v) = env("TURNGATE_UI_DEMO") {
+            config.ui.demo = Some(v.parse().map_err(|_| {
+                anyhow::anyhow!(
+                    "invalid configuration: TURNGATE_UI_DEMO={v:?}: expected true or false"
+                )
+            })?);
+        }
         config.insecure_no_auth = o.insecure_no_auth;
         for (prefix, backend) in [
             ("TURNGATE_ASR", &mut config.asr),
@@ -931,6 +969,13 @@ impl Config {
             return fail(format!(
                 "record.lease_ms ({}) must be at least 3000",
                 r.lease_ms
+            ));
+        }
+        if let Some(t) = &self.ui.trace_url_template
+            && !t.contains("{trace_id}")
+        {
+            return fail(format!(
+                "ui.trace_url_template ({t:?}) must contain {{trace_id}}"
             ));
         }
         let m = &self.media;

@@ -19,6 +19,9 @@ pub struct Problem {
     pub detail: String,
     /// Seconds until a retry may succeed, when known (a rate limit's wait).
     pub retry_after_s: Option<u64>,
+    /// Extension members of the body (RFC 9457 §3.2), e.g. `sessions` of
+    /// `ambiguous_turn`.
+    pub extensions: serde_json::Map<String, serde_json::Value>,
 }
 
 impl Problem {
@@ -28,7 +31,14 @@ impl Problem {
             code,
             detail: detail.into(),
             retry_after_s: None,
+            extensions: serde_json::Map::new(),
         }
+    }
+
+    /// The same, with extension member `name` (RFC 9457 §3.2).
+    pub fn with(mut self, name: &str, value: serde_json::Value) -> Self {
+        self.extensions.insert(name.to_owned(), value);
+        self
     }
 
     /// The same, telling the client when to retry (rounded up to whole seconds, at
@@ -56,9 +66,12 @@ pub fn status(code: ErrorCode) -> StatusCode {
         TooManyUploads | UploadBudgetExceeded | TooManyPending => StatusCode::TOO_MANY_REQUESTS,
         NotFound => StatusCode::NOT_FOUND,
         MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-        TooManySessions | NoMediaPort | ShuttingDown | Overloaded => {
+        TooManySessions | NoMediaPort | ShuttingDown | Overloaded | StoreUnavailable => {
             StatusCode::SERVICE_UNAVAILABLE
         }
+        TurnNotFound | RecordsDisabled => StatusCode::NOT_FOUND,
+        AmbiguousTurn | TurnBeingRecorded => StatusCode::CONFLICT,
+        RangeNotSatisfiable => StatusCode::RANGE_NOT_SATISFIABLE,
         Internal => StatusCode::INTERNAL_SERVER_ERROR,
         RequestTimeout => StatusCode::REQUEST_TIMEOUT,
         Unauthorized => StatusCode::UNAUTHORIZED,
@@ -76,13 +89,16 @@ pub fn status(code: ErrorCode) -> StatusCode {
 impl IntoResponse for Problem {
     fn into_response(self) -> Response {
         let status = status(self.code);
-        let body = serde_json::json!({
+        let mut body = serde_json::json!({
             "type": format!("urn:turngate:error:{}", self.code),
             "title": status.canonical_reason().unwrap_or("Error"),
             "status": status.as_u16(),
             "detail": self.detail,
             "code": self.code,
         });
+        for (name, value) in self.extensions {
+            body[name] = value;
+        }
         let mut response = (status, body.to_string()).into_response();
         let headers = response.headers_mut();
         headers.insert(
@@ -96,6 +112,7 @@ impl IntoResponse for Problem {
                 | ErrorCode::NoMediaPort
                 | ErrorCode::ShuttingDown
                 | ErrorCode::Overloaded
+                | ErrorCode::StoreUnavailable
                 | ErrorCode::RateLimited
         ) {
             let seconds = self.retry_after_s.unwrap_or(RETRY_AFTER_S);

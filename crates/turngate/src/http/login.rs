@@ -30,7 +30,7 @@ const FORM: &str = r#"<!doctype html>
 <form method="post" action="/login">
 <p><label for="token">Operator token</label>
 <input id="token" name="token" type="password" autocomplete="current-password" required></p>
-<input type="hidden" name="next" value="/v1/sessions">
+<input type="hidden" name="next" value="{next}">
 <p><button type="submit">Sign in</button></p>
 </form>
 </main>
@@ -46,8 +46,31 @@ pub(super) struct Login {
     next: Option<String>,
 }
 
-pub(super) async fn form() -> Response {
-    with_policy(Html(FORM).into_response())
+/// `GET /login[?next=…]`: the form, coming back to `next` (a local path) once signed in.
+pub(super) async fn form(
+    query: Result<axum::extract::Query<Next>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let next = query
+        .ok()
+        .and_then(|q| q.0.next)
+        .filter(|n| local_path(n))
+        .unwrap_or_else(|| "/v1/sessions".into());
+    with_policy(Html(FORM.replace("{next}", &escape(&next))).into_response())
+}
+
+/// `?next=…` of the form.
+#[derive(serde::Deserialize)]
+pub(super) struct Next {
+    next: Option<String>,
+}
+
+/// `text` for an HTML attribute value.
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('"', "&quot;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('\'', "&#39;")
 }
 
 pub(super) async fn login(

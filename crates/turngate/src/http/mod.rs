@@ -1,6 +1,7 @@
 //! The HTTP API, one file per resource family: WHIP signaling ([`whip`]), image
-//! uploads ([`uploads`]), session queries ([`sessions`]), health ([`health`]) and
-//! metrics ([`metrics`]). Errors are RFC 9457 problem+json ([`crate::problem`]).
+//! uploads ([`uploads`]), session queries ([`sessions`]), the turn record
+//! ([`records`]), the web pages ([`pages`]), health ([`health`]) and metrics
+//! ([`metrics`]). Errors are RFC 9457 problem+json ([`crate::problem`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,6 +22,8 @@ mod health;
 pub mod host;
 mod login;
 mod metrics;
+mod pages;
+mod records;
 pub mod server;
 mod sessions;
 mod uploads;
@@ -47,6 +50,23 @@ pub fn router(app: Arc<App>, cors_origins: &[String]) -> Router {
     Router::new()
         .route("/v1/sessions", get(sessions::list_sessions))
         .route("/v1/sessions/{id}", get(sessions::get_session))
+        .route("/v1/sessions/{id}/turns", get(records::session_turns))
+        .route(
+            "/v1/sessions/{id}/records",
+            delete(records::delete_session_records),
+        )
+        .route(
+            "/v1/turns/{turn}",
+            get(records::get_turn).delete(records::delete_turn),
+        )
+        .route(
+            "/v1/turns/{turn}/artifacts/{*name}",
+            get(records::get_artifact),
+        )
+        .route("/", get(pages::demo))
+        .route("/turns/{turn}", get(pages::inspector))
+        .route("/sessions/{id}", get(pages::session))
+        .route("/ui/{file}", get(pages::asset))
         .route("/healthz", get(health::live))
         .route("/readyz", get(health::ready))
         .route("/metrics", get(metrics::metrics))

@@ -159,6 +159,11 @@ impl Recorder {
             .contains(key)
     }
 
+    /// The store records go to (and are read from).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
     /// Where records go, as configured.
     pub fn location(&self) -> &str {
         self.store.location()

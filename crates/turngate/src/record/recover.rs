@@ -146,10 +146,7 @@ impl Recorder {
             tracing::warn!(marker = %key, "Turn record: an unreadable marker; removed.");
             return self.store.delete(key).await;
         };
-        let prefix = Path::from(format!(
-            "sessions/{}/turns/{}",
-            marker.session_id, marker.turn_id
-        ));
+        let prefix = layout::turn(&marker.session_id, &marker.turn_id);
         let manifest_key = Path::from(format!("{prefix}/{}", name::MANIFEST));
         if self.store.get(&manifest_key).await?.is_none() {
             let manifest = self.recovered_manifest(&marker, &prefix).await?;

@@ -47,6 +47,8 @@ pub struct Outcome {
     /// (blob id, description), in upload order.
     pub descriptions: Vec<(String, String)>,
     pub answer: Option<String>,
+    /// The numbers of the earlier turns whose exchanges the prompt held, oldest first.
+    pub history: Vec<u32>,
     /// Of the audio ASR was given, milliseconds concealed.
     pub concealed_ms: u32,
 }
@@ -486,6 +488,7 @@ impl Writer {
                 })
                 .unwrap_or_default(),
             answer: outcome.and_then(|o| o.answer.clone()),
+            history: outcome.map(|o| o.history.clone()).unwrap_or_default(),
             config: self.recorder.shape.clone(),
             claims: self.claims.iter().cloned().collect(),
             subject: self.subject.clone(),

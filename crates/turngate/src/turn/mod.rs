@@ -152,13 +152,17 @@ impl Conversation {
         })
     }
 
-    /// The exchanges of the turns before `number`, once every one of them has settled.
-    async fn history_before(&self, number: u32) -> Vec<Exchange> {
+    /// The exchanges of the turns before `number`, with their turn numbers, once every
+    /// one of them has settled.
+    async fn history_before(&self, number: u32) -> Vec<(u32, Exchange)> {
         let mut rx = self.history.subscribe();
         let Ok(history) = rx.wait_for(|h| h.settled_before(number)).await else {
             return Vec::new();
         };
-        history.before(number).map(|(_, e)| e.clone()).collect()
+        history
+            .before(number)
+            .map(|(n, e)| (n, e.clone()))
+            .collect()
     }
 
     fn open(&self, number: u32) {

@@ -243,6 +243,7 @@ impl Turn {
             details: Default::default(),
         };
         let mut user = String::new();
+        let mut history = Vec::new();
         let descriptions: Vec<Value> = seen
             .value
             .iter()
@@ -275,7 +276,7 @@ impl Turn {
                 None => StageStatus::Cancelled,
                 Some(()) if user.is_empty() => StageStatus::Skipped,
                 Some(()) => {
-                    let answer = answer(
+                    let (answer, numbers) = answer(
                         &job,
                         &self.settle.conversation,
                         self.info.number,
@@ -284,6 +285,7 @@ impl Turn {
                         cancel,
                     )
                     .await;
+                    history = numbers;
                     report.answer = answer.text;
                     report.llm_first_token_ms = answer.first_token_ms;
                     report.llm_total_ms = answer.total_ms;
@@ -312,6 +314,7 @@ impl Turn {
                 })
                 .collect(),
             answer: report.answer.clone(),
+            history,
         });
         let details = json!({
             "transcript": transcript,
@@ -349,6 +352,7 @@ impl Turn {
                 transcript: r.transcript,
                 descriptions: r.descriptions,
                 answer: r.answer,
+                history: r.history,
                 concealed_ms: (audio.concealed / 16) as u32,
             });
         }
@@ -394,7 +398,8 @@ impl Turn {
 }
 
 /// The LLM's answer, once every earlier turn has settled (so the prompt holds the
-/// conversation in turn order).
+/// conversation in turn order), and the numbers of the turns whose exchanges the prompt
+/// holds.
 async fn answer(
     job: &Job<'_>,
     conversation: &Conversation,
@@ -402,24 +407,26 @@ async fn answer(
     user: &str,
     images: &[Described],
     cancel: &CancellationToken,
-) -> llm::Answer {
+) -> (llm::Answer, Vec<u32>) {
     let Some(history) = unless_cancelled(cancel, conversation.history_before(number)).await else {
-        return llm::Answer {
+        let cancelled = llm::Answer {
             status: StageStatus::Cancelled,
             text: None,
             first_token_ms: None,
             total_ms: None,
         };
+        return (cancelled, Vec::new());
     };
+    let (numbers, exchanges): (Vec<u32>, Vec<Exchange>) = history.into_iter().unzip();
     let backends = job.backends();
     let messages = prompt::messages(
         &backends.system_prompt,
-        &history,
+        &exchanges,
         user,
         images,
         backends.send_images,
     );
-    llm::run(job, messages, cancel).await
+    (llm::run(job, messages, cancel).await, numbers)
 }
 
 /// Waits for the results of the turns a turn stands for, oldest first, into `carried`
@@ -439,6 +446,7 @@ struct Recorded {
     transcript: Option<String>,
     descriptions: Vec<(String, String)>,
     answer: Option<String>,
+    history: Vec<u32>,
 }
 
 /// Audio of one turn as downstream received it.
