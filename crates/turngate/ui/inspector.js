@@ -1,6 +1,7 @@
 // The turn inspector: one turn's record, read through the API. The timeline puts the
-// turn's moments, its audio and its spans on one time axis (milliseconds from the
-// turn's start); the audio players move a playhead across it.
+// turn's moments (speech started, input ended, …), its audio and its spans on one time
+// axis, a row each in time order (milliseconds from the turn's start); the audio
+// players move a playhead across it.
 
 import { bytes, el, getJson, getText, search, seconds } from "/ui/common.js";
 
@@ -98,11 +99,12 @@ function timeline(m, spans) {
     ["input ended", t.input_ended], ["processing started", t.processing_started],
     ["completed", t.completed],
   ].filter(([, at]) => at).map(([label, at]) => [label, at.offset_ms]);
-  const rows = [];
+  const rows = moments.map(([label, at]) => ({ name: label, start: at, end: at, kind: "moment" }));
   if (m.counters.audio_ms) rows.push({ name: "audio as received", start: 0, end: m.counters.audio_ms, kind: "audio" });
   const asr = asrMs(m);
   if (asr !== null) rows.push({ name: "audio given to ASR", start: 0, end: asr, kind: "audio" });
   rows.push(...spans.map((s) => ({ ...s, kind: s.error ? "span error" : "span" })));
+  rows.sort((a, b) => a.start - b.start || (b.end - b.start) - (a.end - a.start));
   const total = Math.max(1, ...rows.map((r) => r.end), ...moments.map(([, at]) => at));
   const pct = (ms) => `${Math.min(100, Math.max(0, (ms / total) * 100))}%`;
   const box = $("timeline");
@@ -112,23 +114,18 @@ function timeline(m, spans) {
     tick.style.left = pct((total * i) / 4);
     axis.append(tick);
   }
-  const marks = el("div", { class: "marks" });
-  for (const [label, at] of moments) {
-    const mark = el("span", { class: "mark", title: `${label} at ${seconds(at)}` }, label);
-    mark.style.left = pct(at);
-    marks.append(mark);
-  }
   const list = el("ol", { class: "rows" });
   for (const r of rows) {
     const bar = el("span", { class: `bar ${r.kind}` });
     bar.style.left = pct(r.start);
     bar.style.width = pct(Math.max(r.end - r.start, total / 500));
     list.append(el("li", {},
-      el("span", { class: "label" }, `${r.name} `, el("span", { class: "hint" }, `${seconds(r.start)} + ${seconds(r.end - r.start)}`)),
+      el("span", { class: "label", title: r.name }, `${r.name} `, el("span", { class: "hint" },
+        r.kind === "moment" ? `at ${seconds(r.start)}` : `${seconds(r.start)} + ${seconds(r.end - r.start)}`)),
       el("span", { class: "track" }, bar)));
   }
   const playhead = el("div", { class: "playhead", "aria-hidden": "true" });
-  box.replaceChildren(axis, marks, list, playhead);
+  box.replaceChildren(axis, list, playhead);
   for (const id of ["received", "asr"]) {
     $(id).addEventListener("timeupdate", (event) => {
       playhead.style.left = pct(event.target.currentTime * 1000);

@@ -23,7 +23,9 @@ const COOKIE_MAX_AGE_S: u32 = 8 * 3600;
 const FORM: &str = r#"<!doctype html>
 <html lang="en">
 <head><meta charset="utf-8"><title>turngate: sign in</title>
-<meta name="viewport" content="width=device-width, initial-scale=1"></head>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<link rel="stylesheet" href="/ui/page.css">
+<link rel="icon" href="data:,"></head>
 <body>
 <main>
 <h1>Sign in</h1>
@@ -134,11 +136,16 @@ fn set_cookie(mut response: Response, cookie: &str) -> Response {
     response
 }
 
-/// No scripts at all, nothing from other origins, never framed.
+/// No scripts at all, nothing from other origins (the pages' stylesheet only), never
+/// framed.
 fn with_policy(mut response: Response) -> Response {
     response.headers_mut().insert(
         header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static("default-src 'self'; script-src 'none'; frame-ancestors 'none'"),
+        HeaderValue::from_static(
+            "default-src 'none'; script-src 'none'; style-src 'self'; img-src data:; \
+             form-action 'self'; \
+             base-uri 'none'; frame-ancestors 'none'",
+        ),
     );
     response
 }
