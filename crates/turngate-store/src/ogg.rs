@@ -185,26 +185,24 @@ impl OggOpus {
     /// boundary (empty if nothing was). The flushes' outputs, concatenated, are one
     /// valid stream.
     pub fn flush(&mut self) -> Vec<u8> {
-        while self.queue.len() > 1 {
-            let end = if self.queue.len() == 2 {
-                PacketWriteEndInfo::EndPage
-            } else {
-                PacketWriteEndInfo::NormalPacket
-            };
-            self.page_oldest(end);
-        }
-        std::mem::take(self.writer.inner_mut())
+        self.page_all_but(1, PacketWriteEndInfo::EndPage)
     }
 
     /// The rest of the stream, its last page marked end-of-stream.
     pub fn finish(&mut self) -> Vec<u8> {
-        while !self.queue.is_empty() {
-            let end = if self.queue.len() == 1 {
-                PacketWriteEndInfo::EndStream
+        self.page_all_but(0, PacketWriteEndInfo::EndStream)
+    }
+
+    /// Pages the queued packets but the last `keep`, the last paged one ending its page
+    /// as `end` says; returns the pages written since the last call.
+    fn page_all_but(&mut self, keep: usize, end: PacketWriteEndInfo) -> Vec<u8> {
+        while self.queue.len() > keep {
+            let last = self.queue.len() == keep + 1;
+            self.page_oldest(if last {
+                end
             } else {
                 PacketWriteEndInfo::NormalPacket
-            };
-            self.page_oldest(end);
+            });
         }
         std::mem::take(self.writer.inner_mut())
     }
