@@ -24,26 +24,26 @@ async fn manifest(gw: &Gateway, turn: &str) -> anyhow::Result<Value> {
     anyhow::bail!("no record of {turn}")
 }
 
-#[tokio::test]
-async fn a_turn_spoken_on_the_demo_page_is_seen_whole_in_its_inspector() -> anyhow::Result<()> {
-    let (base, seen) = fake_openai().await?;
-    let gw = start_with(&backend_env(&base, &base, &base)).await?;
-    let out = std::env::temp_dir().join(format!("turngate-pages-{}", std::process::id()));
+/// Runs a browser script under `node` (with `node_args`) against `gw`, with the tokens,
+/// the image to show (a 320×200 PNG) and `env`; returns the facts it printed.
+async fn browse(
+    gw: &Gateway,
+    script: &str,
+    node_args: &[&str],
+    env: &[(&str, std::path::PathBuf)],
+) -> anyhow::Result<Value> {
+    let out = std::env::temp_dir().join(format!("turngate-pages-{}-{script}", std::process::id()));
     std::fs::create_dir_all(&out)?;
     let image = out.join("shown.png");
     std::fs::write(&image, png(320, 200))?;
-    // The screenshot goes with the test output (target/, kept after the run).
-    let shots = workspace().join("target/test-output");
-    std::fs::create_dir_all(&shots)?;
-    let screenshot = shots.join("inspector.png");
     let run = tokio::process::Command::new("node")
-        .arg(workspace().join("tests/browser/demo_to_inspector.mjs"))
+        .args(node_args)
+        .arg(workspace().join("tests/browser").join(script))
         .env("BASE", &gw.base)
         .env("CLIENT_TOKEN", gw.client_token().context("harness keys")?)
         .env("ADMIN_TOKEN", tokens::ADMIN_TOKEN)
-        .env("AUDIO", data("speech-48k.wav"))
         .env("IMAGE", &image)
-        .env("SCREENSHOT", &screenshot)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
@@ -56,26 +56,18 @@ async fn a_turn_spoken_on_the_demo_page_is_seen_whole_in_its_inspector() -> anyh
         String::from_utf8_lossy(&output.stderr),
         gw.log()
     );
-    let facts: Value = serde_json::from_slice(&output.stdout)
-        .with_context(|| String::from_utf8_lossy(&output.stdout).into_owned())?;
-    let turn = facts["turn_id"].as_str().context("a turn id")?;
-    let m = manifest(&gw, turn).await?;
+    serde_json::from_slice(&output.stdout)
+        .with_context(|| String::from_utf8_lossy(&output.stdout).into_owned())
+}
 
-    // The demo page showed the turn live.
-    let demo = facts["demo_text"].as_str().unwrap();
-    assert!(demo.contains(TRANSCRIPT), "{demo}");
-    assert!(demo.contains(&DELTAS.concat()), "{demo}");
-    // The inspector: the transcript, the image as uploaded, the audio, the prompt.
+/// What the inspector showed of `turn` (`facts`) against its record and the turn: the
+/// transcript, the image as uploaded, the audio's duration (within 50 ms), a `206` to a
+/// Range, the prompt; and no error in the pages' console.
+async fn assert_inspected(gw: &Gateway, facts: &Value) -> anyhow::Result<Value> {
+    let turn = facts["turn_id"].as_str().context("a turn id")?;
+    let m = manifest(gw, turn).await?;
     assert_eq!(facts["transcript"], TRANSCRIPT, "{facts:#}");
-    assert_eq!(facts["answer"], DELTAS.concat());
     assert_eq!(facts["image_natural_width"], 320);
-    assert!(
-        facts["image_caption"]
-            .as_str()
-            .unwrap()
-            .contains(&sha256_hex(&png(320, 200))),
-        "{facts:#}"
-    );
     assert_eq!(facts["range_status"], 206);
     let duration_ms = facts["audio_duration_s"].as_f64().unwrap() * 1000.0;
     let audio_ms = m["counters"]["audio_ms"].as_f64().unwrap();
@@ -87,6 +79,52 @@ async fn a_turn_spoken_on_the_demo_page_is_seen_whole_in_its_inspector() -> anyh
     let prompt = facts["prompt"].as_str().unwrap();
     assert!(prompt.contains(TRANSCRIPT), "{prompt}");
     assert!(prompt.contains(DESCRIPTION), "{prompt}");
+    let errors: Vec<&Value> = facts["console"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| {
+            l.as_str()
+                .is_some_and(|l| l.starts_with("error") || l.starts_with("pageerror"))
+        })
+        .collect();
+    assert!(errors.is_empty(), "the pages logged errors: {errors:?}");
+    Ok(m)
+}
+
+#[tokio::test]
+async fn a_turn_spoken_on_the_demo_page_is_seen_whole_in_its_inspector() -> anyhow::Result<()> {
+    let (base, seen) = fake_openai().await?;
+    let gw = start_with(&backend_env(&base, &base, &base)).await?;
+    // The screenshot goes with the test output (target/, kept after the run).
+    let shots = workspace().join("target/test-output");
+    std::fs::create_dir_all(&shots)?;
+    let screenshot = shots.join("inspector.png");
+    let facts = browse(
+        &gw,
+        "demo_to_inspector.mjs",
+        &[],
+        &[
+            ("AUDIO", data("speech-48k.wav")),
+            ("SCREENSHOT", screenshot.clone()),
+        ],
+    )
+    .await?;
+    let turn = facts["turn_id"].as_str().context("a turn id")?;
+    assert_inspected(&gw, &facts).await?;
+    // The demo page showed the turn live.
+    let demo = facts["demo_text"].as_str().unwrap();
+    assert!(demo.contains(TRANSCRIPT), "{demo}");
+    assert!(demo.contains(&DELTAS.concat()), "{demo}");
+    assert_eq!(facts["answer"], DELTAS.concat());
+    assert!(
+        facts["image_caption"]
+            .as_str()
+            .unwrap()
+            .contains(&sha256_hex(&png(320, 200))),
+        "{facts:#}"
+    );
+    let prompt = facts["prompt"].as_str().unwrap();
     // What the LLM backend got is what the inspector shows.
     let got = seen
         .lock()
@@ -110,20 +148,33 @@ async fn a_turn_spoken_on_the_demo_page_is_seen_whole_in_its_inspector() -> anyh
             .any(|l| l == "All turns of the session")
     );
     assert!(screenshot.exists());
-    let console: Vec<&Value> = facts["console"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|l| {
-            l.as_str()
-                .is_some_and(|l| l.starts_with("error") || l.starts_with("pageerror"))
-        })
-        .collect();
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_inspector_works_in_firefox_too() -> anyhow::Result<()> {
+    let (base, _seen) = fake_openai().await?;
+    let gw = start_with(&backend_env(&base, &base, &base)).await?;
+    // A turn with speech and the image, from the webrtc-rs client (Firefox gathers no
+    // loopback ICE candidate in the suite's network namespace).
+    let client = Client::connect(&gw, true).await?;
+    client.session_id().await?;
+    let (completed, _) = client_turn(&client, 1, Some(&png(320, 200))).await?;
+    let turn = completed["turn_id"].as_str().unwrap().to_owned();
+    manifest(&gw, &turn).await?;
+    let facts = browse(
+        &gw,
+        "firefox_pages.mjs",
+        &["--experimental-websocket", "--no-warnings"],
+        &[("TURN", turn.into())],
+    )
+    .await?;
     assert!(
-        console.is_empty(),
-        "the pages logged errors: {console:?}\n{:#}",
-        facts["console"]
+        facts["user_agent"].as_str().unwrap().contains("Firefox"),
+        "{facts:#}"
     );
+    assert_eq!(facts["demo_title"], "turngate demo");
+    assert_inspected(&gw, &facts).await?;
     Ok(())
 }
 

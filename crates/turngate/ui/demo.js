@@ -20,6 +20,17 @@ $("connect").addEventListener("submit", (event) => {
   connect().catch((e) => { status(`Could not connect: ${e.message}`); hangUp(); });
 });
 $("stop").addEventListener("click", () => hangUp());
+$("talk").addEventListener("click", () => {
+  const talking = $("talk").getAttribute("aria-pressed") === "true";
+  state.channel?.send(JSON.stringify({ type: talking ? "turn.end" : "turn.start" }));
+  talk(!talking);
+});
+
+/** Shows the push-to-talk button pressed (a client turn is held open) or not. */
+function talk(pressed) {
+  $("talk").setAttribute("aria-pressed", String(pressed));
+  $("talk").textContent = pressed ? "End the turn" : "Start a turn";
+}
 $("image").addEventListener("change", () => {
   const file = $("image").files[0];
   if (file) upload(file);
@@ -56,8 +67,13 @@ async function connect() {
   channel.addEventListener("open", () => {
     state.channel = channel;
     $("image").disabled = false;
+    $("talk").disabled = false;
   });
-  channel.addEventListener("close", () => { $("image").disabled = true; });
+  channel.addEventListener("close", () => {
+    $("image").disabled = true;
+    $("talk").disabled = true;
+    talk(false);
+  });
   channel.addEventListener("message", (message) => {
     if (typeof message.data === "string") onEvent(JSON.parse(message.data));
   });
@@ -102,6 +118,8 @@ async function hangUp() {
   $("start").disabled = false;
   $("stop").disabled = true;
   $("image").disabled = true;
+  $("talk").disabled = true;
+  talk(false);
   status("Not connected.");
 }
 
@@ -157,6 +175,7 @@ function onEvent(event) {
     case "error":
       if (item) set(".state", `error: ${event.message}`);
       else status(`Error: ${event.message}`);
+      if (event.code === "no_open_turn" || event.code === "turn_already_open") talk(false);
       break;
     default:
   }
