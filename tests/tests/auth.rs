@@ -595,10 +595,15 @@ async fn the_login_form_sets_an_http_only_strict_cookie_that_reads_sessions() ->
             .body(format!("token={token}&next=%2Fv1%2Fsessions"))
             .send()
     };
-    // A wrong credential sets nothing.
+    // A wrong credential sets nothing, and the form says why.
     let wrong = login("not-the-token").await?;
     assert_eq!(wrong.status().as_u16(), 401);
     assert!(wrong.headers().get("set-cookie").is_none());
+    let again = wrong.text().await?;
+    assert!(
+        again.contains("role=\"alert\"") && again.contains("<form"),
+        "{again}"
+    );
     let signed_in = login(ADMIN).await?;
     assert_eq!(signed_in.status().as_u16(), 303);
     assert_eq!(signed_in.headers()["location"], "/v1/sessions");
@@ -615,6 +620,29 @@ async fn the_login_form_sets_an_http_only_strict_cookie_that_reads_sessions() ->
         .send()
         .await?;
     assert_eq!(read.status().as_u16(), 200);
+    // The cookie is a session, not the credential: a cookie reaching another service
+    // on this host (browsers do not keep cookies apart by port) does not carry it.
+    assert!(!pair.contains(ADMIN), "{pair}");
+    // Another node with the same keys takes the session.
+    let other = gateway().await?;
+    let read = other
+        .http
+        .get(format!("{}/v1/sessions", other.base))
+        .header("cookie", pair)
+        .send()
+        .await?;
+    assert_eq!(read.status().as_u16(), 200);
+    // The credential itself in the cookie, or a client token, is no session.
+    let client = hs256(&claims("ops", json!({"scope": "admin"})));
+    for value in [ADMIN.to_owned(), client] {
+        let refused = gw
+            .http
+            .get(format!("{}/v1/sessions", gw.base))
+            .header("cookie", format!("turngate_admin={value}"))
+            .send()
+            .await?;
+        assert_eq!(refused.status().as_u16(), 401, "{value}");
+    }
     let forged = gw
         .http
         .get(format!("{}/v1/sessions", gw.base))

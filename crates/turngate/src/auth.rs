@@ -183,7 +183,13 @@ pub struct Auth {
     audience: String,
     issuer: Option<String>,
     leeway_s: u64,
+    /// The key of operator sessions ([`ADMIN_COOKIE`]).
+    session_key: [u8; 32],
 }
+
+/// The audience of an operator session's token: not a client's, not an admin Bearer
+/// token's, so neither can stand for the other.
+const SESSION_AUDIENCE: &str = "turngate-operator-session";
 
 /// The auth settings, as configured.
 pub struct AuthSettings<'a> {
@@ -285,6 +291,7 @@ impl Auth {
             audience: settings.audience.to_owned(),
             issuer: settings.issuer.map(str::to_owned),
             leeway_s: settings.leeway_s,
+            session_key: session_key(settings),
         })
     }
 
@@ -322,11 +329,49 @@ impl Auth {
         if self.is_open() {
             return Ok(());
         }
-        let token = match bearer(headers) {
-            Err(Refusal::Missing) => cookie(headers, ADMIN_COOKIE).ok_or(Refusal::Missing)?,
-            other => other?,
-        };
-        self.admin_credential(token)
+        match bearer(headers) {
+            Err(Refusal::Missing) => {
+                let session = cookie(headers, ADMIN_COOKIE).ok_or(Refusal::Missing)?;
+                self.verify_session(session)
+            }
+            token => self.admin_credential(token?),
+        }
+    }
+
+    /// A new operator session for the login cookie, valid `ttl_s` seconds: an HS256
+    /// token of the session key (see [`session_key`]), never the credential itself,
+    /// so a cookie that reaches another service (browsers do not keep cookies apart
+    /// by port) gives nothing beyond this gateway's session, and only until it ends.
+    pub fn session(&self, ttl_s: u64) -> String {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let claims = serde_json::json!({
+            "sub": "operator", "aud": SESSION_AUDIENCE, "iat": now, "exp": now + ttl_s,
+        });
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(Algorithm::HS256),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(&self.session_key),
+        )
+        .unwrap_or_default()
+    }
+
+    /// Whether `token` is an operator session this gateway (or one sharing its keys)
+    /// made and that has not ended.
+    fn verify_session(&self, token: &str) -> Result<(), Refusal> {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.leeway = self.leeway_s;
+        validation.set_audience(&[SESSION_AUDIENCE]);
+        validation.set_required_spec_claims(&["exp", "aud"]);
+        let key = DecodingKey::from_secret(&self.session_key);
+        match jsonwebtoken::decode::<serde_json::Value>(token, &key, &validation) {
+            Ok(_) => Ok(()),
+            Err(e) if *e.kind() == jsonwebtoken::errors::ErrorKind::ExpiredSignature => {
+                Err(Refusal::Expired)
+            }
+            Err(_) => Err(Refusal::AdminToken),
+        }
     }
 
     /// Whether `token` is the operator credential. The admin token is compared by its
@@ -393,9 +438,27 @@ impl Auth {
     }
 }
 
-/// The cookie the login form sets: the operator credential itself, `HttpOnly` and
-/// `SameSite=Strict`, so page scripts cannot read it and other sites cannot send it.
+/// The cookie the login form sets: an operator session ([`Auth::session`]), `HttpOnly`
+/// and `SameSite=Strict`, so page scripts cannot read it and other sites cannot send it.
 pub const ADMIN_COOKIE: &str = "turngate_admin";
+
+/// The key operator sessions are signed with: derived from the configured secrets
+/// (the HS256 secret and the admin token), so every node sharing them takes each
+/// other's sessions and changing either ends them all; random (this process only) if
+/// neither is configured (client keys from a JWKS, operators by admin-scoped JWTs).
+fn session_key(settings: &AuthSettings<'_>) -> [u8; 32] {
+    if settings.hs256_secret.is_none() && settings.admin_token.is_none() {
+        return rand::random();
+    }
+    let mut hasher = Sha256::new();
+    hasher.update(b"turngate operator session v1\0");
+    for secret in [settings.hs256_secret, settings.admin_token] {
+        let secret = secret.unwrap_or_default().as_bytes();
+        hasher.update((secret.len() as u64).to_be_bytes());
+        hasher.update(secret);
+    }
+    hasher.finalize().into()
+}
 
 /// The value of cookie `name` in the request's `Cookie` headers (RFC 6265 §5.4:
 /// `name=value` pairs separated by `; `). Hand-parsed: one name, no attributes; the

@@ -1,8 +1,9 @@
 //! The login form for web pages that cannot send an `Authorization` header: `GET /login`
 //! shows it, `POST /login` takes the operator credential (the admin token, or a JWT with
-//! scope `admin`) and sets it as an `HttpOnly`, `SameSite=Strict` cookie (`Secure` unless
-//! the gateway listens on loopback), then sends the browser to `next`; `POST /logout`
-//! clears it. The credential travels in the form body, never in a URL.
+//! scope `admin`) and sets an operator session for it — never the credential itself —
+//! as an `HttpOnly`, `SameSite=Strict` cookie (`Secure` unless the gateway listens on
+//! loopback), then sends the browser to `next`; `POST /logout` clears it. The
+//! credential travels in the form body, never in a URL.
 
 use std::sync::Arc;
 
@@ -29,7 +30,7 @@ const FORM: &str = r#"<!doctype html>
 <body>
 <main>
 <h1>Sign in</h1>
-<form method="post" action="/login">
+{message}<form method="post" action="/login">
 <p><label for="token">Operator token</label>
 <input id="token" name="token" type="password" autocomplete="current-password" required></p>
 <input type="hidden" name="next" value="{next}">
@@ -52,12 +53,24 @@ pub(super) struct Login {
 pub(super) async fn form(
     query: Result<axum::extract::Query<Next>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    let next = query
-        .ok()
-        .and_then(|q| q.0.next)
+    page(query.ok().and_then(|q| q.0.next), None)
+}
+
+/// The form, to come back to `next` (if a local path), with a `refusal` to show.
+fn page(next: Option<String>, refusal: Option<&str>) -> Response {
+    let next = next
         .filter(|n| local_path(n))
         .unwrap_or_else(|| "/v1/sessions".into());
-    with_policy(Html(FORM.replace("{next}", &escape(&next))).into_response())
+    let message = refusal.map_or_else(String::new, |r| {
+        format!(
+            "<p role=\"alert\" class=\"problem\">Not signed in: {}</p>\n",
+            escape(r)
+        )
+    });
+    let html = FORM
+        .replace("{message}", &message)
+        .replace("{next}", &escape(&next));
+    with_policy(Html(html).into_response())
 }
 
 /// `?next=…` of the form.
@@ -87,14 +100,10 @@ pub(super) async fn login(
         }
     };
     if let Err(problem) = app.admin_credential(&login.token) {
-        return problem.into_response();
-    }
-    if !login.token.bytes().all(cookie_octet) {
-        return Problem::new(
-            ErrorCode::MalformedMessage,
-            "this credential cannot be kept in a cookie; send it as Authorization: Bearer",
-        )
-        .into_response();
+        // A person at the form: the form again, saying why, with the refusal's status.
+        let mut response = page(login.next, Some(&problem.detail));
+        *response.status_mut() = crate::problem::status(problem.code);
+        return response;
     }
     let next = login
         .next
@@ -103,7 +112,7 @@ pub(super) async fn login(
     let secure = if app.secure_cookies { "; Secure" } else { "" };
     let cookie = format!(
         "{ADMIN_COOKIE}={}; Path=/; HttpOnly; SameSite=Strict; Max-Age={COOKIE_MAX_AGE_S}{secure}",
-        login.token
+        app.auth.session(u64::from(COOKIE_MAX_AGE_S))
     );
     set_cookie(Redirect::to(&next).into_response(), &cookie)
 }
@@ -122,11 +131,6 @@ fn local_path(next: &str) -> bool {
     bytes.next() == Some(b'/')
         && !matches!(bytes.next(), Some(b'/' | b'\\'))
         && next.bytes().all(|b| b.is_ascii_graphic() && b != b'\\')
-}
-
-/// A byte a cookie value may hold unquoted (RFC 6265 §4.1.1, `cookie-octet`).
-fn cookie_octet(b: u8) -> bool {
-    matches!(b, 0x21 | 0x23..=0x2b | 0x2d..=0x3a | 0x3c..=0x5b | 0x5d..=0x7e)
 }
 
 fn set_cookie(mut response: Response, cookie: &str) -> Response {
