@@ -118,7 +118,9 @@ impl Sweeper {
                             ends.insert(hash, ended);
                         }
                     }
-                    None if !open.contains(&turn.turn) && turn.newest().is_some_and(expired) => {
+                    None if !open.iter().any(|o| o.names(&turn.turn, &turn.session))
+                        && turn.newest().is_some_and(expired) =>
+                    {
                         removed.objects += delete_turn(store, &turn).await?;
                         removed.orphans += 1;
                     }
@@ -140,7 +142,9 @@ fn key_hash(key: &Path, written: SystemTime) -> u64 {
     hasher.finish()
 }
 
-/// Deletes the records `selector` names, whole.
+/// Deletes the records `selector` names, whole. A turn being recorded (a marker names
+/// it and its session) is left alone and counted in `open`, whether or not anything of
+/// it reached the store yet.
 pub async fn delete(store: &Store, selector: &Selector) -> Result<Removed, Error> {
     let prefix = match selector {
         Selector::Session(id) => Path::from(format!("sessions/{id}")),
@@ -148,7 +152,9 @@ pub async fn delete(store: &Store, selector: &Selector) -> Result<Removed, Error
     };
     let open = open_turns(store).await?;
     let mut removed = Removed::default();
+    let mut listed = BTreeSet::new();
     for turn in turns(store, &prefix).await? {
+        listed.insert((turn.session.clone(), turn.turn.clone()));
         let chosen = match selector {
             Selector::Session(_) => true,
             Selector::Turn(id) => &turn.turn == id,
@@ -159,18 +165,36 @@ pub async fn delete(store: &Store, selector: &Selector) -> Result<Removed, Error
                     .and_then(|b| serde_json::from_slice::<Manifest>(&b).ok())
                     .is_some_and(|m| m.subject.as_deref() == Some(sub.as_str())),
                 // Being recorded: its marker names the subject.
-                None => open_subject(store, &turn).await?.as_deref() == Some(sub.as_str()),
+                None => match open.iter().find(|o| o.names(&turn.turn, &turn.session)) {
+                    Some(marker) => marker.subject(store).await?.as_deref() == Some(sub.as_str()),
+                    None => false,
+                },
             },
         };
         if !chosen {
             continue;
         }
-        if open.contains(&turn.turn) {
+        if open.iter().any(|o| o.names(&turn.turn, &turn.session)) {
             removed.open += 1;
             continue;
         }
         removed.objects += delete_turn(store, &turn).await?;
         removed.turns += 1;
+    }
+    // Turns being recorded that stored nothing yet.
+    for marker in &open {
+        let stored = marker
+            .session
+            .as_ref()
+            .is_some_and(|s| listed.contains(&(s.clone(), marker.turn.clone())));
+        let chosen = match selector {
+            Selector::Session(id) => marker.session.as_ref() == Some(id),
+            Selector::Turn(id) => &marker.turn == id,
+            Selector::Subject(sub) => marker.subject(store).await?.as_deref() == Some(sub.as_str()),
+        };
+        if chosen && !stored {
+            removed.open += 1;
+        }
     }
     Ok(removed)
 }
@@ -215,34 +239,46 @@ async fn turns(store: &Store, prefix: &Path) -> Result<Vec<TurnObjects>, Error> 
         .collect())
 }
 
+/// A turn some node is recording now: its marker `open/{node}/{turn}[/{session}]`.
+struct Open {
+    key: Path,
+    turn: String,
+    /// Absent in markers from before they named the session: any session's.
+    session: Option<String>,
+}
+
+impl Open {
+    /// Whether this marker is of `session`'s record of `turn`.
+    fn names(&self, turn: &str, session: &str) -> bool {
+        self.turn == turn && self.session.as_deref().is_none_or(|s| s == session)
+    }
+
+    /// The token subject the marker names, if any.
+    async fn subject(&self, store: &Store) -> Result<Option<String>, Error> {
+        Ok(store
+            .get(&self.key)
+            .await?
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|m| m["subject"].as_str().map(str::to_owned)))
+    }
+}
+
 /// The turns some node is recording now (they have a marker).
-async fn open_turns(store: &Store) -> Result<BTreeSet<String>, Error> {
+async fn open_turns(store: &Store) -> Result<Vec<Open>, Error> {
     Ok(store
         .list(&Path::from("open"))
         .await?
         .into_iter()
-        // open/{node}/{turn}[/{session}]
-        .filter_map(|m| m.location.parts().nth(2).map(|p| p.as_ref().to_owned()))
+        .filter_map(|m| {
+            let mut parts = m.location.parts().skip(2).map(|p| p.as_ref().to_owned());
+            let turn = parts.next()?;
+            Some(Open {
+                turn,
+                session: parts.next(),
+                key: m.location,
+            })
+        })
         .collect())
-}
-
-/// The token subject a marker of `turn` names, if one does.
-async fn open_subject(store: &Store, turn: &TurnObjects) -> Result<Option<String>, Error> {
-    for meta in store.list(&Path::from("open")).await? {
-        let parts: Vec<String> = meta
-            .location
-            .parts()
-            .map(|p| p.as_ref().to_owned())
-            .collect();
-        if parts.get(2) == Some(&turn.turn)
-            && parts.get(3).is_none_or(|s| *s == turn.session)
-            && let Some(bytes) = store.get(&meta.location).await?
-            && let Ok(marker) = serde_json::from_slice::<serde_json::Value>(&bytes)
-        {
-            return Ok(marker["subject"].as_str().map(str::to_owned));
-        }
-    }
-    Ok(None)
 }
 
 /// Deletes one turn: manifest, the rest, then its index if it names this session.

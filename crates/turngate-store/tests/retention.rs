@@ -191,3 +191,44 @@ async fn a_sweeper_reads_each_manifest_once_and_ages_it_from_its_end() {
     assert!(!dir.join(key).exists());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn a_turn_id_being_recorded_in_one_session_holds_up_only_that_sessions_record() {
+    let dir = std::env::temp_dir().join(format!("turngate-open-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let store = Store::open(dir.to_str().unwrap()).unwrap();
+    let now = SystemTime::now();
+    // Turn id "x" recorded whole by sessions a and b; session c records it now and has
+    // stored nothing yet.
+    for s in ["a", "b"] {
+        let key = format!("sessions/{s}/turns/x/manifest.json");
+        put(&store, &key, manifest("x", now, "bob")).await;
+    }
+    put(
+        &store,
+        "open/node-1/x/c",
+        Bytes::from_static(b"{\"subject\":\"carol\"}"),
+    )
+    .await;
+
+    let removed = delete(&store, &Selector::Session("a".into()))
+        .await
+        .unwrap();
+    assert_eq!((removed.turns, removed.open), (1, 0));
+    let removed = delete(&store, &Selector::Turn("x".into())).await.unwrap();
+    assert_eq!(
+        (removed.turns, removed.open),
+        (1, 1),
+        "b's deleted, c's held"
+    );
+    assert!(!dir.join("sessions/b/turns/x/manifest.json").exists());
+    let removed = delete(&store, &Selector::Subject("carol".into()))
+        .await
+        .unwrap();
+    assert_eq!((removed.turns, removed.open), (0, 1));
+    let removed = delete(&store, &Selector::Session("c".into()))
+        .await
+        .unwrap();
+    assert_eq!((removed.turns, removed.open), (0, 1));
+    let _ = std::fs::remove_dir_all(&dir);
+}
