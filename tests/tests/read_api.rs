@@ -109,6 +109,9 @@ async fn the_record_is_read_ranged_paged_and_deleted_and_outlives_a_restart() ->
     // Revalidation.
     let again = artifact(&gw, turn, "audio.received.ogg", &[("if-none-match", &etag)]).await?;
     assert_eq!(again.status(), 304);
+    let weak = format!("W/{etag}");
+    let again = artifact(&gw, turn, "audio.received.ogg", &[("if-none-match", &weak)]).await?;
+    assert_eq!(again.status(), 304, "If-None-Match compares weakly");
     // Ranges: the start, the end, and past the end.
     let head = artifact(&gw, turn, "audio.received.ogg", &[("range", "bytes=0-99")]).await?;
     assert_eq!(head.status(), 206);
@@ -141,6 +144,17 @@ async fn the_record_is_read_ranged_paged_and_deleted_and_outlives_a_restart() ->
     let got = artifact(&gw, turn, &image_name, &[]).await?;
     assert_eq!(got.headers()["content-type"], "image/png");
     assert_eq!(got.bytes().await?, image);
+    // An artifact changed behind the gateway's back is served as it is now: its own
+    // size, no ETag of bytes it no longer has; gone, it is 404.
+    let file = store.join(format!("sessions/{session}/turns/{turn}/{image_name}"));
+    std::fs::write(&file, &image[..10])?;
+    let cut = artifact(&gw, turn, &image_name, &[("range", "bytes=0-99")]).await?;
+    assert_eq!(cut.status(), 206);
+    assert_eq!(cut.headers()["content-range"], "bytes 0-9/10");
+    assert!(cut.headers().get("etag").is_none());
+    std::fs::remove_file(&file)?;
+    let gone = artifact(&gw, turn, &image_name, &[("if-none-match", "*")]).await?;
+    assert_eq!(gone.status(), 404);
     // Only what the manifest lists: nothing else, no way out of the turn's prefix.
     for name in ["manifest.json", "../turns/x", "images/nope.png"] {
         let status = artifact(&gw, turn, name, &[]).await?.status().as_u16();

@@ -155,6 +155,15 @@ impl Store {
         }
     }
 
+    /// The object at `key`'s size in bytes, or `None` if there is none.
+    pub async fn size(&self, key: &Path) -> Result<Option<u64>, Error> {
+        match self.inner.head(key).await {
+            Ok(meta) => Ok(Some(meta.size)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Every object under `prefix`, in no particular order.
     pub async fn list(&self, prefix: &Path) -> Result<Vec<ObjectMeta>, Error> {
         Ok(self.inner.list(Some(prefix)).try_collect().await?)

@@ -151,18 +151,27 @@ pub(super) async fn get_artifact(
                 format!("the record lists no artifact {name:?}"),
             )
         })?;
-    let etag = format!("\"{}\"", artifact.sha256);
-    if headers
-        .get(header::IF_NONE_MATCH)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"))
+    let key = turngate_store::layout::artifact(&session, &turn, &artifact.name);
+    let gone = || Problem::new(ErrorCode::NotFound, "the artifact is gone from the store");
+    // The stored object's own size: a record changed behind the gateway's back is
+    // served as it is, never cut or padded to what its manifest says.
+    let size = store
+        .size(&key)
+        .await
+        .map_err(store_failed)?
+        .ok_or_else(gone)?;
+    let etag = (size == u64::from(artifact.size)).then(|| format!("\"{}\"", artifact.sha256));
+    if let Some(etag) = &etag
+        && headers
+            .get(header::IF_NONE_MATCH)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| matches(v, etag))
     {
         let mut response = StatusCode::NOT_MODIFIED.into_response();
-        set(&mut response, header::ETAG, &etag);
+        set(&mut response, header::ETAG, etag);
         return Ok(response);
     }
-    let size = u64::from(artifact.size);
-    let range = match requested_range(&headers, &etag, size) {
+    let range = match requested_range(&headers, etag.as_deref(), size) {
         Ok(range) => range,
         Err(()) => {
             let mut response = Problem::new(
@@ -178,13 +187,12 @@ pub(super) async fn get_artifact(
             return Ok(response);
         }
     };
-    let key = turngate_store::layout::artifact(&session, &turn, &artifact.name);
     let bytes = match &range {
         Some(r) => store.get_range(&key, *r.start()..*r.end() + 1).await,
         None => store.get(&key).await,
     }
     .map_err(store_failed)?
-    .ok_or_else(|| Problem::new(ErrorCode::NotFound, "the artifact is gone from the store"))?;
+    .ok_or_else(gone)?;
     let mut response = match &range {
         Some(r) => {
             let mut response = (StatusCode::PARTIAL_CONTENT, bytes).into_response();
@@ -195,7 +203,9 @@ pub(super) async fn get_artifact(
         None => bytes.into_response(),
     };
     set(&mut response, header::CONTENT_TYPE, served_type(artifact));
-    set(&mut response, header::ETAG, &etag);
+    if let Some(etag) = &etag {
+        set(&mut response, header::ETAG, etag);
+    }
     set(&mut response, header::ACCEPT_RANGES, "bytes");
     set(&mut response, header::CACHE_CONTROL, "private, no-cache");
     set(&mut response, header::X_CONTENT_TYPE_OPTIONS, "nosniff");
@@ -207,13 +217,23 @@ pub(super) async fn get_artifact(
     Ok(response)
 }
 
+/// Whether an `If-None-Match` value matches `etag`: `*`, or one of its entity tags,
+/// compared weakly (RFC 9110 §13.1.2: `W/"x"` matches `"x"`).
+fn matches(if_none_match: &str, etag: &str) -> bool {
+    if_none_match
+        .split(',')
+        .map(str::trim)
+        .any(|tag| tag == "*" || tag.strip_prefix("W/").unwrap_or(tag) == etag)
+}
+
 /// The one range a request asks for (RFC 9110 §14.2), if any and if it is to be
-/// honoured: none for no `Range`, an `If-Range` that is not the current `ETag`, a
-/// header that does not parse, or several ranges (the whole artifact is as good an
-/// answer); `Err` for a range that starts past the end.
+/// honoured: none for no `Range`, an `If-Range` that is not the current `ETag` (strong
+/// comparison; an artifact without one never matches), a header that does not parse,
+/// or several ranges (the whole artifact is as good an answer); `Err` for a range that
+/// starts past the end.
 fn requested_range(
     headers: &HeaderMap,
-    etag: &str,
+    etag: Option<&str>,
     size: u64,
 ) -> Result<Option<std::ops::RangeInclusive<u64>>, ()> {
     use http_range_header::RangeUnsatisfiableError::{FileSuffixOutOfBounds, RangeReversed};
@@ -222,7 +242,7 @@ fn requested_range(
     };
     if headers
         .get(header::IF_RANGE)
-        .is_some_and(|v| v.as_bytes() != etag.as_bytes())
+        .is_some_and(|v| etag.is_none_or(|etag| v.as_bytes() != etag.as_bytes()))
     {
         return Ok(None);
     }
@@ -394,7 +414,7 @@ mod tests {
         if let Some(v) = if_range {
             headers.insert(header::IF_RANGE, HeaderValue::from_str(v).unwrap());
         }
-        requested_range(&headers, "\"e\"", size).map(|r| r.map(|r| (*r.start(), *r.end())))
+        requested_range(&headers, Some("\"e\""), size).map(|r| r.map(|r| (*r.start(), *r.end())))
     }
 
     #[test]
@@ -414,6 +434,15 @@ mod tests {
         assert_eq!(range("items=0-1", None, 1000), Ok(None));
         assert_eq!(range("bytes=0-1", Some("\"old\""), 1000), Ok(None));
         assert_eq!(range("bytes=0-1", Some("\"e\""), 1000), Ok(Some((0, 1))));
+    }
+
+    #[test]
+    fn if_none_match_compares_weakly() {
+        assert!(matches("\"e\"", "\"e\""));
+        assert!(matches("W/\"e\"", "\"e\""));
+        assert!(matches("\"a\", W/\"e\"", "\"e\""));
+        assert!(matches("*", "\"e\""));
+        assert!(!matches("\"a\"", "\"e\""));
     }
 
     #[test]
