@@ -44,7 +44,23 @@ try {
     (id) => window.turngate.events.some((e) => e.type === "turn.completed" && e.turn_id === id),
     turnId, { timeout: 30000 });
   const shown = await page.locator(`li[data-turn-id="${turnId}"]`).innerText();
+  // Push to talk: a client turn held open by the button, ended by it.
+  await page.getByRole("button", { name: "Start a turn" }).click();
+  const held = await page.waitForFunction(
+    () => window.turngate.events.find((e) => e.type === "turn.started" && e.cause === "client"),
+    null, { timeout: 10000 }).then((h) => h.jsonValue());
+  await page.getByRole("button", { name: "End the turn" }).click();
+  const released = await page.waitForFunction(
+    (id) => window.turngate.events.find((e) => e.type === "turn.ended" && e.turn_id === id),
+    held.turn_id, { timeout: 10000 }).then((h) => h.jsonValue());
   const events = await page.evaluate(() => window.turngate.events);
+  // Layout shifts of the pages from here on (CLS, as Chromium counts them).
+  await page.addInitScript(() => {
+    window.layoutShift = 0;
+    new PerformanceObserver((list) => {
+      for (const entry of list.getEntries()) if (!entry.hadRecentInput) window.layoutShift += entry.value;
+    }).observe({ type: "layout-shift", buffered: true });
+  });
 
   // The turn's link, through the sign-in form, to its inspector.
   await page.locator(`li[data-turn-id="${turnId}"] a.inspect`).click();
@@ -68,10 +84,21 @@ try {
     const audio = document.querySelector("audio#received");
     return img && img.complete && audio && Number.isFinite(audio.duration) && audio.duration > 0;
   }, null, { timeout: 15000 });
+  // The playhead follows the player over the received audio's bar.
+  await page.evaluate(() => new Promise((resolve) => {
+    const audio = document.querySelector("audio#received");
+    audio.addEventListener("timeupdate", resolve, { once: true });
+    audio.currentTime = audio.duration / 2;
+  }));
   const facts = await page.evaluate(async (turnId) => {
     const audio = document.querySelector("audio#received");
     const ranged = await fetch(audio.src, { headers: { Range: "bytes=0-99" } });
+    const bar = document.querySelector("#timeline .bar.audio").getBoundingClientRect();
+    const playhead = document.querySelector("#timeline .playhead").getBoundingClientRect();
     return {
+      playhead_offset_px: playhead.left - (bar.left + bar.width / 2),
+      layout_shift: window.layoutShift,
+      trace: document.querySelector("#links a[target=_blank]")?.href,
       title: document.querySelector("#title").textContent,
       transcript: document.querySelector("#transcript").textContent,
       answer: document.querySelector("#answer").textContent,
@@ -88,7 +115,7 @@ try {
     };
   }, turnId);
   await page.screenshot({ path: SCREENSHOT, fullPage: true });
-  console.log(JSON.stringify({ ...facts, demo_text: shown, events, console: console_ }));
+  console.log(JSON.stringify({ ...facts, demo_text: shown, held, released, events, console: console_ }));
 } catch (e) {
   console.error(`${e.stack}\n--- page console ---\n${console_.join("\n")}`);
   process.exitCode = 1;

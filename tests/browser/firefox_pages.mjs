@@ -1,12 +1,13 @@
 // The gateway's pages in Debian's Firefox ESR, driven over WebDriver BiDi (Firefox
 // speaks it natively; playwright-core drives only its own Firefox build): the demo page
-// loads clean, and the inspector of a recorded turn (TURN) shows it whole after the
-// sign-in form. Firefox gathers no loopback ICE candidate in the suite's network
+// loads clean, the inspector of a recorded turn (TURN) shows it whole after the
+// sign-in form and links the next turn (BROKEN), whose LLM request the test deleted
+// from the store: that page still shows the rest of its record. Firefox gathers no loopback ICE candidate in the suite's network
 // namespace (its `media.peerconnection.ice.loopback` has no effect there), so the
 // demo's call itself is exercised in Chromium only.
 //
 // Run with `node --experimental-websocket` (Node.js 20). Environment: BASE,
-// ADMIN_TOKEN, TURN. Prints one JSON object of facts; exits non-zero if a step fails.
+// ADMIN_TOKEN, TURN, BROKEN. Prints one JSON object of facts; exits non-zero if a step fails.
 
 import { spawn } from "node:child_process";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
@@ -14,7 +15,7 @@ import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 
-const { BASE, ADMIN_TOKEN, TURN } = process.env;
+const { BASE, ADMIN_TOKEN, TURN, BROKEN } = process.env;
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 /** A loopback TCP port free just now. */
@@ -128,9 +129,20 @@ try {
       range_status: ranged.status,
       prompt: document.querySelector("#prompt").innerText,
       user_agent: navigator.userAgent,
+      next: document.querySelector("#links a[rel=next]")?.getAttribute("href"),
     };
   })()`);
-  console.log(JSON.stringify({ ...facts, turn_id: turnId, demo_title: demo, console: consoleLines }));
+  // The next turn, through its link: its prompt cannot be read, the rest is shown.
+  await navigate(new URL(facts.next, BASE).href);
+  await until(`!document.getElementById("content").hidden`, "the broken record's page");
+  const broken = await evaluate(`({
+    turn: location.pathname.split("/").pop(),
+    problems: [...document.querySelectorAll("main .problem")].map((p) => p.textContent),
+    record_facts: document.querySelectorAll("#record dt").length,
+    transcript: document.querySelector("#transcript").textContent,
+    artifacts: document.querySelectorAll("#artifacts tbody tr").length,
+  })`);
+  console.log(JSON.stringify({ ...facts, turn_id: turnId, demo_title: demo, broken, console: consoleLines }));
 } catch (e) {
   console.error(`${e.stack}\n--- console ---\n${consoleLines.join("\n")}\n--- firefox ---\n${stderr.slice(-2000)}`);
   process.exitCode = 1;

@@ -95,7 +95,12 @@ async fn assert_inspected(gw: &Gateway, facts: &Value) -> anyhow::Result<Value> 
 #[tokio::test]
 async fn a_turn_spoken_on_the_demo_page_is_seen_whole_in_its_inspector() -> anyhow::Result<()> {
     let (base, seen) = fake_openai().await?;
-    let gw = start_with(&backend_env(&base, &base, &base)).await?;
+    let mut env = backend_env(&base, &base, &base);
+    env.push((
+        "TURNGATE_TRACE_URL_TEMPLATE",
+        "http://127.0.0.1:16686/trace/{trace_id}".into(),
+    ));
+    let gw = start_with(&env).await?;
     // The screenshot goes with the test output (target/, kept after the run).
     let shots = workspace().join("target/test-output");
     std::fs::create_dir_all(&shots)?;
@@ -148,6 +153,21 @@ async fn a_turn_spoken_on_the_demo_page_is_seen_whole_in_its_inspector() -> anyh
             .any(|l| l == "All turns of the session")
     );
     assert!(screenshot.exists());
+    // The trace link, the playhead on the audio's bar, nothing moving once shown.
+    assert_eq!(
+        facts["trace"],
+        format!("http://127.0.0.1:16686/trace/{turn}").as_str()
+    );
+    let off = facts["playhead_offset_px"].as_f64().unwrap();
+    assert!(
+        off.abs() <= 3.0,
+        "the playhead is {off} px off the audio's middle"
+    );
+    let shift = facts["layout_shift"].as_f64().unwrap();
+    assert!(shift < 0.01, "layout shift {shift}");
+    // Push to talk.
+    assert_eq!(facts["held"]["cause"], "client", "{facts:#}");
+    assert_eq!(facts["released"]["reason"], "client_end", "{facts:#}");
     Ok(())
 }
 
@@ -162,13 +182,35 @@ async fn the_inspector_works_in_firefox_too() -> anyhow::Result<()> {
     let (completed, _) = client_turn(&client, 1, Some(&png(320, 200))).await?;
     let turn = completed["turn_id"].as_str().unwrap().to_owned();
     manifest(&gw, &turn).await?;
+    // A second turn, whose LLM request goes missing from the store.
+    let (completed, _) = client_turn(&client, 2, None).await?;
+    let broken = completed["turn_id"].as_str().unwrap().to_owned();
+    let m = manifest(&gw, &broken).await?;
+    let session = m["session_id"].as_str().unwrap();
+    std::fs::remove_file(gw.store.join(format!(
+        "sessions/{session}/turns/{broken}/backends/llm.1.request.json"
+    )))?;
     let facts = browse(
         &gw,
         "firefox_pages.mjs",
         &["--experimental-websocket", "--no-warnings"],
-        &[("TURN", turn.into())],
+        &[("TURN", turn.into()), ("BROKEN", broken.clone().into())],
     )
     .await?;
+    // The next turn is linked, with its session; its page shows what can be read.
+    assert_eq!(
+        facts["next"],
+        format!("/turns/{broken}?session={session}").as_str()
+    );
+    let shown = &facts["broken"];
+    assert_eq!(shown["turn"], broken.as_str(), "{facts:#}");
+    assert_eq!(shown["transcript"], TRANSCRIPT);
+    assert!(shown["record_facts"].as_u64().unwrap() > 10, "{shown:#}");
+    assert!(shown["artifacts"].as_u64().unwrap() > 3, "{shown:#}");
+    assert!(
+        shown["problems"].to_string().contains("could not be read"),
+        "{shown:#}"
+    );
     assert!(
         facts["user_agent"].as_str().unwrap().contains("Firefox"),
         "{facts:#}"

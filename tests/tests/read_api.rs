@@ -168,9 +168,10 @@ async fn the_record_is_read_ranged_paged_and_deleted_and_outlives_a_restart() ->
         );
     }
 
-    // The session's turns, two at a time.
-    for t in &turns {
-        record(&gw, t).await?;
+    // The session's turns, two at a time; each names the turns its prompt held.
+    for (t, history) in turns.iter().zip([json!([]), json!([1]), json!([1, 2])]) {
+        let m = record(&gw, t).await?;
+        assert_eq!(m.get("history").cloned().unwrap_or(json!([])), history);
     }
     let (status, page) = gw
         .get(&format!("/v1/sessions/{session}/turns?limit=2"))

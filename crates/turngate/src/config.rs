@@ -972,10 +972,11 @@ impl Config {
             ));
         }
         if let Some(t) = &self.ui.trace_url_template
-            && !t.contains("{trace_id}")
+            && (!t.contains("{trace_id}")
+                || !(t.starts_with("http://") || t.starts_with("https://")))
         {
             return fail(format!(
-                "ui.trace_url_template ({t:?}) must contain {{trace_id}}"
+                "ui.trace_url_template ({t:?}) must be an http:// or https:// address with {{trace_id}}"
             ));
         }
         let m = &self.media;
@@ -1241,6 +1242,21 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("asr.url"), "{e}");
+    }
+
+    #[test]
+    fn a_trace_url_template_is_a_web_address_with_the_trace_id() {
+        for refused in [
+            "javascript:alert('{trace_id}')",
+            "http://jaeger/trace/",
+            "//jaeger/{trace_id}",
+        ] {
+            let toml = format!("[ui]\ntrace_url_template = {refused:?}\n");
+            let e = load_toml(&toml).unwrap_err().to_string();
+            assert!(e.contains("ui.trace_url_template"), "{refused}: {e}");
+        }
+        let toml = "[ui]\ntrace_url_template = \"http://127.0.0.1:16686/trace/{trace_id}\"\n";
+        assert!(load_toml(toml).is_ok());
     }
 
     #[test]

@@ -74,6 +74,8 @@ export function search(form) {
     }
     const turn = await fetch(`/v1/turns/${id}`, { credentials: "same-origin" });
     if (turn.ok || turn.status === 409) location.assign(`/turns/${id}`);
-    else location.assign(`/sessions/${id}`);
+    else if (turn.status === 404) location.assign(`/sessions/${id}`);
+    else if (turn.status === 401 || turn.status === 403) location.assign(`/login?next=${encodeURIComponent(`/turns/${id}`)}`);
+    else message.textContent = `The gateway could not look it up (${turn.status}); try again.`;
   });
 }

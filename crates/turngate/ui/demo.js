@@ -17,7 +17,7 @@ const status = (text) => { $("status").textContent = text; };
 
 $("connect").addEventListener("submit", (event) => {
   event.preventDefault();
-  connect().catch((e) => { status(`Could not connect: ${e.message}`); hangUp(); });
+  connect().catch((e) => hangUp(`Could not connect: ${e.message}`));
 });
 $("stop").addEventListener("click", () => hangUp());
 $("talk").addEventListener("click", () => {
@@ -38,8 +38,13 @@ $("image").addEventListener("change", () => {
 });
 document.addEventListener("dragover", (event) => { if (state.channel) event.preventDefault(); });
 document.addEventListener("drop", (event) => {
+  if (!state.channel) return;
+  // Whatever is dropped, the page stays (a browser opens a dropped file otherwise,
+  // which would end the call).
+  event.preventDefault();
   const file = [...(event.dataTransfer?.files ?? [])].find((f) => f.type.startsWith("image/"));
-  if (state.channel && file) { event.preventDefault(); upload(file); }
+  if (file) upload(file);
+  else $("upload").textContent = "Drop an image: PNG, JPEG, WebP or GIF.";
 });
 document.addEventListener("paste", (event) => {
   const file = [...(event.clipboardData?.files ?? [])].find((f) => f.type.startsWith("image/"));
@@ -108,7 +113,8 @@ function gathered(pc) {
   });
 }
 
-async function hangUp() {
+/** Ends the call, if any, and says `message` (or that there is no call). */
+async function hangUp(message = "Not connected.") {
   if (state.location) {
     await fetch(state.location, { method: "DELETE", headers: authorization() }).catch(() => {});
   }
@@ -120,7 +126,7 @@ async function hangUp() {
   $("image").disabled = true;
   $("talk").disabled = true;
   talk(false);
-  status("Not connected.");
+  status(message);
 }
 
 /** A turn's list item, made on its first event. */

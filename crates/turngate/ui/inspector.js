@@ -28,6 +28,15 @@ main().catch((e) => {
   }
 });
 
+/** The inspector page of turn `id` of session `session`. */
+function turnPage(id, session) {
+  return `/turns/${id}?session=${session}`;
+}
+
+/**
+ * Renders every section, then shows them at once (nothing moves once shown); a section
+ * whose part of the record cannot be read says so, and the others are still shown.
+ */
 async function main() {
   const m = await getJson(`/v1/turns/${turnId}${which}`);
   document.title = `turn ${m.number} · ${m.turn_id.slice(0, 8)} · turngate`;
@@ -37,17 +46,39 @@ async function main() {
     el("span", { class: `badge ${m.record_state}` }, `record ${m.record_state}`), " ",
     `${m.cause} turn`, m.reason ? `, input ended by ${m.reason.replaceAll("_", " ")}` : "",
     `, ${seconds(m.counters.audio_ms)} of audio`);
-  const [config, turns, spans] = await Promise.all([
+  const [config, turns, spans, request] = await Promise.all([
     getJson("/ui/config.json").catch(() => ({})),
-    getJson(`/v1/sessions/${m.session_id}/turns?limit=1000`).then((r) => r.turns).catch(() => []),
-    spansOf(m),
+    around(m).catch(() => []),
+    spansOf(m).catch(() => []),
+    requestOf(m).catch((e) => ({ error: e.message })),
   ]);
-  links(m, config, turns);
-  timeline(m, spans);
-  audio(m);
-  said(m);
-  await prompt(m, turns);
-  record(m);
+  const sections = [
+    ["links", () => links(m, config, turns)],
+    ["timeline", () => timeline(m, spans)],
+    ["audio-title", () => audio(m)],
+    ["said-title", () => said(m)],
+    ["prompt", () => prompt(m, turns, request)],
+    ["record", () => record(m)],
+  ];
+  for (const [id, render] of sections) {
+    try {
+      render();
+    } catch (e) {
+      $(id).after(el("p", { class: "problem" }, `This part of the record cannot be shown: ${e.message}`));
+    }
+  }
+  $("content").hidden = false;
+}
+
+/**
+ * The session's recorded turns around this one: the one before, the one after, and
+ * those its prompt held (at most 1000 in all, read a page of the session at a time).
+ */
+async function around(m) {
+  const from = Math.max(0, Math.min(m.number - 1, ...(m.history ?? [])) - 1);
+  const limit = Math.min(1000, m.number - from + 5);
+  const page = await getJson(`/v1/sessions/${m.session_id}/turns?after=${from}&limit=${limit}`);
+  return page.turns;
 }
 
 function has(m, name) {
@@ -55,12 +86,14 @@ function has(m, name) {
 }
 
 function links(m, config, turns) {
-  const at = turns.findIndex((t) => t.turn_id === m.turn_id);
+  const before = turns.filter((t) => t.number < m.number).pop();
+  const after = turns.find((t) => t.number > m.number);
+  const page = (id) => turnPage(id, m.session_id);
   const nav = [el("a", { href: `/sessions/${m.session_id}` }, "All turns of the session")];
-  if (at > 0) nav.push(el("a", { href: `/turns/${turns[at - 1].turn_id}`, rel: "prev" }, `← Turn ${turns[at - 1].number}`));
-  if (at >= 0 && at + 1 < turns.length) nav.push(el("a", { href: `/turns/${turns[at + 1].turn_id}`, rel: "next" }, `Turn ${turns[at + 1].number} →`));
-  if (m.chain?.continues) nav.push(el("a", { href: `/turns/${m.chain.continues}` }, "Continues turn…"));
-  if (m.chain?.successor) nav.push(el("a", { href: `/turns/${m.chain.successor}` }, "Answered by turn…"));
+  if (before) nav.push(el("a", { href: page(before.turn_id), rel: "prev" }, `← Turn ${before.number}`));
+  if (after) nav.push(el("a", { href: page(after.turn_id), rel: "next" }, `Turn ${after.number} →`));
+  if (m.chain?.continues) nav.push(el("a", { href: page(m.chain.continues) }, "Continues turn…"));
+  if (m.chain?.successor) nav.push(el("a", { href: page(m.chain.successor) }, "Answered by turn…"));
   if (config.trace_url_template) {
     const href = config.trace_url_template.replaceAll("{trace_id}", m.trace_id);
     nav.push(el("a", { href, rel: "noopener noreferrer", target: "_blank" }, "Trace"));
@@ -124,8 +157,10 @@ function timeline(m, spans) {
         r.kind === "moment" ? `at ${seconds(r.start)}` : `${seconds(r.start)} + ${seconds(r.end - r.start)}`)),
       el("span", { class: "track" }, bar)));
   }
-  const playhead = el("div", { class: "playhead", "aria-hidden": "true" });
-  box.replaceChildren(axis, list, playhead);
+  // Over the tracks only, so that its percentages are the bars'.
+  const playhead = el("div", { class: "playhead" });
+  const overlay = el("div", { class: "overlay", "aria-hidden": "true" }, playhead);
+  box.replaceChildren(axis, list, overlay);
   for (const id of ["received", "asr"]) {
     $(id).addEventListener("timeupdate", (event) => {
       playhead.style.left = pct(event.target.currentTime * 1000);
@@ -156,24 +191,32 @@ function said(m) {
   $("images").replaceChildren(...(figures.length ? figures : [el("p", { class: "hint" }, "No images in this turn.")]));
 }
 
-/** The LLM request of the last attempt, message by message. */
-async function prompt(m, turns) {
+/** The LLM request of the last attempt: its name and body, or null if there is none. */
+async function requestOf(m) {
   const requests = m.artifacts.map((a) => /^backends\/llm\.(\d+)\.request\.json$/.exec(a.name)).filter(Boolean);
+  if (!requests.length) return null;
+  const name = requests.sort((a, b) => Number(b[1]) - Number(a[1]))[0][0];
+  const text = await getText(artifact(name));
+  if (text === null) throw new Error(`${name} could not be read`);
+  return { name, body: JSON.parse(text) };
+}
+
+/** The LLM request, message by message. */
+function prompt(m, turns, sent) {
   const list = $("prompt");
-  if (!requests.length) {
+  if (sent?.error) throw new Error(sent.error);
+  if (!sent) {
     list.replaceWith(el("p", { class: "hint" }, "No LLM request in this record."));
     return;
   }
-  const last = requests.sort((a, b) => Number(b[1]) - Number(a[1]))[0][0];
-  const text = await getText(artifact(last));
-  const request = JSON.parse(text);
+  const { name: last, body: request } = sent;
   const byNumber = new Map(turns.map((t) => [t.number, t.turn_id]));
   const history = m.history ?? [];
   (request.messages ?? []).forEach((message, i) => {
     // After the system prompt, each history turn is a user and an assistant message.
     const turn = i >= 1 && i <= 2 * history.length ? history[Math.floor((i - 1) / 2)] : null;
     const from = turn === null ? null : byNumber.has(turn)
-      ? el("a", { href: `/turns/${byNumber.get(turn)}` }, `from turn ${turn}`)
+      ? el("a", { href: turnPage(byNumber.get(turn), m.session_id) }, `from turn ${turn}`)
       : `from turn ${turn}`;
     list.append(el("li", { class: `message ${message.role}` },
       el("p", { class: "role" }, message.role, from ? " · " : "", from ?? ""),
@@ -195,7 +238,10 @@ function record(m) {
     ...(m.missing ?? []).map((x) => ["missing", `${x.name}: ${x.reason.replaceAll("_", " ")}`]),
     ["turn id / trace id", m.turn_id], ["root span", m.root_span_id], ["node", m.node_id],
     ["started", m.timings.started.at],
-    ...Object.entries(m.stages ?? {}).map(([k, v]) => [`stage ${k}`, `${v}${m.timings.stages_ms?.[k] !== undefined ? ` in ${seconds(m.timings.stages_ms[k])}` : ""}`]),
+    ...Object.entries(m.stages ?? {}).map(([k, v]) => {
+      const ms = m.timings.stages_ms?.[k === "llm" ? "llm_total" : k];
+      return [`stage ${k}`, `${v}${ms !== undefined ? ` in ${seconds(ms)}` : ""}`];
+    }),
     ...Object.entries(m.counters).map(([k, v]) => [k.replaceAll("_", " "), String(v)]),
     ...["asr", "vision", "llm"].filter((k) => m.config?.[k]).map((k) => [`${k} model`, `${m.config[k].model} at ${m.config[k].base_url}`]),
     ...Object.entries(m.claims ?? {}).map(([k, v]) => [k, v]),

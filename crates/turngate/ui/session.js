@@ -22,7 +22,8 @@ function show(e) {
 async function page() {
   const answer = await getJson(`/v1/sessions/${sessionId}/turns?after=${after}&limit=100`);
   const rows = answer.turns.map((t) => el("tr", {},
-    el("td", {}, el("a", { href: `/turns/${t.turn_id}` }, `Turn ${t.number}`)),
+    // With the session: a client-given turn id may be in another session too.
+    el("td", {}, el("a", { href: `/turns/${t.turn_id}?session=${sessionId}` }, `Turn ${t.number}`)),
     el("td", {}, el("span", { class: `badge ${t.status ?? "none"}` }, t.status ?? "not completed")),
     el("td", {}, el("span", { class: `badge ${t.record_state}` }, t.record_state)),
     el("td", {}, t.cause),
