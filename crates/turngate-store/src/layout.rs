@@ -9,6 +9,9 @@
 //!     backends/{stage}.{attempt}.request.json, .response.json | .response.sse
 //!     spans.otlp.json                 the turn's spans (OTLP/JSON)
 //!     manifest.json                   written last
+//! sessions/{session_id}/numbers/{number:010}.{turn_id}
+//!                                     the session's turns by number (empty objects,
+//!                                     listed in order: a page without reading them all)
 //! turns/{turn_id}                     create-only index: the session that recorded it
 //! conflicts/{turn_id}/{session_id}    a later session that recorded the same turn id
 //! open/{node_id}/{turn_id}/{session_id}  marker: a turn being recorded by that node
@@ -68,7 +71,12 @@ pub mod name {
 
 /// The prefix of a turn's record (ids typed, or as read back from the store).
 pub fn turn(session: impl std::fmt::Display, turn: impl std::fmt::Display) -> Path {
-    Path::from(format!("sessions/{session}/turns/{turn}"))
+    Path::from(format!("{}/{turn}", turns_of(session)))
+}
+
+/// Where a session's turns' records are.
+pub fn turns_of(session: impl std::fmt::Display) -> Path {
+    Path::from(format!("sessions/{session}/turns"))
 }
 
 /// An artifact of a turn's record.
@@ -78,6 +86,22 @@ pub fn artifact(
     name: &str,
 ) -> Path {
     Path::from(format!("{}/{name}", turn(session, turn_id)))
+}
+
+/// A session's entry for turn `number` (`turn`): its turns in number order, by listing.
+pub fn number(session: impl std::fmt::Display, number: u32, turn: impl std::fmt::Display) -> Path {
+    Path::from(format!("{}/{number:010}.{turn}", numbers(session)))
+}
+
+/// Where a session's number entries are.
+pub fn numbers(session: impl std::fmt::Display) -> Path {
+    Path::from(format!("sessions/{session}/numbers"))
+}
+
+/// The (number, turn) of a number entry's file name.
+pub fn parse_number(file: &str) -> Option<(u32, &str)> {
+    let (number, turn) = file.split_once('.')?;
+    Some((number.parse().ok()?, turn))
 }
 
 /// The create-only index object of a turn id.

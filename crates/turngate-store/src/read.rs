@@ -61,14 +61,61 @@ pub async fn objects(store: &Store, session: &str, turn: &str) -> Result<Vec<Str
     Ok(names)
 }
 
-/// The manifests of every whole record of `session` (turns being recorded have none
-/// yet), in turn-number order. Read 16 at a time.
-pub async fn session_turns(store: &Store, session: &str) -> Result<Vec<Manifest>, Error> {
+/// A page of `session`'s whole records (turns being recorded have no manifest yet) in
+/// turn-number order: those numbered after `after`, at most `limit`; and whether more
+/// follow. Found by listing the session's number entries, so only the page's manifests
+/// are read (16 at a time); a session recorded before there were number entries has
+/// every manifest read instead.
+pub async fn session_turns(
+    store: &Store,
+    session: &str,
+    after: u32,
+    limit: usize,
+) -> Result<(Vec<Manifest>, bool), Error> {
+    let mut entries: Vec<(u32, String)> = store
+        .list(&layout::numbers(session))
+        .await?
+        .into_iter()
+        .filter_map(|m| {
+            let (number, turn) = layout::parse_number(m.location.filename()?)?;
+            Some((number, turn.to_owned()))
+        })
+        .collect();
+    if entries.is_empty() {
+        let prefixes = store.children(&layout::turns_of(session)).await?;
+        let mut all = manifests(store, prefixes.iter().map(ToString::to_string)).await?;
+        all.sort_by(|a, b| (a.number, &a.turn_id).cmp(&(b.number, &b.turn_id)));
+        all.retain(|m| m.number > after);
+        let more = all.len() > limit;
+        all.truncate(limit);
+        return Ok((all, more));
+    }
+    entries.sort();
+    entries.retain(|(number, _)| *number > after);
+    // A page's worth at a time, skipping turns with no manifest (being recorded).
+    let mut page = Vec::new();
+    let mut rest = entries.into_iter().peekable();
+    while page.len() < limit && rest.peek().is_some() {
+        let batch: Vec<String> = rest
+            .by_ref()
+            .take(limit - page.len())
+            .map(|(_, turn)| layout::turn(session, turn).to_string())
+            .collect();
+        let mut found = manifests(store, batch.into_iter()).await?;
+        found.sort_by(|a, b| (a.number, &a.turn_id).cmp(&(b.number, &b.turn_id)));
+        page.extend(found);
+    }
+    Ok((page, rest.peek().is_some()))
+}
+
+/// The manifests under the turn prefixes `turns` (those that have one), read 16 at a
+/// time, in no particular order.
+async fn manifests(
+    store: &Store,
+    turns: impl Iterator<Item = String>,
+) -> Result<Vec<Manifest>, Error> {
     use futures_util::{StreamExt, TryStreamExt};
-    let turns = store
-        .children(&Path::from(format!("sessions/{session}/turns")))
-        .await?;
-    let mut manifests: Vec<Manifest> = futures_util::stream::iter(turns)
+    futures_util::stream::iter(turns)
         .map(|prefix| async move {
             let key = Path::from(format!("{prefix}/{}", name::MANIFEST));
             Ok::<_, Error>(
@@ -81,7 +128,5 @@ pub async fn session_turns(store: &Store, session: &str) -> Result<Vec<Manifest>
         .buffer_unordered(16)
         .try_filter_map(|m| async move { Ok(m) })
         .try_collect()
-        .await?;
-    manifests.sort_by(|a, b| (a.number, &a.turn_id).cmp(&(b.number, &b.turn_id)));
-    Ok(manifests)
+        .await
 }

@@ -281,7 +281,8 @@ async fn open_turns(store: &Store) -> Result<Vec<Open>, Error> {
         .collect())
 }
 
-/// Deletes one turn: manifest, the rest, then its index if it names this session.
+/// Deletes one turn: manifest, the rest, its session's number entry, then its index if
+/// it names this session.
 async fn delete_turn(store: &Store, turn: &TurnObjects) -> Result<usize, Error> {
     let mut deleted = 0;
     if let Some(manifest) = turn.manifest() {
@@ -291,6 +292,17 @@ async fn delete_turn(store: &Store, turn: &TurnObjects) -> Result<usize, Error> 
     for o in &turn.objects {
         if Some(o) != turn.manifest() {
             store.delete(&o.location).await?;
+            deleted += 1;
+        }
+    }
+    for entry in store.list(&crate::layout::numbers(&turn.session)).await? {
+        if entry
+            .location
+            .filename()
+            .and_then(crate::layout::parse_number)
+            .is_some_and(|(_, t)| t == turn.turn)
+        {
+            store.delete(&entry.location).await?;
             deleted += 1;
         }
     }

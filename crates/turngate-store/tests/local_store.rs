@@ -39,3 +39,51 @@ async fn a_local_store_puts_creates_once_lists_and_deletes() {
     assert!(Store::open("gs://bucket").is_err());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A manifest of turn `turn`, number `number`.
+fn manifest(turn: &str, number: u32) -> Bytes {
+    let m = turngate_store::manifest::Manifest {
+        turn_id: turn.into(),
+        number,
+        ..Default::default()
+    };
+    Bytes::from(serde_json::to_vec(&m).unwrap())
+}
+
+#[tokio::test]
+async fn a_sessions_turns_come_a_page_at_a_time_in_number_order() {
+    use turngate_store::{layout, read};
+    let dir = std::env::temp_dir().join(format!("turngate-pages-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let store = Store::open(dir.to_str().unwrap()).unwrap();
+    let numbers = |page: &[turngate_store::manifest::Manifest]| -> Vec<u32> {
+        page.iter().map(|m| m.number).collect()
+    };
+    // Recorded before number entries existed: every manifest is read, then paged.
+    for (turn, number) in [("b", 2), ("a", 1), ("c", 3)] {
+        let key = layout::artifact("old", turn, layout::name::MANIFEST);
+        store.put(&key, manifest(turn, number)).await.unwrap();
+    }
+    let (page, more) = read::session_turns(&store, "old", 1, 1).await.unwrap();
+    assert_eq!((numbers(&page), more), (vec![2], true));
+
+    // With entries: turns 1 to 12 but 5 (being recorded: an entry, no manifest yet).
+    for number in 1..=12u32 {
+        let turn = format!("t{number}");
+        store
+            .put(&layout::number("s", number, &turn), Bytes::new())
+            .await
+            .unwrap();
+        if number != 5 {
+            let key = layout::artifact("s", &turn, layout::name::MANIFEST);
+            store.put(&key, manifest(&turn, number)).await.unwrap();
+        }
+    }
+    let (page, more) = read::session_turns(&store, "s", 0, 5).await.unwrap();
+    assert_eq!((numbers(&page), more), (vec![1, 2, 3, 4, 6], true));
+    let (page, more) = read::session_turns(&store, "s", 6, 5).await.unwrap();
+    assert_eq!((numbers(&page), more), (vec![7, 8, 9, 10, 11], true));
+    let (page, more) = read::session_turns(&store, "s", 11, 5).await.unwrap();
+    assert_eq!((numbers(&page), more), (vec![12], false));
+    let _ = std::fs::remove_dir_all(&dir);
+}

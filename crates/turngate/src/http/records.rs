@@ -315,20 +315,18 @@ pub(super) async fn session_turns(
     let id: SessionId = session
         .parse()
         .map_err(|_| Problem::new(ErrorCode::NotFound, "no such session"))?;
-    let manifests = read::session_turns(store, &session)
+    let after = page.after.unwrap_or(0);
+    let (turns, more) = read::session_turns(store, &session, after, limit)
         .await
         .map_err(store_failed)?;
-    if manifests.is_empty() && app.registry.get(id).is_none() {
+    if turns.is_empty() && after == 0 && app.registry.get(id).is_none() {
         return Err(Problem::new(
             ErrorCode::NotFound,
             "no such session, and no records of one",
         ));
     }
-    let after = page.after.unwrap_or(0);
-    let mut rest = manifests.iter().filter(|m| m.number > after);
-    let turns: Vec<&Manifest> = rest.by_ref().take(limit).collect();
-    let next = rest.next().and(turns.last()).map(|m| m.number);
-    let turns: Vec<Value> = turns.into_iter().map(summary).collect();
+    let next = more.then(|| turns.last().map(|m| m.number)).flatten();
+    let turns: Vec<Value> = turns.iter().map(summary).collect();
     Ok(axum::Json(json!({ "session_id": session, "turns": turns, "next": next })).into_response())
 }
 

@@ -149,6 +149,9 @@ impl Recorder {
         let prefix = layout::turn(&marker.session_id, &marker.turn_id);
         let manifest_key = Path::from(format!("{prefix}/{}", name::MANIFEST));
         if self.store.get(&manifest_key).await?.is_none() {
+            // Its number entry, in case the stop came before it was written.
+            let number = layout::number(&marker.session_id, marker.number, &marker.turn_id);
+            self.store.put(&number, Bytes::new()).await?;
             let manifest = self.recovered_manifest(&marker, &prefix).await?;
             let body = serde_json::to_vec_pretty(&manifest).unwrap_or_default();
             self.store.create(&manifest_key, Bytes::from(body)).await?;

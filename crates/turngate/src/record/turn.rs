@@ -1,8 +1,8 @@
 //! One turn's record: a handle the turn's owner feeds ([`TurnRecord`]) and the task
 //! that writes what it is fed.
 //!
-//! The task writes, in order: the `open/{node}/{turn}/{session}` marker and the create-only
-//! `turns/{turn}` index; the received audio as Ogg Opus segments every
+//! The task writes, in order: the `open/{node}/{turn}/{session}` marker, the create-only
+//! `turns/{turn}` index and the session's number entry; the received audio as Ogg Opus segments every
 //! `record.segment_ms`; images and other artifacts as they come; at the end the last
 //! segment, the segments joined (`audio.received.ogg`), the manifest, and then removes
 //! the marker. A handle dropped without [`TurnRecord::finish`] (the turn never
@@ -274,6 +274,12 @@ impl Writer {
                 turn: id,
                 session: self.session_id,
             })
+            .await;
+        // The session's list of its turns by number (a page of them without reading
+        // every manifest).
+        let number = layout::number(self.session_id, self.opened.number, id);
+        self.recorder
+            .store_or_spool(&number, Bytes::new(), true)
             .await;
 
         let comments = vec![
