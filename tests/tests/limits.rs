@@ -387,7 +387,7 @@ async fn turns_beyond_the_backend_queue_are_shed_and_the_queue_depth_is_visible(
     let mut env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     env.retain(|(k, _)| *k != "TURNGATE_ASR_TIMEOUT_MS");
     let toml =
-        "[asr]\nmax_concurrent = 2\nmax_queued = 8\nqueue_timeout_ms = 3000\ntimeout_ms = 30000\n";
+        "[asr]\nmax_concurrent = 2\nmax_queued = 8\nqueue_timeout_ms = 6000\ntimeout_ms = 30000\n";
     let args = ["--max-pending-per-ip", "64", "--max-sessions-per-ip", "64"];
     let gw = Gateway::with_config("shed", toml, &args, &env).await?;
     let (rate, pcm) = wav::read(&data("speech.wav"))?;
@@ -421,8 +421,10 @@ async fn turns_beyond_the_backend_queue_are_shed_and_the_queue_depth_is_visible(
             .count()
     };
     // Two run, eight wait, forty are shed at once, failed with `overloaded` (each
-    // client's inbox is read one after the other, so both counts are awaited).
-    wait_until(Duration::from_secs(5), || {
+    // client's inbox is read one after the other, so both counts are awaited). The
+    // queue timeout (6 s, shorter than the 10 s ASR hangs) is long enough that a
+    // loaded machine sees this state before the waiting eight are shed too.
+    wait_until(Duration::from_secs(6), || {
         count("turn.completed", None) == 40 && count("error", Some("overloaded")) == 40
     })
     .await?;
@@ -447,7 +449,7 @@ async fn turns_beyond_the_backend_queue_are_shed_and_the_queue_depth_is_visible(
         "{completed:#?}"
     );
     // The waiting ones are shed when no slot comes free within the queue timeout.
-    wait_until(Duration::from_secs(6), || {
+    wait_until(Duration::from_secs(20), || {
         count("turn.completed", None) == 48
     })
     .await?;
