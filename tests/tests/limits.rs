@@ -1,5 +1,6 @@
 //! Bounds a client cannot push the gateway past, tried as an attacker would.
 
+use anyhow::Context;
 use std::time::Duration;
 
 use turngate_e2e::*;
@@ -427,7 +428,19 @@ async fn turns_beyond_the_backend_queue_are_shed_and_the_queue_depth_is_visible(
     wait_until(Duration::from_secs(6), || {
         count("turn.completed", None) == 40 && count("error", Some("overloaded")) == 40
     })
-    .await?;
+    .await
+    .with_context(|| {
+        format!(
+            "completed {}, overloaded {}, errors {:?}",
+            count("turn.completed", None),
+            count("error", Some("overloaded")),
+            clients
+                .iter()
+                .flat_map(|c| c.inbox.of("error"))
+                .filter(|e| e["code"] != "overloaded")
+                .collect::<Vec<_>>()
+        )
+    })?;
     let shed = |reason: &'static str| {
         format!("turngate_backend_shed_total{{backend=\"asr\",reason=\"{reason}\"}}")
     };
