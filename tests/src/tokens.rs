@@ -27,8 +27,13 @@ pub const KEY_VARIABLES: [&str; 3] = [
 ];
 
 /// A token for `sub` allowed `scope` (space-separated: `whip`, `upload`, `admin`),
-/// audience `turngate`, valid for an hour.
+/// audience `turngate`, valid for an hour, signed with the harness [`SECRET`].
 pub fn mint(sub: &str, scope: &str) -> String {
+    mint_with(SECRET, sub, scope)
+}
+
+/// [`mint`] signed with `secret` (a gateway's `auth.hs256_secret`).
+pub fn mint_with(secret: &str, sub: &str, scope: &str) -> String {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .expect("after 1970")
@@ -39,7 +44,7 @@ pub fn mint(sub: &str, scope: &str) -> String {
     jsonwebtoken::encode(
         &Header::new(Algorithm::HS256),
         &claims,
-        &EncodingKey::from_secret(SECRET.as_bytes()),
+        &EncodingKey::from_secret(secret.as_bytes()),
     )
     .expect("HS256 signs")
 }

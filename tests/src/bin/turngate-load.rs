@@ -1,47 +1,107 @@
-//! Load generator: N webrtc-rs clients on loopback, each sending a speech fixture as
-//! Opus in real time (looped), while the gateway's CPU time and RSS are sampled from
-//! /proc. Prints one JSON line.
+//! Load generator for capacity runs: N concurrent webrtc-rs sessions, each sending
+//! pre-encoded Opus packets at exact real-time pacing (packet i at its start plus
+//! i × 20 ms, sessions spread across the 20 ms), optionally holding client turns
+//! (`turn.start` … `turn.end`) with an image uploaded into each. Nothing is encoded
+//! while it runs: the packets come from an Ogg Opus file (a turn record's
+//! `audio.received.ogg`, or `opusenc` output), or are encoded once, before, from a WAV
+//! fixture.
 //!
-//! turngate-load --base http://127.0.0.1:18080 --pid PID --sessions 20 --seconds 30
+//! Prints one JSON object: offer-to-connected percentiles as the client saw them,
+//! packets sent, the events each session received, the kernel's UDP receive errors
+//! during the run, the receiver's CPU and RSS (with `--pid`), and — with the operator
+//! credential, or on an open gateway — each session's `frames_received` checked against
+//! what it sent. Any other receiver that answers WHIP at `/v1/whip` works too (with
+//! `--no-check`: it has no counters to read).
+//!
+//! ```text
+//! turngate-load --base http://127.0.0.1:8080 [--sessions 20]
+//!   [--seconds 30] [--ogg FILE | --wav NAME] [--connect-concurrency 50] [--pid PID]
+//!   [--turn-ms 0] [--image FILE] [--token T | --hs256-secret S] [--admin-token T]
+//!   [--no-check]
+//! ```
 
-use std::time::Duration;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use turngate_e2e::{Client, Gateway, data, encode_opus, wav};
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+use turngate_e2e::{Client, Gateway, data, encode_opus, post_offer_with, tokens, wav};
 
 struct Args {
     base: String,
-    pid: u32,
     sessions: usize,
     seconds: u64,
+    ogg: Option<String>,
     wav: String,
+    connect_concurrency: usize,
+    pid: Option<u32>,
+    turn_ms: u64,
+    image: Option<String>,
+    token: Option<String>,
+    hs256_secret: Option<String>,
+    admin_token: Option<String>,
+    check: bool,
 }
 
 fn args() -> anyhow::Result<Args> {
     let mut a = Args {
         base: String::new(),
-        pid: 0,
         sessions: 20,
         seconds: 30,
+        ogg: None,
         wav: "two-utterances.wav".into(),
+        connect_concurrency: 50,
+        pid: None,
+        turn_ms: 0,
+        image: None,
+        token: std::env::var("TURNGATE_TOKEN").ok(),
+        hs256_secret: None,
+        admin_token: std::env::var("TURNGATE_ADMIN_TOKEN").ok(),
+        check: true,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
+        if flag == "--no-check" {
+            a.check = false;
+            continue;
+        }
         let value = it.next().with_context(|| format!("{flag} needs a value"))?;
         match flag.as_str() {
             "--base" => a.base = value,
-            "--pid" => a.pid = value.parse()?,
             "--sessions" => a.sessions = value.parse()?,
             "--seconds" => a.seconds = value.parse()?,
+            "--ogg" => a.ogg = Some(value),
             "--wav" => a.wav = value,
+            "--connect-concurrency" => a.connect_concurrency = value.parse::<usize>()?.max(1),
+            "--pid" => a.pid = Some(value.parse()?),
+            "--turn-ms" => a.turn_ms = value.parse()?,
+            "--image" => a.image = Some(value),
+            "--token" => a.token = Some(value),
+            "--hs256-secret" => a.hs256_secret = Some(value),
+            "--admin-token" => a.admin_token = Some(value),
             other => anyhow::bail!("unknown flag {other}"),
         }
     }
-    anyhow::ensure!(
-        !a.base.is_empty() && a.pid != 0,
-        "--base and --pid are required"
-    );
+    anyhow::ensure!(!a.base.is_empty(), "--base is required");
     Ok(a)
+}
+
+/// The Opus packets of an Ogg Opus file, in order (the two header packets left out).
+fn ogg_packets(path: &str) -> anyhow::Result<Vec<Vec<u8>>> {
+    let file = std::fs::File::open(path).with_context(|| format!("cannot read {path}"))?;
+    let mut reader = ogg::PacketReader::new(std::io::BufReader::new(file));
+    let mut packets = Vec::new();
+    let mut n = 0;
+    while let Some(packet) = reader.read_packet()? {
+        n += 1;
+        if n > 2 {
+            packets.push(packet.data);
+        }
+    }
+    anyhow::ensure!(!packets.is_empty(), "{path} holds no Opus packets");
+    Ok(packets)
 }
 
 /// (CPU seconds used so far, RSS in KiB) of a process.
@@ -64,59 +124,252 @@ fn sample(pid: u32) -> anyhow::Result<(f64, u64)> {
     Ok((ticks / 100.0, rss))
 }
 
+/// The kernel's UDP `RcvbufErrors` and `InErrors` (`/proc/net/snmp`): datagrams it
+/// dropped because a receiver did not read them in time, which no application counts.
+fn udp_errors() -> anyhow::Result<(u64, u64)> {
+    let snmp = std::fs::read_to_string("/proc/net/snmp")?;
+    let mut lines = snmp.lines().filter(|l| l.starts_with("Udp:"));
+    let names: Vec<&str> = lines
+        .next()
+        .context("Udp header")?
+        .split_whitespace()
+        .collect();
+    let values: Vec<&str> = lines
+        .next()
+        .context("Udp values")?
+        .split_whitespace()
+        .collect();
+    let field = |name: &str| -> u64 {
+        names
+            .iter()
+            .position(|n| *n == name)
+            .and_then(|i| values.get(i)?.parse().ok())
+            .unwrap_or(0)
+    };
+    Ok((field("RcvbufErrors"), field("InErrors")))
+}
+
+/// The `p`-th percentile of sorted `values` (nearest rank).
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// `Bearer …` for session `n`: the given token, a token of its own minted with the
+/// secret, or none (an open gateway).
+fn authorization(a: &Args, n: usize) -> Option<String> {
+    match (&a.token, &a.hs256_secret) {
+        (Some(token), _) => Some(format!("Bearer {token}")),
+        (None, Some(secret)) => Some(format!(
+            "Bearer {}",
+            tokens::mint_with(
+                secret,
+                &format!("load-{}-{n}", std::process::id()),
+                "whip upload"
+            )
+        )),
+        (None, None) => None,
+    }
+}
+
+/// One session's connect: the client, and how long from the offer to connected.
+async fn connect(gw: &Gateway, bearer: Option<String>) -> anyhow::Result<(Client, f64)> {
+    let headers: Vec<(&str, &str)> = bearer
+        .iter()
+        .map(|b| ("authorization", b.as_str()))
+        .collect();
+    let started = Instant::now();
+    let client = Client::connect_with(true, |offer| async move {
+        let (status, location, answer) = post_offer_with(gw, &offer, &headers).await?;
+        anyhow::ensure!(status == 201, "WHIP POST gave {status}: {answer}");
+        Ok((answer, location.context("no Location")?))
+    })
+    .await?;
+    Ok((client, started.elapsed().as_secs_f64() * 1000.0))
+}
+
+/// Sends `packets` in real time from `start`, looped to fill `seconds`, holding a
+/// client turn every `turn_ms` (0: none) with `image` uploaded into it.
+async fn stream(
+    client: &Client,
+    packets: &[Vec<u8>],
+    seconds: u64,
+    turn_ms: u64,
+    image: Option<&[u8]>,
+) -> anyhow::Result<()> {
+    let total = (seconds * 50) as usize;
+    let looped: Vec<Vec<u8>> = packets.iter().cycle().take(total).cloned().collect();
+    if turn_ms == 0 {
+        return client.send_packets(&looped, &[]).await;
+    }
+    let per_turn = (turn_ms / 20).max(1) as usize;
+    for (n, chunk) in looped.chunks(per_turn).enumerate() {
+        client.send_event(json!({"type": "turn.start"})).await?;
+        if let Some(image) = image {
+            client
+                .upload(&format!("load-{n}"), "image/png", image, 16 * 1024)
+                .await?;
+        }
+        client.send_packets(chunk, &[]).await?;
+        client.send_event(json!({"type": "turn.end"})).await?;
+    }
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let a = args()?;
-    let gw = Gateway::external(&a.base);
-    let (rate, pcm) = wav::read(&data(&a.wav))?;
-    let packets = encode_opus(rate, &pcm)?;
-    let (_, rss_idle) = sample(a.pid)?;
+    let a = Arc::new(args()?);
+    let gw = Arc::new(Gateway::external(&a.base));
+    let packets = match &a.ogg {
+        Some(path) => ogg_packets(path)?,
+        None => {
+            let (rate, pcm) = wav::read(&data(&a.wav))?;
+            encode_opus(rate, &pcm)?
+        }
+    };
+    let packets = Arc::new(packets);
+    let image = match &a.image {
+        Some(path) => Some(Arc::new(std::fs::read(path)?)),
+        None => None,
+    };
+    let idle = a.pid.map(sample).transpose()?;
+
+    // Connect, at most `connect_concurrency` offers at once.
+    let connected: Vec<anyhow::Result<(Client, f64)>> = futures_util::stream::iter(0..a.sessions)
+        .map(|n| {
+            let (gw, a) = (Arc::clone(&gw), Arc::clone(&a));
+            async move { connect(&gw, authorization(&a, n)).await }
+        })
+        .buffer_unordered(a.connect_concurrency)
+        .collect()
+        .await;
     let mut clients = Vec::new();
-    for _ in 0..a.sessions {
-        clients.push(Client::connect(&gw, true).await?);
+    let mut connect_ms = Vec::new();
+    let mut failed = Vec::new();
+    for result in connected {
+        match result {
+            Ok((client, ms)) => {
+                clients.push(client);
+                connect_ms.push(ms);
+            }
+            Err(e) => failed.push(e.to_string()),
+        }
     }
-    // Let setup settle, then measure a steady window while every client sends.
-    let total = (a.seconds * 50) as usize + 100;
-    let looped: Vec<Vec<u8>> = packets.iter().cycle().take(total).cloned().collect();
+    connect_ms.sort_by(f64::total_cmp);
+    let mut ids = Vec::new();
+    for client in &clients {
+        ids.push(client.session_id().await.unwrap_or_default());
+    }
+
+    // Stream, every session at once, their starts spread across one packet time.
+    let udp_before = udp_errors()?;
+    let spread = Duration::from_millis(20) / (clients.len().max(1) as u32);
+    let clients: Vec<Arc<Client>> = clients.into_iter().map(Arc::new).collect();
     let mut tasks = Vec::new();
-    for client in clients {
-        let looped = looped.clone();
+    for (k, client) in clients.iter().enumerate() {
+        let (client, packets, image, a) = (
+            Arc::clone(client),
+            Arc::clone(&packets),
+            image.clone(),
+            Arc::clone(&a),
+        );
         tasks.push(tokio::spawn(async move {
-            client.send_packets(&looped, &[]).await.map(|_| client)
+            tokio::time::sleep(spread * k as u32).await;
+            stream(
+                &client,
+                &packets,
+                a.seconds,
+                a.turn_ms,
+                image.as_deref().map(|v| &v[..]),
+            )
+            .await
         }));
     }
+    // The receiver's CPU over a window in which every session streams.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let (cpu0, _) = sample(a.pid)?;
-    let t0 = std::time::Instant::now();
-    tokio::time::sleep(Duration::from_secs(a.seconds)).await;
-    let (cpu1, rss_loaded) = sample(a.pid)?;
-    let wall = t0.elapsed().as_secs_f64();
-    let mut sent = 0;
+    let window_start = (a.pid.map(sample).transpose()?, Instant::now());
+    tokio::time::sleep(Duration::from_secs(a.seconds.saturating_sub(2).max(1))).await;
+    let window_end = (a.pid.map(sample).transpose()?, Instant::now());
     for task in tasks {
-        let client = task.await??;
-        sent += client.packets_sent();
-        client.delete(&gw).await?;
+        task.await??;
     }
-    let (_, list) = gw.get("/v1/sessions?limit=1000").await?;
-    let received: u64 = list["sessions"]
-        .as_array()
-        .context("sessions")?
-        .iter()
-        .filter_map(|s| s["counters"]["frames_received"].as_u64())
-        .sum();
-    let millicores = (cpu1 - cpu0) / wall * 1000.0;
+    let sent: Vec<u64> = clients.iter().map(|c| c.packets_sent()).collect();
+    // Let the last packets land before the counters are read.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let udp_after = udp_errors()?;
+
+    let mut events: BTreeMap<String, u64> = BTreeMap::new();
+    for client in &clients {
+        for event in client.inbox.all() {
+            let kind = event["type"].as_str().unwrap_or("?").to_owned();
+            *events.entry(kind).or_default() += 1;
+        }
+    }
+    let mut checked = json!(null);
+    if a.check {
+        let mut mismatched = Vec::new();
+        let mut received_total = 0;
+        for (id, sent) in ids.iter().zip(&sent) {
+            let mut request = gw.http.get(format!("{}/v1/sessions/{id}", gw.base));
+            if let Some(token) = &a.admin_token {
+                request = request.bearer_auth(token);
+            }
+            let session: Value = request.send().await?.error_for_status()?.json().await?;
+            let received = session["counters"]["frames_received"].as_u64().unwrap_or(0);
+            received_total += received;
+            if received != *sent {
+                mismatched.push(json!({"session_id": id, "sent": sent, "received": received}));
+            }
+        }
+        checked = json!({"frames_received": received_total, "mismatched": mismatched});
+    }
+    for client in &clients {
+        let _ = client.delete(&gw).await;
+    }
+    let cpu = match window_start.0.zip(window_end.0) {
+        Some(((cpu0, _), (cpu1, rss))) => {
+            let wall = window_end.1.duration_since(window_start.1).as_secs_f64();
+            let millicores = (cpu1 - cpu0) / wall * 1000.0;
+            let n = clients.len().max(1) as f64;
+            json!({
+                "window_s": (wall * 10.0).round() / 10.0,
+                "millicores": (millicores * 10.0).round() / 10.0,
+                "millicores_per_session": (millicores / n * 100.0).round() / 100.0,
+                "rss_kib_idle": idle.map(|i| i.1),
+                "rss_kib_loaded": rss,
+                "rss_kib_per_session": idle.map(|i| (rss.saturating_sub(i.1) as f64 / n).round()),
+            })
+        }
+        None => json!(null),
+    };
+    let round = |v: f64| (v * 10.0).round() / 10.0;
     println!(
         "{}",
-        serde_json::json!({
+        json!({
             "sessions": a.sessions,
-            "window_s": (wall * 10.0).round() / 10.0,
-            "gateway_cpu_millicores": (millicores * 10.0).round() / 10.0,
-            "gateway_cpu_millicores_per_session": (millicores / a.sessions.max(1) as f64 * 100.0).round() / 100.0,
-            "gateway_rss_kib_before": rss_idle,
-            "gateway_rss_kib_loaded": rss_loaded,
-            "packets_sent": sent,
-            "frames_received_all_sessions": received,
+            "connected": clients.len(),
+            "connect_failures": failed,
+            "connect_ms": {
+                "p50": round(percentile(&connect_ms, 50.0)),
+                "p90": round(percentile(&connect_ms, 90.0)),
+                "p99": round(percentile(&connect_ms, 99.0)),
+                "max": round(connect_ms.last().copied().unwrap_or(0.0)),
+            },
+            "packets_sent": sent.iter().sum::<u64>(),
+            "counters": checked,
+            "events": events,
+            "udp_rcvbuf_errors": udp_after.0 - udp_before.0,
+            "udp_in_errors": udp_after.1 - udp_before.1,
+            "receiver": cpu,
         })
+    );
+    anyhow::ensure!(
+        failed.is_empty(),
+        "{} sessions did not connect",
+        failed.len()
     );
     Ok(())
 }
