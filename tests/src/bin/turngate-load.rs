@@ -11,7 +11,7 @@
 //! during the run, the receiver's CPU and RSS (with `--pid`), and — with the operator
 //! credential, or on an open gateway — each session's `frames_received` checked against
 //! what it sent. Any other receiver that answers WHIP at `/v1/whip` works too (with
-//! `--no-check`: it has no counters to read).
+//! `--no-check`: its packet count is read from `GET /stats` if it has one).
 //!
 //! ```text
 //! turngate-load --base http://127.0.0.1:8080 [--sessions 20]
@@ -312,7 +312,14 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     let mut checked = json!(null);
-    if a.check {
+    if !a.check {
+        // A baseline receiver's own count, where it keeps one (`GET /stats`).
+        if let Ok(response) = gw.http.get(format!("{}/stats", gw.base)).send().await
+            && let Ok(stats) = response.json::<Value>().await
+        {
+            checked = json!({"frames_received": stats["packets"], "mismatched": []});
+        }
+    } else {
         let mut mismatched = Vec::new();
         let mut received_total = 0;
         for (id, sent) in ids.iter().zip(&sent) {
