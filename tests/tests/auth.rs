@@ -650,6 +650,20 @@ async fn the_login_form_sets_an_http_only_strict_cookie_that_reads_sessions() ->
         .send()
         .await?;
     assert_eq!(forged.status().as_u16(), 401);
+    // Signing out ends the session: the same cookie, replayed, is refused.
+    let out = browser
+        .post(format!("{}/logout", gw.base))
+        .header("cookie", pair)
+        .send()
+        .await?;
+    assert_eq!(out.status().as_u16(), 204);
+    let replayed = gw
+        .http
+        .get(format!("{}/v1/sessions", gw.base))
+        .header("cookie", pair)
+        .send()
+        .await?;
+    assert_eq!(replayed.status().as_u16(), 401);
     Ok(())
 }
 

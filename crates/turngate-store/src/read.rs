@@ -61,17 +61,28 @@ pub async fn objects(store: &Store, session: &str, turn: &str) -> Result<Vec<Str
     Ok(names)
 }
 
+/// A page of a session's recorded turns: [`session_turns`].
+#[derive(Debug, Default)]
+pub struct SessionTurns {
+    /// The page's whole records, in turn-number order.
+    pub turns: Vec<Manifest>,
+    /// Whether more follow.
+    pub more: bool,
+    /// Whether the store holds anything of the session at all.
+    pub recorded: bool,
+}
+
 /// A page of `session`'s whole records (turns being recorded have no manifest yet) in
-/// turn-number order: those numbered after `after`, at most `limit`; and whether more
-/// follow. Found by listing the session's number entries, so only the page's manifests
-/// are read (16 at a time); a session recorded before there were number entries has
-/// every manifest read instead.
+/// turn-number order: those numbered after `after`, at most `limit`. Found by listing
+/// the session's number entries, so only the page's manifests are read (16 at a time);
+/// a turn without an entry (recorded before there were entries, or whose entry could not
+/// be written) has its manifest read to learn its number, so it is never left out.
 pub async fn session_turns(
     store: &Store,
     session: &str,
     after: u32,
     limit: usize,
-) -> Result<(Vec<Manifest>, bool), Error> {
+) -> Result<SessionTurns, Error> {
     let mut entries: Vec<(u32, String)> = store
         .list(&layout::numbers(session))
         .await?
@@ -81,31 +92,47 @@ pub async fn session_turns(
             Some((number, turn.to_owned()))
         })
         .collect();
-    if entries.is_empty() {
-        let prefixes = store.children(&layout::turns_of(session)).await?;
-        let mut all = manifests(store, prefixes.iter().map(ToString::to_string)).await?;
-        all.sort_by(|a, b| (a.number, &a.turn_id).cmp(&(b.number, &b.turn_id)));
-        all.retain(|m| m.number > after);
-        let more = all.len() > limit;
-        all.truncate(limit);
-        return Ok((all, more));
-    }
+    let turns = store.children(&layout::turns_of(session)).await?;
+    let numbered: std::collections::HashSet<String> =
+        entries.iter().map(|(_, t)| t.clone()).collect();
+    // Collected before any await: a lazy adapter held across one makes the future !Send.
+    let unnumbered: Vec<String> = turns
+        .iter()
+        .filter(|p| p.filename().is_some_and(|t| !numbered.contains(t)))
+        .map(ToString::to_string)
+        .collect();
+    let mut known: std::collections::HashMap<String, Manifest> =
+        manifests(store, unnumbered.into_iter())
+            .await?
+            .into_iter()
+            .map(|m| (m.turn_id.clone(), m))
+            .collect();
+    // (A local store may keep a deleted turn's empty directories: they record nothing.)
+    let recorded = !entries.is_empty() || !known.is_empty();
+    entries.extend(known.values().map(|m| (m.number, m.turn_id.clone())));
     entries.sort();
+    entries.dedup();
     entries.retain(|(number, _)| *number > after);
     // A page's worth at a time, skipping turns with no manifest (being recorded).
     let mut page = Vec::new();
     let mut rest = entries.into_iter().peekable();
     while page.len() < limit && rest.peek().is_some() {
-        let batch: Vec<String> = rest
-            .by_ref()
-            .take(limit - page.len())
-            .map(|(_, turn)| layout::turn(session, turn).to_string())
+        let batch: Vec<(u32, String)> = rest.by_ref().take(limit - page.len()).collect();
+        let unread: Vec<String> = batch
+            .iter()
+            .filter(|(_, t)| !known.contains_key(t))
+            .map(|(_, t)| layout::turn(session, t).to_string())
             .collect();
-        let mut found = manifests(store, batch.into_iter()).await?;
-        found.sort_by(|a, b| (a.number, &a.turn_id).cmp(&(b.number, &b.turn_id)));
-        page.extend(found);
+        for m in manifests(store, unread.into_iter()).await? {
+            known.insert(m.turn_id.clone(), m);
+        }
+        page.extend(batch.iter().filter_map(|(_, t)| known.remove(t)));
     }
-    Ok((page, rest.peek().is_some()))
+    Ok(SessionTurns {
+        turns: page,
+        more: rest.peek().is_some(),
+        recorded,
+    })
 }
 
 /// The manifests under the turn prefixes `turns` (those that have one), read 16 at a

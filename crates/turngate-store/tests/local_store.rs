@@ -64,8 +64,8 @@ async fn a_sessions_turns_come_a_page_at_a_time_in_number_order() {
         let key = layout::artifact("old", turn, layout::name::MANIFEST);
         store.put(&key, manifest(turn, number)).await.unwrap();
     }
-    let (page, more) = read::session_turns(&store, "old", 1, 1).await.unwrap();
-    assert_eq!((numbers(&page), more), (vec![2], true));
+    let page = read::session_turns(&store, "old", 1, 1).await.unwrap();
+    assert_eq!((numbers(&page.turns), page.more), (vec![2], true));
 
     // With entries: turns 1 to 12 but 5 (being recorded: an entry, no manifest yet).
     for number in 1..=12u32 {
@@ -79,11 +79,25 @@ async fn a_sessions_turns_come_a_page_at_a_time_in_number_order() {
             store.put(&key, manifest(&turn, number)).await.unwrap();
         }
     }
-    let (page, more) = read::session_turns(&store, "s", 0, 5).await.unwrap();
-    assert_eq!((numbers(&page), more), (vec![1, 2, 3, 4, 6], true));
-    let (page, more) = read::session_turns(&store, "s", 6, 5).await.unwrap();
-    assert_eq!((numbers(&page), more), (vec![7, 8, 9, 10, 11], true));
-    let (page, more) = read::session_turns(&store, "s", 11, 5).await.unwrap();
-    assert_eq!((numbers(&page), more), (vec![12], false));
+    let page = read::session_turns(&store, "s", 0, 5).await.unwrap();
+    assert_eq!(
+        (numbers(&page.turns), page.more),
+        (vec![1, 2, 3, 4, 6], true)
+    );
+    let page = read::session_turns(&store, "s", 6, 5).await.unwrap();
+    assert_eq!(
+        (numbers(&page.turns), page.more),
+        (vec![7, 8, 9, 10, 11], true)
+    );
+    let page = read::session_turns(&store, "s", 11, 5).await.unwrap();
+    assert_eq!((numbers(&page.turns), page.more), (vec![12], false));
+    // A turn whose entry was never written is listed all the same, in its place.
+    let key = layout::artifact("s", "t13", layout::name::MANIFEST);
+    store.put(&key, manifest("t13", 13)).await.unwrap();
+    let page = read::session_turns(&store, "s", 11, 5).await.unwrap();
+    assert_eq!((numbers(&page.turns), page.more), (vec![12, 13], false));
+    // Nothing of a session: not recorded, whatever the page asked for.
+    let page = read::session_turns(&store, "none", 5, 5).await.unwrap();
+    assert!(!page.recorded && page.turns.is_empty());
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -185,6 +185,8 @@ pub struct Auth {
     leeway_s: u64,
     /// The key of operator sessions ([`ADMIN_COOKIE`]).
     session_key: [u8; 32],
+    /// Sessions signed out before they ended, by `jti`, with their `exp` (unix seconds).
+    ended: std::sync::Mutex<HashMap<String, u64>>,
 }
 
 /// The audience of an operator session's token: not a client's, not an admin Bearer
@@ -292,6 +294,7 @@ impl Auth {
             issuer: settings.issuer.map(str::to_owned),
             leeway_s: settings.leeway_s,
             session_key: session_key(settings),
+            ended: Default::default(),
         })
     }
 
@@ -346,8 +349,10 @@ impl Auth {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
+        let jti = hex(&rand::random::<[u8; 16]>());
         let claims = serde_json::json!({
             "sub": "operator", "aud": SESSION_AUDIENCE, "iat": now, "exp": now + ttl_s,
+            "jti": jti,
         });
         jsonwebtoken::encode(
             &jsonwebtoken::Header::new(Algorithm::HS256),
@@ -358,20 +363,56 @@ impl Auth {
     }
 
     /// Whether `token` is an operator session this gateway (or one sharing its keys)
-    /// made and that has not ended.
+    /// made, that has not expired and was not signed out here.
     fn verify_session(&self, token: &str) -> Result<(), Refusal> {
+        let (jti, _) = self.decode_session(token)?;
+        if self.ended().contains_key(&jti) {
+            return Err(Refusal::AdminToken);
+        }
+        Ok(())
+    }
+
+    /// Ends the operator session `token` (sign-out): this node refuses it from now on,
+    /// until it would have expired anyway.
+    pub fn end_session(&self, token: &str) {
+        if let Ok((jti, exp)) = self.decode_session(token) {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            let mut ended = self.ended();
+            ended.retain(|_, until| *until + self.leeway_s >= now);
+            ended.insert(jti, exp);
+        }
+    }
+
+    /// A session token's `jti` and `exp`, if it is one of ours and has not expired.
+    fn decode_session(&self, token: &str) -> Result<(String, u64), Refusal> {
+        #[derive(serde::Deserialize)]
+        struct Session {
+            jti: String,
+            exp: u64,
+        }
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = self.leeway_s;
         validation.set_audience(&[SESSION_AUDIENCE]);
         validation.set_required_spec_claims(&["exp", "aud"]);
         let key = DecodingKey::from_secret(&self.session_key);
-        match jsonwebtoken::decode::<serde_json::Value>(token, &key, &validation) {
-            Ok(_) => Ok(()),
+        match jsonwebtoken::decode::<Session>(token, &key, &validation) {
+            Ok(data) => Ok((data.claims.jti, data.claims.exp)),
             Err(e) if *e.kind() == jsonwebtoken::errors::ErrorKind::ExpiredSignature => {
                 Err(Refusal::Expired)
             }
             Err(_) => Err(Refusal::AdminToken),
         }
+    }
+
+    fn ended(&self) -> std::sync::MutexGuard<'_, HashMap<String, u64>> {
+        self.ended.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The operator session a request's cookie carries, if any.
+    pub fn session_of<'h>(&self, headers: &'h HeaderMap) -> Option<&'h str> {
+        cookie(headers, ADMIN_COOKIE)
     }
 
     /// Whether `token` is the operator credential. The admin token is compared by its

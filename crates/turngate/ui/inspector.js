@@ -71,14 +71,20 @@ async function main() {
 }
 
 /**
- * The session's recorded turns around this one: the one before, the one after, and
- * those its prompt held (at most 1000 in all, read a page of the session at a time).
+ * The session's recorded turns around this one (the one before and the one after, past
+ * up to ten numbers without a record) and those its prompt held, by number.
  */
 async function around(m) {
-  const from = Math.max(0, Math.min(m.number - 1, ...(m.history ?? [])) - 1);
-  const limit = Math.min(1000, m.number - from + 5);
-  const page = await getJson(`/v1/sessions/${m.session_id}/turns?after=${from}&limit=${limit}`);
-  return page.turns;
+  const page = (after, limit) =>
+    getJson(`/v1/sessions/${m.session_id}/turns?after=${Math.max(0, after)}&limit=${Math.max(1, Math.min(1000, limit))}`)
+      .then((p) => p.turns);
+  const history = m.history ?? [];
+  const [near, held] = await Promise.all([
+    page(m.number - 11, 22),
+    history.length ? page(history[0] - 1, history[history.length - 1] - history[0] + 1) : [],
+  ]);
+  const byNumber = new Map([...held, ...near].map((t) => [t.number, t]));
+  return [...byNumber.values()].sort((a, b) => a.number - b.number);
 }
 
 function has(m, name) {
@@ -182,8 +188,11 @@ function said(m) {
   const described = new Map((m.descriptions ?? []).map((d) => [d.blob_id, d.description]));
   const figures = m.artifacts.filter((a) => a.name.startsWith("images/")).map((a) => {
     const blob = a.name.slice("images/".length).replace(/\.[a-z]+$/, "");
+    const img = el("img", { src: artifact(a.name), alt: `image ${blob} as uploaded`, loading: "lazy" });
+    img.addEventListener("error", () =>
+      img.replaceWith(el("p", { class: "problem" }, "This image could not be read from the record.")), { once: true });
     return el("figure", { class: "image" },
-      el("img", { src: artifact(a.name), alt: `image ${blob} as uploaded`, loading: "lazy" }),
+      img,
       el("figcaption", {},
         el("code", {}, blob), ` · ${bytes(a.size)} · ${a.content_type}`,
         described.has(blob) ? el("p", { class: "description" }, `Vision: ${described.get(blob)}`) : null));

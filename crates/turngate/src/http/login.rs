@@ -117,7 +117,15 @@ pub(super) async fn login(
     set_cookie(Redirect::to(&next).into_response(), &cookie)
 }
 
-pub(super) async fn logout(State(app): State<Arc<App>>) -> Response {
+/// `POST /logout`: ends the session the cookie carries (on this node: other nodes take
+/// it until it expires) and clears the cookie.
+pub(super) async fn logout(
+    State(app): State<Arc<App>>,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    if let Some(session) = app.auth.session_of(&headers) {
+        app.auth.end_session(session);
+    }
     let secure = if app.secure_cookies { "; Secure" } else { "" };
     let cookie = format!("{ADMIN_COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0{secure}");
     set_cookie(StatusCode::NO_CONTENT.into_response(), &cookie)

@@ -236,7 +236,9 @@ fn requested_range(
     etag: Option<&str>,
     size: u64,
 ) -> Result<Option<std::ops::RangeInclusive<u64>>, ()> {
-    use http_range_header::RangeUnsatisfiableError::{FileSuffixOutOfBounds, RangeReversed};
+    use http_range_header::RangeUnsatisfiableError::{
+        FileSuffixOutOfBounds, RangeReversed, ZeroSuffix,
+    };
     let Some(value) = headers.get(header::RANGE).and_then(|v| v.to_str().ok()) else {
         return Ok(None);
     };
@@ -246,8 +248,11 @@ fn requested_range(
     {
         return Ok(None);
     }
-    let Ok(parsed) = http_range_header::parse_range_header(value) else {
-        return Ok(None);
+    let parsed = match http_range_header::parse_range_header(value) {
+        Ok(parsed) => parsed,
+        // `bytes=-0` asks for no bytes at all (RFC 9110 §14.1.1).
+        Err(ZeroSuffix) => return Err(()),
+        Err(_) => return Ok(None),
     };
     if parsed.ranges.len() != 1 {
         return Ok(None);
@@ -316,16 +321,17 @@ pub(super) async fn session_turns(
         .parse()
         .map_err(|_| Problem::new(ErrorCode::NotFound, "no such session"))?;
     let after = page.after.unwrap_or(0);
-    let (turns, more) = read::session_turns(store, &session, after, limit)
+    let found = read::session_turns(store, &session, after, limit)
         .await
         .map_err(store_failed)?;
-    if turns.is_empty() && after == 0 && app.registry.get(id).is_none() {
+    if !found.recorded && app.registry.get(id).is_none() {
         return Err(Problem::new(
             ErrorCode::NotFound,
             "no such session, and no records of one",
         ));
     }
-    let next = more.then(|| turns.last().map(|m| m.number)).flatten();
+    let turns = found.turns;
+    let next = found.more.then(|| turns.last().map(|m| m.number)).flatten();
     let turns: Vec<Value> = turns.iter().map(summary).collect();
     Ok(axum::Json(json!({ "session_id": session, "turns": turns, "next": next })).into_response())
 }
@@ -427,6 +433,7 @@ mod tests {
         // Starting past the end: 416.
         assert_eq!(range("bytes=1000-", None, 1000), Err(()));
         assert_eq!(range("bytes=0-", None, 0), Err(()));
+        assert_eq!(range("bytes=-0", None, 1000), Err(()));
         // Answered whole: several ranges, a header that does not parse, a stale If-Range.
         assert_eq!(range("bytes=0-1,5-9", None, 1000), Ok(None));
         assert_eq!(range("items=0-1", None, 1000), Ok(None));
