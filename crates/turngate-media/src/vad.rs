@@ -11,11 +11,24 @@
 //! a row ≥ 0.9. Hence two thresholds: speech begins when a frame scores at least
 //! `onset` (default 0.9; the turn engine then also wants `speech_onset` of consecutive
 //! voiced frames), and goes on while frames score at least `sustain` (default 0.5).
+//!
+//! Inference is most of a session's VAD cost (its share of the gateway's CPU was 14 %
+//! in a profile of 40 sessions, BENCHMARKS.md), and silence is most of a session's audio.
+//! So once the detector has seen [`SETTLE_WINDOWS`] windows of near-silence in a row (its
+//! recurrent state has settled on silence), further near-silent windows score 0 without
+//! inference; the first window with sound is scored as usual, from that settled state.
 
 use earshot::Detector;
 
 /// Samples per earshot window (16 ms at 16 kHz).
 const WINDOW: usize = 256;
+
+/// A window whose samples all stay within this amplitude is near-silent: −54 dBFS,
+/// 28 dB below the quiet speech the detector must still hear (−26 dBFS, `tests/data`).
+const SILENCE_PEAK: u16 = 64;
+
+/// Near-silent windows in a row after which inference is skipped: 0.5 s.
+const SETTLE_WINDOWS: u32 = 32;
 
 /// Rebuffering voice activity detector of one track.
 pub struct VoiceDetector {
@@ -24,6 +37,13 @@ pub struct VoiceDetector {
     onset: f32,
     sustain: f32,
     voiced: bool,
+    /// Near-silent windows in a row so far.
+    quiet: u32,
+    /// Skip inference on settled silence (always, but in a test comparing both).
+    skip: bool,
+    /// Windows whose inference was skipped (for the tests).
+    #[cfg(test)]
+    skipped: usize,
 }
 
 impl VoiceDetector {
@@ -35,6 +55,10 @@ impl VoiceDetector {
             onset,
             sustain,
             voiced: false,
+            quiet: 0,
+            skip: true,
+            #[cfg(test)]
+            skipped: 0,
         }
     }
 
@@ -47,6 +71,18 @@ impl VoiceDetector {
         }
         let mut best = 0.0f32;
         for window in self.pending.chunks_exact(WINDOW) {
+            if window.iter().all(|s| s.unsigned_abs() <= SILENCE_PEAK) {
+                self.quiet = self.quiet.saturating_add(1);
+            } else {
+                self.quiet = 0;
+            }
+            if self.skip && self.quiet > SETTLE_WINDOWS {
+                #[cfg(test)]
+                {
+                    self.skipped += 1;
+                }
+                continue;
+            }
             best = best.max(self.detector.predict_i16(window));
         }
         self.pending.drain(..windows * WINDOW);
@@ -84,6 +120,30 @@ mod tests {
     fn voiced_frames(pcm: &[i16]) -> usize {
         let mut vad = VoiceDetector::new(0.9, 0.5);
         pcm.chunks(320).filter(|frame| vad.push(frame)).count()
+    }
+
+    /// Each frame's decision, with or without skipping inference on settled silence,
+    /// and the windows skipped.
+    fn decisions(pcm: &[i16], skip: bool) -> (Vec<bool>, usize) {
+        let mut vad = VoiceDetector::new(0.9, 0.5);
+        vad.skip = skip;
+        let decided = pcm.chunks(320).map(|frame| vad.push(frame)).collect();
+        (decided, vad.skipped)
+    }
+
+    #[test]
+    fn skipping_settled_silence_decides_every_frame_as_inference_would() {
+        // Silence long enough to settle, each utterance, silence, both again.
+        let mut pcm = vec![0i16; 32_000];
+        pcm.extend(fixture("speech.wav"));
+        pcm.extend(vec![0i16; 24_000]);
+        pcm.extend(fixture("quiet-speech.wav"));
+        pcm.extend(vec![3i16; 16_000]);
+        pcm.extend(fixture("two-utterances.wav"));
+        let ((skipping, skipped), (inferring, _)) = (decisions(&pcm, true), decisions(&pcm, false));
+        assert_eq!(skipping, inferring);
+        // Most of the silence went without inference.
+        assert!(skipped > 200, "{skipped} windows skipped");
     }
 
     #[test]
