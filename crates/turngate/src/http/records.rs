@@ -22,13 +22,9 @@ use turngate_store::manifest::{Artifact, Manifest};
 use turngate_store::retention::{self, Removed, Selector};
 use turngate_store::{Store, read};
 
+use super::sessions::{bad_query, limit};
 use crate::app::App;
 use crate::problem::Problem;
-
-/// Turns of a page when the request does not say.
-const DEFAULT_LIMIT: usize = 100;
-/// Most turns of a page.
-const MAX_LIMIT: usize = 1000;
 
 /// `?session=…`: which session's record of a turn id two sessions recorded.
 #[derive(serde::Deserialize)]
@@ -48,10 +44,6 @@ pub(super) struct Page {
 }
 
 type QueryResult<T> = Result<Query<T>, axum::extract::rejection::QueryRejection>;
-
-fn bad_query(e: impl std::fmt::Display) -> Problem {
-    Problem::new(ErrorCode::MalformedMessage, format!("bad query: {e}"))
-}
 
 /// The store, for an operator.
 fn store<'a>(app: &'a App, headers: &HeaderMap) -> Result<&'a Store, Problem> {
@@ -309,14 +301,7 @@ pub(super) async fn session_turns(
 ) -> Result<Response, Problem> {
     let store = store(&app, &headers)?;
     let Query(page) = query.map_err(bad_query)?;
-    let limit = match page.limit.unwrap_or(DEFAULT_LIMIT) {
-        n @ 1..=MAX_LIMIT => n,
-        n => {
-            return Err(bad_query(format!(
-                "limit must be 1 to {MAX_LIMIT}, not {n}"
-            )));
-        }
-    };
+    let limit = limit(page.limit)?;
     let id: SessionId = session
         .parse()
         .map_err(|_| Problem::new(ErrorCode::NotFound, "no such session"))?;

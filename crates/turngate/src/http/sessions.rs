@@ -43,7 +43,8 @@ pub(super) struct TurnsQuery {
     limit: Option<usize>,
 }
 
-fn limit(requested: Option<usize>) -> Result<usize, Problem> {
+/// A page's size: `requested`, default 100, 1 to 1000 (else `malformed_message`).
+pub(super) fn limit(requested: Option<usize>) -> Result<usize, Problem> {
     match requested.unwrap_or(DEFAULT_LIMIT) {
         n @ 1..=MAX_LIMIT => Ok(n),
         n => Err(Problem::new(
@@ -53,7 +54,8 @@ fn limit(requested: Option<usize>) -> Result<usize, Problem> {
     }
 }
 
-fn bad_query(e: impl std::fmt::Display) -> Problem {
+/// A query that does not parse: `malformed_message`, saying why.
+pub(super) fn bad_query(e: impl std::fmt::Display) -> Problem {
     Problem::new(ErrorCode::MalformedMessage, format!("bad query: {e}"))
 }
 
