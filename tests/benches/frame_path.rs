@@ -94,7 +94,59 @@ fn frame_path(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, frame_path, image_validation, image_limits);
+/// Tagging alone: the turn engine taking the fixture's frames (decoded and VAD-decided
+/// beforehand, outside the timing) and giving out each one tagged, pre-roll and turn
+/// lifecycle included. The target is at most 1 µs a frame.
+fn tagging(c: &mut Criterion) {
+    let packets = packets();
+    let mut dec = OpusTrackDecoder::new().unwrap();
+    let mut vad = VoiceDetector::new(0.9, 0.5);
+    let frames: Vec<(AudioFrame, bool)> = packets
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let pcm = pcm(dec.decode(
+                i as u16,
+                i as u32 * 960,
+                p,
+                Duration::from_millis(20 * i as u64),
+            ));
+            let voiced = vad.push(&pcm);
+            let frame = AudioFrame {
+                rtp_seq: i as u16,
+                rtp_timestamp: i as u32 * 960,
+                payload: Bytes::from(p.clone()),
+                pcm,
+                concealed_samples: 0,
+            };
+            (frame, voiced)
+        })
+        .collect();
+    let mut group = c.benchmark_group("tagging");
+    group.throughput(criterion::Throughput::Elements(frames.len() as u64));
+    group.bench_function("engine", |b| {
+        b.iter_batched(
+            || {
+                let session = SessionId::mint(1, &mut StdRng::seed_from_u64(1));
+                let engine =
+                    TurnEngine::new(TurnConfig::default(), session, 1, StdRng::seed_from_u64(2));
+                (engine, frames.clone())
+            },
+            |(mut engine, frames)| {
+                for (i, (frame, voiced)) in frames.into_iter().enumerate() {
+                    engine.handle_frame(Duration::from_millis(20 * i as u64), frame, voiced);
+                    while let Some(out) = engine.poll_output() {
+                        black_box(out);
+                    }
+                }
+            },
+            criterion::BatchSize::SmallInput,
+        )
+    });
+    group.finish();
+}
+
+criterion_group!(benches, frame_path, tagging, image_validation, image_limits);
 criterion_main!(benches);
 
 /// Image validation of a 1280×720 screenshot: reading the header (the baseline) against
