@@ -129,9 +129,9 @@ pub enum BackendError {
 }
 
 impl BackendError {
-    /// The same, with `key` [redacted](crate::client::ApiKey::redact) from every message
+    /// The same, with `key` [redacted](crate::key::ApiKey::redact) from every message
     /// the backend or the transport wrote.
-    pub(crate) fn redact(self, key: Option<&crate::client::ApiKey>) -> Self {
+    pub(crate) fn redact(self, key: Option<&crate::key::ApiKey>) -> Self {
         let Some(key) = key else {
             return self;
         };

@@ -2,6 +2,7 @@
 //! OpenAI-compatible HTTP API, with the turn id carried in band on every request.
 //!
 //! - [`client`]: one configured backend: base URL, model, key, timeout, retries;
+//! - [`key`]: its API key, never printed, redacted from what it says back;
 //! - [`slots`]: its call slots — a fair share per session, a bounded queue, shedding;
 //! - [`breaker`]: its circuit breaker, so a backend that is down fails fast;
 //! - [`chat`]: chat-completion messages, whose images become data URLs only as a
@@ -19,6 +20,7 @@ pub mod chat;
 pub mod client;
 pub mod context;
 pub mod error;
+pub mod key;
 pub mod llm;
 pub mod slots;
 pub mod tape;

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 
-use crate::client::ApiKey;
+use crate::key::ApiKey;
 
 /// The most bytes of one response body a tape keeps.
 pub const MAX_BODY: usize = 16 * 1024 * 1024;
