@@ -27,6 +27,30 @@ fn pcm(d: Decoded) -> Vec<i16> {
     }
 }
 
+/// Packet `i` decoded, VAD-decided and made into the frame the engine takes.
+fn frame(
+    i: usize,
+    packet: &[u8],
+    dec: &mut OpusTrackDecoder,
+    vad: &mut VoiceDetector,
+) -> (AudioFrame, bool) {
+    let pcm = pcm(dec.decode(
+        i as u16,
+        i as u32 * 960,
+        packet,
+        Duration::from_millis(20 * i as u64),
+    ));
+    let voiced = vad.push(&pcm);
+    let frame = AudioFrame {
+        rtp_seq: i as u16,
+        rtp_timestamp: i as u32 * 960,
+        payload: Bytes::copy_from_slice(packet),
+        pcm,
+        concealed_samples: 0,
+    };
+    (frame, voiced)
+}
+
 fn frame_path(c: &mut Criterion) {
     let packets = packets();
     let n = packets.len();
@@ -70,20 +94,7 @@ fn frame_path(c: &mut Criterion) {
             let mut engine =
                 TurnEngine::new(TurnConfig::default(), session, 1, StdRng::seed_from_u64(2));
             for (i, p) in packets.iter().enumerate() {
-                let pcm = pcm(dec.decode(
-                    i as u16,
-                    i as u32 * 960,
-                    p,
-                    Duration::from_millis(20 * i as u64),
-                ));
-                let voiced = vad.push(&pcm);
-                let frame = AudioFrame {
-                    rtp_seq: i as u16,
-                    rtp_timestamp: i as u32 * 960,
-                    payload: Bytes::from(p.clone()),
-                    pcm,
-                    concealed_samples: 0,
-                };
+                let (frame, voiced) = frame(i, p, &mut dec, &mut vad);
                 engine.handle_frame(Duration::from_millis(20 * i as u64), frame, voiced);
                 while let Some(out) = engine.poll_output() {
                     black_box(out);
@@ -104,23 +115,7 @@ fn tagging(c: &mut Criterion) {
     let frames: Vec<(AudioFrame, bool)> = packets
         .iter()
         .enumerate()
-        .map(|(i, p)| {
-            let pcm = pcm(dec.decode(
-                i as u16,
-                i as u32 * 960,
-                p,
-                Duration::from_millis(20 * i as u64),
-            ));
-            let voiced = vad.push(&pcm);
-            let frame = AudioFrame {
-                rtp_seq: i as u16,
-                rtp_timestamp: i as u32 * 960,
-                payload: Bytes::from(p.clone()),
-                pcm,
-                concealed_samples: 0,
-            };
-            (frame, voiced)
-        })
+        .map(|(i, p)| frame(i, p, &mut dec, &mut vad))
         .collect();
     let mut group = c.benchmark_group("tagging");
     group.throughput(criterion::Throughput::Elements(frames.len() as u64));

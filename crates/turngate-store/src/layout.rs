@@ -126,6 +126,16 @@ pub fn marker(node: &str, turn: TurnId, session: SessionId) -> Path {
     Path::from(format!("open/{node}/{turn}/{session}"))
 }
 
+/// What a marker's key names: `open/{node}/{turn}[/{session}]` as (node, turn, session;
+/// markers from before they named the session have none). `None` for another key.
+pub fn parse_marker(key: &Path) -> Option<(String, String, Option<String>)> {
+    let mut parts = key.parts().map(|p| p.as_ref().to_owned());
+    if parts.next()? != "open" {
+        return None;
+    }
+    Some((parts.next()?, parts.next()?, parts.next()))
+}
+
 /// The markers of `node`.
 pub fn markers(node: &str) -> Path {
     Path::from(format!("open/{node}"))

@@ -270,11 +270,10 @@ async fn open_turns(store: &Store) -> Result<Vec<Open>, Error> {
         .await?
         .into_iter()
         .filter_map(|m| {
-            let mut parts = m.location.parts().skip(2).map(|p| p.as_ref().to_owned());
-            let turn = parts.next()?;
+            let (_, turn, session) = crate::layout::parse_marker(&m.location)?;
             Some(Open {
                 turn,
-                session: parts.next(),
+                session,
                 key: m.location,
             })
         })

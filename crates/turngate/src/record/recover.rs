@@ -77,7 +77,7 @@ impl Recorder {
         let mut finished = self.recover_own().await;
         let nodes: BTreeSet<String> = open
             .iter()
-            .filter_map(|m| m.location.parts().nth(1).map(|p| p.as_ref().to_owned()))
+            .filter_map(|m| layout::parse_marker(&m.location).map(|(node, ..)| node))
             .filter(|n| n != self.node_id())
             .collect();
         for node in nodes {
@@ -118,14 +118,10 @@ impl Recorder {
         };
         let mut finished = 0;
         for meta in markers {
-            // open/{node}/{turn}/{session}: a turn this process records now stays open.
-            let key: Vec<String> = meta
-                .location
-                .parts()
-                .skip(2)
-                .map(|p| p.as_ref().to_owned())
-                .collect();
-            if self.is_live(&key.join("/")) {
+            // A turn this process records now stays open.
+            if let Some((_, turn, Some(session))) = layout::parse_marker(&meta.location)
+                && self.is_live(&format!("{turn}/{session}"))
+            {
                 continue;
             }
             match self.finish_marker(&meta.location).await {
