@@ -409,6 +409,13 @@ async fn turns_beyond_the_backend_queue_are_shed_and_the_queue_depth_is_visible(
             .wait("turn.started", 1, Duration::from_secs(5))
             .await?;
         client.send_packets(&packets[25..30], &[]).await?;
+        // Audio and the data channel are two transports: the turn gets its audio (and
+        // so an ASR call) only if the packets land before its end.
+        let (id, sent) = (client.session_id().await?, client.packets_sent());
+        gw.wait_session(&id, Duration::from_secs(10), |s| {
+            s["counters"]["frames_received"] == sent && s["counters"]["frames_pending"] == 0
+        })
+        .await?;
         client
             .send_event(serde_json::json!({"type": "turn.end"}))
             .await
@@ -421,12 +428,30 @@ async fn turns_beyond_the_backend_queue_are_shed_and_the_queue_depth_is_visible(
             .filter(|e| code.is_none_or(|code| e["code"] == code))
             .count()
     };
-    // Two run, eight wait, forty are shed at once, failed with `overloaded` (each
-    // client's inbox is read one after the other, so both counts are awaited). The
-    // queue timeout (6 s, shorter than the 10 s ASR hangs) is long enough that a
-    // loaded machine sees this state before the waiting eight are shed too.
-    wait_until(Duration::from_secs(6), || {
-        count("turn.completed", None) == 40 && count("error", Some("overloaded")) == 40
+    let shed = |reason: &'static str| {
+        format!("turngate_backend_shed_total{{backend=\"asr\",reason=\"{reason}\"}}")
+    };
+    // Two run, eight wait, forty are shed at once: the gateway's own counts, read while
+    // the eight wait (the queue timeout, 6 s, is shorter than the 10 s ASR hangs).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(6);
+    while gw.metric(&shed("queue_full")).await? != 40.0 {
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "not 40 shed in time"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        gw.metric("turngate_backend_queued{backend=\"asr\"}")
+            .await?,
+        8.0
+    );
+    assert_eq!(gw.metric("turngate_turns_processing").await?, 10.0);
+    // The waiting ones are shed when no slot comes free within the queue timeout. Every
+    // shed turn completes failed and tells its client `overloaded` (each client's inbox
+    // is read one after the other, so both counts are awaited).
+    wait_until(Duration::from_secs(20), || {
+        count("turn.completed", None) == 48 && count("error", Some("overloaded")) == 48
     })
     .await
     .with_context(|| {
@@ -441,16 +466,6 @@ async fn turns_beyond_the_backend_queue_are_shed_and_the_queue_depth_is_visible(
                 .collect::<Vec<_>>()
         )
     })?;
-    let shed = |reason: &'static str| {
-        format!("turngate_backend_shed_total{{backend=\"asr\",reason=\"{reason}\"}}")
-    };
-    assert_eq!(gw.metric(&shed("queue_full")).await?, 40.0);
-    assert_eq!(
-        gw.metric("turngate_backend_queued{backend=\"asr\"}")
-            .await?,
-        8.0
-    );
-    assert_eq!(gw.metric("turngate_turns_processing").await?, 10.0);
     let completed: Vec<_> = clients
         .iter()
         .flat_map(|c| c.inbox.of("turn.completed"))
@@ -461,12 +476,7 @@ async fn turns_beyond_the_backend_queue_are_shed_and_the_queue_depth_is_visible(
             .all(|c| c["status"] == "failed" && c["stages"]["asr"] == "failed"),
         "{completed:#?}"
     );
-    // The waiting ones are shed when no slot comes free within the queue timeout.
-    wait_until(Duration::from_secs(20), || {
-        count("turn.completed", None) == 48
-    })
-    .await?;
-    assert_eq!(count("error", Some("overloaded")), 48);
+    assert_eq!(gw.metric(&shed("queue_full")).await?, 40.0);
     assert_eq!(gw.metric(&shed("queue_timeout")).await?, 8.0);
     assert_eq!(
         gw.metric("turngate_backend_queued{backend=\"asr\"}")
