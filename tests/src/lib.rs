@@ -416,6 +416,8 @@ pub fn encode_opus_frames(rate: u32, pcm: &[i16], frame_ms: usize) -> anyhow::Re
 #[derive(Clone, Default)]
 pub struct Inbox {
     events: Arc<Mutex<Vec<Value>>>,
+    /// When each event arrived, in the same order.
+    received: Arc<Mutex<Vec<Instant>>>,
     notify: Arc<Notify>,
 }
 
@@ -423,6 +425,13 @@ impl Inbox {
     /// All events so far.
     pub fn all(&self) -> Vec<Value> {
         self.events.lock().unwrap().clone()
+    }
+
+    /// All events so far, each with when the client received it.
+    pub fn stamped(&self) -> Vec<(Instant, Value)> {
+        let events = self.events.lock().unwrap().clone();
+        let received = self.received.lock().unwrap().clone();
+        received.into_iter().zip(events).collect()
     }
 
     /// Events of one type.
@@ -457,7 +466,10 @@ impl Inbox {
     }
 
     fn push(&self, event: Value) {
-        self.events.lock().unwrap().push(event);
+        let mut events = self.events.lock().unwrap();
+        self.received.lock().unwrap().push(Instant::now());
+        events.push(event);
+        drop(events);
         self.notify.notify_waiters();
     }
 }

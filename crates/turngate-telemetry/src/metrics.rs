@@ -13,6 +13,12 @@ pub const LATENCY_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 ];
 
+/// Buckets in seconds for the gateway's own per-frame latency, 50 µs to 100 ms (the
+/// target is 2 ms at p99: issue 14).
+pub const FRAME_LATENCY_BUCKETS: &[f64] = &[
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002, 0.005, 0.01, 0.025, 0.1,
+];
+
 /// A counter per label values.
 pub struct CounterVec<const N: usize> {
     name: &'static str,
@@ -145,6 +151,8 @@ pub struct Metrics {
     pub backend_duration: HistogramVec<2>,
     /// LLM time to first token.
     pub llm_first_token: HistogramVec<0>,
+    /// From an RTP packet's receipt to its tagged frame in its turn's buffer.
+    pub frame_latency: HistogramVec<0>,
     /// HTTP connections closed, by why.
     pub http_connections_closed: CounterVec<1>,
     /// Offers refused, by error code.
@@ -182,6 +190,16 @@ impl Default for Metrics {
                 "From the LLM request to its first streamed token.",
                 [],
                 LATENCY_BUCKETS,
+            ),
+            frame_latency: HistogramVec::new(
+                "turngate_frame_latency_seconds",
+                "From an RTP packet's receipt (the WebRTC stack yielding it to the session) \
+                 to its tagged frame in its turn's buffer: queueing, Opus decoding, VAD, \
+                 tagging and the hand-over to the turn's owner. Frames held in pre-roll \
+                 (tagged when their turn opened after them) and frames outside turns are \
+                 not observed.",
+                [],
+                FRAME_LATENCY_BUCKETS,
             ),
             http_connections_closed: CounterVec::new(
                 "turngate_http_connections_closed_total",
@@ -232,6 +250,7 @@ impl Metrics {
         self.turns_completed.write(out);
         self.backend_duration.write(out);
         self.llm_first_token.write(out);
+        self.frame_latency.write(out);
     }
 }
 

@@ -1,6 +1,7 @@
 //! Load generator for capacity runs: N concurrent webrtc-rs sessions, each sending
 //! pre-encoded Opus packets at exact real-time pacing (packet i at its start plus
-//! i × 20 ms, sessions spread across the 20 ms), optionally holding client turns
+//! i × 20 ms, sessions spread across the 20 ms, session k starting k/N of the way into
+//! the recording so that their turns do not end all at once), optionally holding client turns
 //! (`turn.start` … `turn.end`) with an image uploaded into each. Nothing is encoded
 //! while it runs: the packets come from an Ogg Opus file (a turn record's
 //! `audio.received.ogg`, or `opusenc` output), or are encoded once, before, from a WAV
@@ -8,7 +9,10 @@
 //!
 //! Prints one JSON object: offer-to-connected percentiles as the client saw them,
 //! packets sent, the events each session received, the kernel's UDP receive errors
-//! during the run, the receiver's CPU and RSS (with `--pid`), and — with the operator
+//! during the run, the receiver's CPU and RSS (with `--pid`), the gateway's per-frame
+//! latency over the run (from its `turngate_frame_latency_seconds` histogram), the
+//! time from each `turn.ended` to the turn's first `response.delta` as the clients
+//! received them (with backends configured), and — with the operator
 //! credential, or on an open gateway — each session's `frames_received` checked against
 //! what it sent. Any other receiver that answers WHIP at `/v1/whip` works too (with
 //! `--no-check`: its packet count is read from `GET /stats` if it has one).
@@ -28,6 +32,9 @@ use anyhow::Context;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 use turngate_e2e::{Client, Gateway, data, encode_opus, post_offer_with, tokens, wav};
+
+/// The gateway's histogram of its own per-frame latency (receipt to turn buffer).
+const FRAME_LATENCY: &str = "turngate_frame_latency_seconds";
 
 struct Args {
     base: String,
@@ -158,6 +165,119 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
+/// The cumulative buckets of a Prometheus histogram on the receiver's `/metrics`, as
+/// (upper bound in seconds, count) with `+Inf` last; `None` where the receiver has no
+/// such histogram (a baseline).
+async fn histogram(gw: &Gateway, name: &str) -> Option<Vec<(f64, u64)>> {
+    let text = gw
+        .http
+        .get(format!("{}/metrics", gw.base))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    let prefix = format!("{name}_bucket{{le=\"");
+    let buckets: Vec<(f64, u64)> = text
+        .lines()
+        .filter_map(|line| {
+            let (le, count) = line.strip_prefix(&prefix)?.split_once("\"} ")?;
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            Some((le, count.trim().parse().ok()?))
+        })
+        .collect();
+    (!buckets.is_empty()).then_some(buckets)
+}
+
+/// The frames a histogram observed between two reads, and for each percentile asked
+/// the upper bound of the bucket it falls in (what a bucketed histogram can say).
+fn histogram_delta(before: &[(f64, u64)], after: &[(f64, u64)]) -> Value {
+    let delta: Vec<(f64, u64)> = after
+        .iter()
+        .map(|(le, n)| {
+            let was = before.iter().find(|(b, _)| b == le).map_or(0, |(_, n)| *n);
+            (*le, n.saturating_sub(was))
+        })
+        .collect();
+    let total = delta.last().map_or(0, |(_, n)| *n);
+    let bound = |p: f64| {
+        let want = (p / 100.0 * total as f64).ceil() as u64;
+        delta
+            .iter()
+            .find(|(_, n)| *n >= want.max(1))
+            .map(|(le, _)| {
+                if le.is_finite() {
+                    json!(le * 1000.0)
+                } else {
+                    json!("+Inf")
+                }
+            })
+    };
+    let within = |ms: f64| {
+        delta
+            .iter()
+            .find(|(le, _)| (le * 1000.0 - ms).abs() < 1e-9)
+            .map(|(_, n)| *n as f64 / total.max(1) as f64)
+    };
+    json!({
+        "observed": total,
+        "p50_ms_at_most": bound(50.0),
+        "p99_ms_at_most": bound(99.0),
+        "p999_ms_at_most": bound(99.9),
+        "share_within_1ms": within(1.0),
+        "share_within_2ms": within(2.0),
+    })
+}
+
+/// For each turn a client heard end (`turn.ended`) and then answered
+/// (`response.delta`), the milliseconds between the two as the client received them,
+/// by the turn's end reason. Both travel on the same data channel, so this is the
+/// gateway's time from the end of the turn's input (for a VAD turn, the hangover
+/// elapsed) to the first token it forwards, backends included. Only turns that ended
+/// while every session was still streaming count: when the streams stop together,
+/// every session's last turn ends at once, a burst no real load has.
+fn end_to_first_delta(clients: &[Arc<Client>], until: Instant) -> Value {
+    let mut by_reason: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    for client in clients {
+        let events = client.inbox.stamped();
+        let ended = events
+            .iter()
+            .filter(|(at, e)| e["type"] == "turn.ended" && *at < until);
+        for (ended_at, ended) in ended {
+            let turn = &ended["turn_id"];
+            let first = events
+                .iter()
+                .find(|(_, e)| e["type"] == "response.delta" && e["turn_id"] == *turn);
+            if let Some((delta_at, _)) = first {
+                let ms = delta_at.saturating_duration_since(*ended_at).as_secs_f64() * 1000.0;
+                let reason = ended["reason"].as_str().unwrap_or("?").to_owned();
+                by_reason.entry(reason).or_default().push(ms);
+            }
+        }
+    }
+    let round = |v: f64| (v * 100.0).round() / 100.0;
+    by_reason
+        .into_iter()
+        .map(|(reason, mut ms)| {
+            ms.sort_by(f64::total_cmp);
+            let summary = json!({
+                "turns": ms.len(),
+                "p50": round(percentile(&ms, 50.0)),
+                "p90": round(percentile(&ms, 90.0)),
+                "p99": round(percentile(&ms, 99.0)),
+                "max": round(ms.last().copied().unwrap_or(0.0)),
+            });
+            (reason, summary)
+        })
+        .collect::<serde_json::Map<String, Value>>()
+        .into()
+}
+
 /// `Bearer …` for session `n`: the given token, a token of its own minted with the
 /// secret, or none (an open gateway).
 fn authorization(a: &Args, n: usize) -> Option<String> {
@@ -191,17 +311,25 @@ async fn connect(gw: &Gateway, bearer: Option<String>) -> anyhow::Result<(Client
     Ok((client, started.elapsed().as_secs_f64() * 1000.0))
 }
 
-/// Sends `packets` in real time from `start`, looped to fill `seconds`, holding a
-/// client turn every `turn_ms` (0: none) with `image` uploaded into it.
+/// Sends `packets` in real time, looped to fill `seconds` and starting `offset`
+/// packets in (so that sessions do not all speak and pause at once), holding a client
+/// turn every `turn_ms` (0: none) with `image` uploaded into it.
 async fn stream(
     client: &Client,
     packets: &[Vec<u8>],
+    offset: usize,
     seconds: u64,
     turn_ms: u64,
     image: Option<&[u8]>,
 ) -> anyhow::Result<()> {
     let total = (seconds * 50) as usize;
-    let looped: Vec<Vec<u8>> = packets.iter().cycle().take(total).cloned().collect();
+    let looped: Vec<Vec<u8>> = packets
+        .iter()
+        .cycle()
+        .skip(offset)
+        .take(total)
+        .cloned()
+        .collect();
     if turn_ms == 0 {
         return client.send_packets(&looped, &[]).await;
     }
@@ -269,6 +397,7 @@ async fn main() -> anyhow::Result<()> {
 
     // Stream, every session at once, their starts spread across one packet time.
     let udp_before = udp_errors()?;
+    let latency_before = histogram(&gw, FRAME_LATENCY).await;
     let spread = Duration::from_millis(20) / (clients.len().max(1) as u32);
     let clients: Vec<Arc<Client>> = clients.into_iter().map(Arc::new).collect();
     let mut tasks = Vec::new();
@@ -281,9 +410,12 @@ async fn main() -> anyhow::Result<()> {
         );
         tasks.push(tokio::spawn(async move {
             tokio::time::sleep(spread * k as u32).await;
+            // Session k starts k/N of the way into the recording.
+            let offset = k * packets.len() / a.sessions.max(1);
             stream(
                 &client,
                 &packets,
+                offset,
                 a.seconds,
                 a.turn_ms,
                 image.as_deref().map(|v| &v[..]),
@@ -296,6 +428,8 @@ async fn main() -> anyhow::Result<()> {
     let window_start = (a.pid.map(sample).transpose()?, Instant::now());
     tokio::time::sleep(Duration::from_secs(a.seconds.saturating_sub(2).max(1))).await;
     let window_end = (a.pid.map(sample).transpose()?, Instant::now());
+    // Every session still streams until then (the last starts 20 ms after the first).
+    let streaming_until = window_end.1;
     for task in tasks {
         task.await??;
     }
@@ -303,6 +437,11 @@ async fn main() -> anyhow::Result<()> {
     // Let the last packets land before the counters are read.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let udp_after = udp_errors()?;
+    let frame_latency = match (latency_before, histogram(&gw, FRAME_LATENCY).await) {
+        (Some(before), Some(after)) => histogram_delta(&before, &after),
+        (None, Some(after)) => histogram_delta(&[], &after),
+        _ => json!(null),
+    };
 
     let mut events: BTreeMap<String, u64> = BTreeMap::new();
     for client in &clients {
@@ -374,6 +513,8 @@ async fn main() -> anyhow::Result<()> {
             "udp_rcvbuf_errors": udp_after.0 - udp_before.0,
             "udp_in_errors": udp_after.1 - udp_before.1,
             "receiver": cpu,
+            "frame_latency": frame_latency,
+            "turn_end_to_first_delta_ms": end_to_first_delta(&clients, streaming_until),
         })
     );
     anyhow::ensure!(

@@ -155,7 +155,14 @@ impl Default for SessionConfig {
 #[derive(Debug)]
 pub enum Downstream {
     /// A frame with its final tag.
-    Frame(Tagged<AudioFrame>),
+    Frame {
+        /// The frame.
+        frame: Tagged<AudioFrame>,
+        /// Whether the engine held it before tagging it: a pre-roll frame, tagged when
+        /// its turn opened after it. Any other frame is tagged as it is taken, so its
+        /// latency from receipt to the consumer is the gateway's own.
+        held: bool,
+    },
     /// A turn opened. `cancel` fires when the user speaks over the turn (barge-in)
     /// before it completes: every stage of it still running stops.
     TurnStarted {
@@ -465,7 +472,9 @@ impl Driver {
                     };
                     counter.fetch_add(1, Ordering::Relaxed);
                     if frame.turn_id.is_some() {
-                        self.send_downstream(Downstream::Frame(frame)).await;
+                        let held = frame.at < self.at;
+                        self.send_downstream(Downstream::Frame { frame, held })
+                            .await;
                     }
                 }
                 Output::TurnStarted(turn) => {

@@ -184,6 +184,12 @@ impl SessionShared {
         self.uploads.send(request).await.map_err(|_| session_gone())
     }
 
+    /// The session clock now: the time since the session started, the clock its inputs
+    /// are stamped with (`Tagged::at`).
+    pub fn elapsed(&self) -> std::time::Duration {
+        self.clock.elapsed()
+    }
+
     /// When and why the session ended, if it has.
     pub fn ended(&self) -> Option<(SystemTime, SessionEnd)> {
         *self.ended.borrow()
