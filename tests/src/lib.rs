@@ -511,6 +511,9 @@ pub struct Client {
     pub authorization: Option<String>,
     /// RTP packets written to the track, and the (sequence number, timestamp) of the next.
     rtp: Mutex<(u64, u16, u32)>,
+    /// Paced packets written more than one packet time (20 ms) after their time, and
+    /// the latest any was: a load generator short of CPU.
+    late: Mutex<(u64, Duration)>,
 }
 
 impl Client {
@@ -552,6 +555,7 @@ impl Client {
             location,
             authorization: None,
             rtp: Mutex::new((0, 1000, 0)),
+            late: Mutex::default(),
         };
         client.wait_connected().await?;
         Ok(client)
@@ -687,6 +691,12 @@ impl Client {
         self.rtp.lock().unwrap().0
     }
 
+    /// Of the packets sent in real time, how many left more than 20 ms after their
+    /// time, and the most any was late.
+    pub fn packets_late(&self) -> (u64, Duration) {
+        *self.late.lock().unwrap()
+    }
+
     /// Sends a binary message on the data channel.
     pub async fn send_binary(&self, message: &[u8]) -> anyhow::Result<()> {
         let dc = self.channel.as_ref().context("no data channel")?;
@@ -778,7 +788,14 @@ impl Client {
     ) -> anyhow::Result<()> {
         let start = tokio::time::Instant::now();
         for (i, payload) in packets.iter().enumerate() {
-            tokio::time::sleep_until(start + pace * i as u32).await;
+            let due = start + pace * i as u32;
+            tokio::time::sleep_until(due).await;
+            if !pace.is_zero() {
+                let behind = due.elapsed();
+                let mut late = self.late.lock().unwrap();
+                late.0 += u64::from(behind > Duration::from_millis(20));
+                late.1 = late.1.max(behind);
+            }
             let (seq, timestamp) = {
                 let mut rtp = self.rtp.lock().unwrap();
                 let next = (rtp.1, rtp.2);

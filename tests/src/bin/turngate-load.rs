@@ -426,14 +426,22 @@ async fn main() -> anyhow::Result<()> {
     // The receiver's CPU over a window in which every session streams.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let window_start = (a.pid.map(sample).transpose()?, Instant::now());
+    let own_start = sample(std::process::id())?.0;
     tokio::time::sleep(Duration::from_secs(a.seconds.saturating_sub(2).max(1))).await;
     let window_end = (a.pid.map(sample).transpose()?, Instant::now());
+    let own_cpu = sample(std::process::id())?.0 - own_start;
     // Every session still streams until then (the last starts 20 ms after the first).
     let streaming_until = window_end.1;
     for task in tasks {
         task.await??;
     }
     let sent: Vec<u64> = clients.iter().map(|c| c.packets_sent()).collect();
+    let late = clients
+        .iter()
+        .map(|c| c.packets_late())
+        .fold((0, Duration::ZERO), |(n, max), (m, most)| {
+            (n + m, max.max(most))
+        });
     // Let the last packets land before the counters are read.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let udp_after = udp_errors()?;
@@ -460,20 +468,30 @@ async fn main() -> anyhow::Result<()> {
         }
     } else {
         let mut mismatched = Vec::new();
-        let mut received_total = 0;
+        let (mut received_total, mut dropped_total) = (0, 0);
         for (id, sent) in ids.iter().zip(&sent) {
             let mut request = gw.http.get(format!("{}/v1/sessions/{id}", gw.base));
             if let Some(token) = &a.admin_token {
                 request = request.bearer_auth(token);
             }
             let session: Value = request.send().await?.error_for_status()?.json().await?;
-            let received = session["counters"]["frames_received"].as_u64().unwrap_or(0);
+            let counters = &session["counters"];
+            let received = counters["frames_received"].as_u64().unwrap_or(0);
+            // Received, but dropped before the turn engine (its queue was full).
+            let dropped = counters["frames_dropped_backpressure"]
+                .as_u64()
+                .unwrap_or(0);
             received_total += received;
-            if received != *sent {
-                mismatched.push(json!({"session_id": id, "sent": sent, "received": received}));
+            dropped_total += dropped;
+            if received != *sent || dropped > 0 {
+                mismatched.push(json!({"session_id": id, "sent": sent, "received": received, "dropped": dropped}));
             }
         }
-        checked = json!({"frames_received": received_total, "mismatched": mismatched});
+        checked = json!({
+            "frames_received": received_total,
+            "frames_dropped_backpressure": dropped_total,
+            "mismatched": mismatched,
+        });
     }
     for client in &clients {
         let _ = client.delete(&gw).await;
@@ -508,11 +526,20 @@ async fn main() -> anyhow::Result<()> {
                 "max": round(connect_ms.last().copied().unwrap_or(0.0)),
             },
             "packets_sent": sent.iter().sum::<u64>(),
+            // Packets this generator sent more than 20 ms after their time (it was
+            // short of CPU: the run no longer offers real-time load), and the worst.
+            "packets_sent_late": late.0,
+            "max_send_lateness_ms": round(late.1.as_secs_f64() * 1000.0),
             "counters": checked,
             "events": events,
             "udp_rcvbuf_errors": udp_after.0 - udp_before.0,
             "udp_in_errors": udp_after.1 - udp_before.1,
             "receiver": cpu,
+            // Its own CPU over the same window: a load generator near a full core
+            // paces late, and the figures above no longer hold.
+            "load_generator_millicores": round(
+                own_cpu / window_end.1.duration_since(window_start.1).as_secs_f64() * 1000.0
+            ),
             "frame_latency": frame_latency,
             "turn_end_to_first_delta_ms": end_to_first_delta(&clients, streaming_until),
         })
