@@ -344,18 +344,29 @@ impl Driver {
             port,
             ..
         } = peer;
-        let connect_deadline = self.clock + self.config.connect_timeout;
+        let connect_deadline = tokio::time::sleep_until(self.clock + self.config.connect_timeout);
+        // One timer for the engine's and the uploads' next deadline, moved only when the
+        // deadline moves: most wake-ups (an RTP packet every 20 ms) leave it where it is.
+        let tick = tokio::time::sleep_until(self.clock);
+        tokio::pin!(connect_deadline, tick);
+        let mut armed = None;
         let why = loop {
             if let Some((why, at)) = self.closing {
                 break self.drain_before_close(why, at).await;
             }
             // Whether the peer has connected: kept once, where the API reads it too.
             let connected = *self.shared.connected.borrow();
-            let tick = [self.engine.poll_timeout(), self.uploads.poll_timeout()]
+            let next = [self.engine.poll_timeout(), self.uploads.poll_timeout()]
                 .into_iter()
                 .flatten()
                 .min()
                 .map(|d| self.clock + d);
+            if next != armed {
+                if let Some(deadline) = next {
+                    tick.as_mut().reset(deadline);
+                }
+                armed = next;
+            }
             tokio::select! {
                 biased;
                 _ = self.close.changed() => self.closing = *self.close.borrow_and_update(),
@@ -391,14 +402,15 @@ impl Driver {
                         self.on_input(input).await;
                     }
                 }
-                _ = sleep_until_opt(tick) => {
+                () = &mut tick, if armed.is_some() => {
+                    armed = None;
                     self.catch_up().await;
                     let at = self.stamp_now();
                     self.engine.handle_tick(at);
                     self.expire_uploads(at).await;
                     self.drain().await;
                 }
-                _ = tokio::time::sleep_until(connect_deadline), if !connected => break SessionEnd::ConnectTimeout,
+                () = &mut connect_deadline, if !connected => break SessionEnd::ConnectTimeout,
             }
         };
         self.finish(why, connection, port).await;
@@ -653,12 +665,5 @@ impl Driver {
             self.stamp_now();
             self.on_to_client(message).await;
         }
-    }
-}
-
-async fn sleep_until_opt(deadline: Option<Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
-        None => std::future::pending().await,
     }
 }
