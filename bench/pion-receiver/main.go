@@ -1,11 +1,12 @@
 // The capacity baseline on another stack: a WHIP receiver on Pion (Debian's
 // golang-github-pion-webrtc.v3-dev) that only reads each session's RTP and decodes it
-// with libopus at 48 kHz (a cgo call, the same library the gateway uses). POST
+// with libopus (a cgo call, the same library the gateway uses) at 16 kHz by default,
+// the rate the gateway decodes at (-decode-rate 48000 for a receiver that plays). POST
 // /v1/whip answers 201 with Location /v1/whip/{n}; DELETE /v1/whip/{n} ends it; GET
 // /stats counts packets received and decoded.
 //
-// Build offline (GOPATH mode; the one-line go.mod maps github.com/pion/webrtc/v3 onto
-// Debian's unversioned path): see scripts/bench-capacity.
+// Build offline in GOPATH mode against Debian's unversioned Pion under
+// /usr/share/gocode: see build_pion in scripts/lib/receivers.sh.
 package main
 
 /*
@@ -40,9 +41,12 @@ var (
 	api              *webrtc.API
 )
 
+// decodeRate is libopus's output rate (Hz).
+var decodeRate = 16000
+
 func decode(track *webrtc.TrackRemote) {
 	var err C.int
-	dec := C.opus_decoder_create(48000, 1, &err)
+	dec := C.opus_decoder_create(C.opus_int32(decodeRate), 1, &err)
 	defer C.opus_decoder_destroy(dec)
 	pcm := make([]C.opus_int16, 5760)
 	for {
@@ -113,6 +117,7 @@ func main() {
 	listen := flag.String("listen", "127.0.0.1:18082", "HTTP address")
 	minPort := flag.Uint("port-min", 43000, "first media port")
 	maxPort := flag.Uint("port-max", 43999, "last media port")
+	flag.IntVar(&decodeRate, "decode-rate", decodeRate, "libopus output rate (Hz)")
 	flag.Parse()
 
 	m := &webrtc.MediaEngine{}

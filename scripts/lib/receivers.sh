@@ -41,10 +41,16 @@ start_receiver() {
   esac
   RECEIVER_PID=$!
   for _ in $(seq 200); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$RECEIVER_PORT") 2>/dev/null && break
+    if (exec 3<>"/dev/tcp/127.0.0.1/$RECEIVER_PORT") 2>/dev/null; then
+      sleep 1
+      return 0
+    fi
     sleep 0.05
   done
-  sleep 1
+  echo "$name does not listen on $RECEIVER_PORT; its log:" >&2
+  tail -20 "$store/${name%-norecord}.log" >&2 || true
+  kill "$RECEIVER_PID" 2>/dev/null || true
+  return 1
 }
 
 # Builds bench/pion-receiver into DIR, offline, in GOPATH mode: Debian's Pion is

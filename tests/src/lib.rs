@@ -790,12 +790,6 @@ impl Client {
         for (i, payload) in packets.iter().enumerate() {
             let due = start + pace * i as u32;
             tokio::time::sleep_until(due).await;
-            if !pace.is_zero() {
-                let behind = due.elapsed();
-                let mut late = self.late.lock().unwrap();
-                late.0 += u64::from(behind > Duration::from_millis(20));
-                late.1 = late.1.max(behind);
-            }
             let (seq, timestamp) = {
                 let mut rtp = self.rtp.lock().unwrap();
                 let next = (rtp.1, rtp.2);
@@ -820,6 +814,13 @@ impl Client {
             };
             self.track.write_rtp(packet).await?;
             self.rtp.lock().unwrap().0 += 1;
+            if !pace.is_zero() {
+                // Taken once the stack has the packet: a full send queue shows here.
+                let behind = due.elapsed();
+                let mut late = self.late.lock().unwrap();
+                late.0 += u64::from(behind > Duration::from_millis(20));
+                late.1 = late.1.max(behind);
+            }
         }
         Ok(())
     }

@@ -8,6 +8,8 @@ use turngate_e2e::workspace;
 #[tokio::test]
 async fn the_capacity_benchmark_runs_all_three_receivers_and_counts_every_packet()
 -> anyhow::Result<()> {
+    // The gateway as the sources are now (the script runs target/debug/turngate).
+    turngate_e2e::binary();
     let output = tokio::process::Command::new(workspace().join("scripts/bench-capacity"))
         .args(["10", "5", "1"])
         // The suite's debug builds, in the suite's loopback-only network namespace.

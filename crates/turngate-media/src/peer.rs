@@ -36,11 +36,32 @@ const PEER_EVENT_QUEUE: usize = 32;
 /// `scripts/bench-capacity`).
 const ICE_CHECK_INTERVAL: Duration = Duration::from_millis(20);
 const ICE_MAX_BINDING_REQUESTS: u16 = 70;
+/// Most UDP ICE candidates an offer may carry. The gateway sends connectivity checks
+/// to every address an offer names (up to [`ICE_MAX_BINDING_REQUESTS`] per pair, 50 a
+/// second), so the count bounds what one offer can make it send towards addresses of
+/// the poster's choosing. A browser offers a handful to a dozen (host candidates per
+/// interface and address family, server-reflexive, relay).
+pub const MAX_OFFER_CANDIDATES: usize = 24;
 
 /// Checks that an SDP offer is SDP, has audio the gateway can receive, and offers Opus.
 pub fn check_offer(sdp: &str) -> Result<(), MediaError> {
     let parsed = rtc::sdp::SessionDescription::try_from(sdp.to_owned())
         .map_err(|e| MediaError::InvalidSdp(e.to_string()))?;
+    let candidates = parsed
+        .attributes
+        .iter()
+        .chain(parsed.media_descriptions.iter().flat_map(|m| &m.attributes))
+        .filter(|a| a.key == "candidate")
+        .filter(|a| {
+            let transport = a.value.as_deref().and_then(|v| v.split_whitespace().nth(2));
+            transport.is_some_and(|t| t.eq_ignore_ascii_case("udp"))
+        })
+        .count();
+    if candidates > MAX_OFFER_CANDIDATES {
+        return Err(MediaError::InvalidSdp(format!(
+            "the offer carries {candidates} UDP ICE candidates; at most {MAX_OFFER_CANDIDATES} are taken"
+        )));
+    }
     let audio: Vec<_> = parsed
         .media_descriptions
         .iter()
@@ -370,6 +391,12 @@ mod tests {
         let two_tracks = OFFER.to_owned()
             + "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=sendonly\r\na=rtpmap:111 opus/48000/2\r\n";
         assert_eq!(code(&two_tracks), InvalidSdp);
+        let candidate =
+            |n: usize| format!("a=candidate:{n} 1 udp 2130706431 192.0.2.{n} 9 typ host\r\n");
+        let within: String = (1..=MAX_OFFER_CANDIDATES).map(candidate).collect();
+        assert!(check_offer(&(OFFER.to_owned() + &within)).is_ok());
+        let over = within + &candidate(MAX_OFFER_CANDIDATES + 1);
+        assert_eq!(code(&(OFFER.to_owned() + &over)), InvalidSdp);
     }
 
     proptest::proptest! {

@@ -195,9 +195,9 @@ impl Default for Metrics {
                 "turngate_frame_latency_seconds",
                 "From an RTP packet's receipt (the WebRTC stack yielding it to the session) \
                  to its tagged frame in its turn's buffer: queueing, Opus decoding, VAD, \
-                 tagging and the hand-over to the turn's owner. Frames held in pre-roll \
-                 (tagged when their turn opened after them) and frames outside turns are \
-                 not observed.",
+                 tagging and the hand-over to the turn's owner and record. Frames held in \
+                 pre-roll (tagged when their turn opened after them) and frames outside \
+                 turns are not observed.",
                 [],
                 FRAME_LATENCY_BUCKETS,
             ),

@@ -1,6 +1,7 @@
 //! The capacity baseline on the gateway's own WebRTC stack: a WHIP receiver that only
-//! reads each session's RTP and decodes it with libopus (48 kHz, as a receiver that
-//! plays or analyses audio must), on the same `webrtc` crate version and peer setup as
+//! reads each session's RTP and decodes it with libopus (at 16 kHz by default, the rate
+//! the gateway decodes at, so both do the same decoding work; `--decode-rate 48000` for
+//! a receiver that plays audio), on the same `webrtc` crate version and peer setup as
 //! the gateway (`turngate_media::peer::answer`). Whatever turngate costs beyond it is
 //! turngate's own work: turns, tags, VAD, records, telemetry.
 //!
@@ -10,6 +11,7 @@
 //!
 //! ```text
 //! turngate-bare-receiver --listen 127.0.0.1:18081 --media-ports 42000-42999
+//!   [--decode-rate 16000]
 //! ```
 
 use std::collections::HashMap;
@@ -38,6 +40,8 @@ struct Receiver {
 
 struct App {
     receiver: Receiver,
+    /// libopus output rate (Hz).
+    decode_rate: u32,
     config: PeerConfig,
     ports: Arc<PortPool>,
 }
@@ -62,8 +66,8 @@ async fn whip(State(app): State<Arc<App>>, offer: String) -> Response {
                 PeerEvent::Track(track) => {
                     let app = Arc::clone(&task_app);
                     tokio::spawn(async move {
-                        let mut decoder =
-                            opus::Decoder::new(48_000, opus::Channels::Mono).expect("a decoder");
+                        let mut decoder = opus::Decoder::new(app.decode_rate, opus::Channels::Mono)
+                            .expect("a decoder");
                         let mut pcm = vec![0i16; 5760];
                         while let Some(event) = track.poll().await {
                             match event {
@@ -123,6 +127,7 @@ async fn stats(State(app): State<Arc<App>>) -> axum::Json<serde_json::Value> {
 async fn main() -> anyhow::Result<()> {
     let mut listen: SocketAddr = "127.0.0.1:18081".parse()?;
     let (mut min, mut max) = (42_000u16, 42_999u16);
+    let mut decode_rate = 16_000;
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let value = it.next().with_context(|| format!("{flag} needs a value"))?;
@@ -132,11 +137,13 @@ async fn main() -> anyhow::Result<()> {
                 let (a, b) = value.split_once('-').context("--media-ports MIN-MAX")?;
                 (min, max) = (a.parse()?, b.parse()?);
             }
+            "--decode-rate" => decode_rate = value.parse()?,
             other => anyhow::bail!("unknown flag {other}"),
         }
     }
     let app = Arc::new(App {
         receiver: Receiver::default(),
+        decode_rate,
         // As the gateway's defaults: media on loopback.
         config: PeerConfig {
             ips: vec![IpAddr::V4(Ipv4Addr::LOCALHOST)],

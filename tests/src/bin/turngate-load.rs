@@ -92,6 +92,8 @@ fn args() -> anyhow::Result<Args> {
         }
     }
     anyhow::ensure!(!a.base.is_empty(), "--base is required");
+    // The CPU window runs from 1 s to 1 s before the end.
+    anyhow::ensure!(a.seconds >= 3, "--seconds must be at least 3");
     Ok(a)
 }
 
@@ -243,6 +245,7 @@ fn histogram_delta(before: &[(f64, u64)], after: &[(f64, u64)]) -> Value {
 /// every session's last turn ends at once, a burst no real load has.
 fn end_to_first_delta(clients: &[Arc<Client>], until: Instant) -> Value {
     let mut by_reason: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    let mut ended_by_reason: BTreeMap<String, u64> = BTreeMap::new();
     for client in clients {
         let events = client.inbox.stamped();
         let ended = events
@@ -250,6 +253,8 @@ fn end_to_first_delta(clients: &[Arc<Client>], until: Instant) -> Value {
             .filter(|(at, e)| e["type"] == "turn.ended" && *at < until);
         for (ended_at, ended) in ended {
             let turn = &ended["turn_id"];
+            let reason = ended["reason"].as_str().unwrap_or("?").to_owned();
+            *ended_by_reason.entry(reason).or_default() += 1;
             let first = events
                 .iter()
                 .find(|(_, e)| e["type"] == "response.delta" && e["turn_id"] == *turn);
@@ -261,11 +266,15 @@ fn end_to_first_delta(clients: &[Arc<Client>], until: Instant) -> Value {
         }
     }
     let round = |v: f64| (v * 100.0).round() / 100.0;
-    by_reason
+    ended_by_reason
         .into_iter()
-        .map(|(reason, mut ms)| {
+        .map(|(reason, ended)| {
+            let mut ms = by_reason.remove(&reason).unwrap_or_default();
             ms.sort_by(f64::total_cmp);
             let summary = json!({
+                "ended": ended,
+                // Of them, answered: a turn without speech, or whose backend failed,
+                // gets no response.delta.
                 "turns": ms.len(),
                 "p50": round(percentile(&ms, 50.0)),
                 "p90": round(percentile(&ms, 90.0)),
@@ -295,20 +304,30 @@ fn authorization(a: &Args, n: usize) -> Option<String> {
     }
 }
 
-/// One session's connect: the client, and how long from the offer to connected.
-async fn connect(gw: &Gateway, bearer: Option<String>) -> anyhow::Result<(Client, f64)> {
+/// One session's connect: the client, and milliseconds from its offer being posted to
+/// connected, and to the answer back (the WHIP exchange; the rest is ICE and DTLS). The
+/// client's own setup (its certificate, its offer, its ICE gathering) comes before and
+/// is not counted.
+async fn connect(gw: &Gateway, bearer: Option<String>) -> anyhow::Result<(Client, f64, f64)> {
     let headers: Vec<(&str, &str)> = bearer
         .iter()
         .map(|b| ("authorization", b.as_str()))
         .collect();
-    let started = Instant::now();
+    let (posted, answered) = (std::sync::OnceLock::new(), std::sync::OnceLock::new());
+    let (posted_at, answered_at, headers) = (&posted, &answered, &headers);
     let client = Client::connect_with(true, |offer| async move {
-        let (status, location, answer) = post_offer_with(gw, &offer, &headers).await?;
+        let _ = posted_at.set(Instant::now());
+        let (status, location, answer) = post_offer_with(gw, &offer, headers).await?;
+        let _ = answered_at.set(Instant::now());
         anyhow::ensure!(status == 201, "WHIP POST gave {status}: {answer}");
         Ok((answer, location.context("no Location")?))
     })
     .await?;
-    Ok((client, started.elapsed().as_secs_f64() * 1000.0))
+    let connected = Instant::now();
+    let posted = *posted.get().context("the offer was never posted")?;
+    let ms = |at: Instant| at.duration_since(posted).as_secs_f64() * 1000.0;
+    let answer_ms = answered.get().copied().map_or(0.0, ms);
+    Ok((client, ms(connected), answer_ms))
 }
 
 /// Sends `packets` in real time, looped to fill `seconds` and starting `offset`
@@ -366,27 +385,32 @@ async fn main() -> anyhow::Result<()> {
     let idle = a.pid.map(sample).transpose()?;
 
     // Connect, at most `connect_concurrency` offers at once.
-    let connected: Vec<anyhow::Result<(Client, f64)>> = futures_util::stream::iter(0..a.sessions)
-        .map(|n| {
-            let (gw, a) = (Arc::clone(&gw), Arc::clone(&a));
-            async move { connect(&gw, authorization(&a, n)).await }
-        })
-        .buffer_unordered(a.connect_concurrency)
-        .collect()
-        .await;
+    let connected: Vec<anyhow::Result<(Client, f64, f64)>> =
+        futures_util::stream::iter(0..a.sessions)
+            .map(|n| {
+                let (gw, a) = (Arc::clone(&gw), Arc::clone(&a));
+                // A task each: one client's setup does not hold up another's clock.
+                let task = tokio::spawn(async move { connect(&gw, authorization(&a, n)).await });
+                async move { task.await? }
+            })
+            .buffer_unordered(a.connect_concurrency)
+            .collect()
+            .await;
     let mut clients = Vec::new();
-    let mut connect_ms = Vec::new();
+    let (mut connect_ms, mut answer_ms) = (Vec::new(), Vec::new());
     let mut failed = Vec::new();
     for result in connected {
         match result {
-            Ok((client, ms)) => {
+            Ok((client, ms, answer)) => {
                 clients.push(client);
                 connect_ms.push(ms);
+                answer_ms.push(answer);
             }
             Err(e) => failed.push(e.to_string()),
         }
     }
     connect_ms.sort_by(f64::total_cmp);
+    answer_ms.sort_by(f64::total_cmp);
     // Session ids come in `session.ready` (turngate's); another receiver sends none.
     let mut ids = Vec::new();
     if a.check {
@@ -464,7 +488,17 @@ async fn main() -> anyhow::Result<()> {
         if let Ok(response) = gw.http.get(format!("{}/stats", gw.base)).send().await
             && let Ok(stats) = response.json::<Value>().await
         {
-            checked = json!({"frames_received": stats["packets"], "mismatched": []});
+            // Totals only (a baseline keeps no per-session count): every packet sent
+            // counted, and every packet counted decoded.
+            let total: u64 = sent.iter().sum();
+            let (packets, decoded) = (stats["packets"].as_u64(), stats["decoded"].as_u64());
+            let mismatched = if packets == Some(total) && decoded == packets {
+                vec![]
+            } else {
+                vec![json!({"sent": total, "received": packets, "decoded": decoded})]
+            };
+            checked =
+                json!({"frames_received": packets, "decoded": decoded, "mismatched": mismatched});
         }
     } else {
         let mut mismatched = Vec::new();
@@ -524,6 +558,11 @@ async fn main() -> anyhow::Result<()> {
                 "p90": round(percentile(&connect_ms, 90.0)),
                 "p99": round(percentile(&connect_ms, 99.0)),
                 "max": round(connect_ms.last().copied().unwrap_or(0.0)),
+            },
+            // Of which the WHIP exchange: the offer posted, the answer back.
+            "answer_ms": {
+                "p50": round(percentile(&answer_ms, 50.0)),
+                "p99": round(percentile(&answer_ms, 99.0)),
             },
             "packets_sent": sent.iter().sum::<u64>(),
             // Packets this generator sent more than 20 ms after their time (it was

@@ -345,8 +345,9 @@ impl Driver {
             ..
         } = peer;
         let connect_deadline = tokio::time::sleep_until(self.clock + self.config.connect_timeout);
-        // One timer for the engine's and the uploads' next deadline, moved only when the
-        // deadline moves: most wake-ups (an RTP packet every 20 ms) leave it where it is.
+        // One timer for the engine's and the uploads' next deadline, reset when the
+        // deadline moves (while idle the pre-roll deadline moves with every packet) rather
+        // than a new timer registered and dropped on every wake-up.
         let tick = tokio::time::sleep_until(self.clock);
         tokio::pin!(connect_deadline, tick);
         let mut armed = None;

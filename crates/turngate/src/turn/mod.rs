@@ -206,15 +206,16 @@ pub async fn own_session(
                 owners.insert(owner.id(), owner);
             }
             Downstream::Frame { frame, held } => {
-                if !held {
-                    let latency = shared.elapsed().saturating_sub(frame.at);
-                    services
-                        .metrics
-                        .frame_latency
-                        .observe([], latency.as_secs_f64());
-                }
+                let at = frame.at;
                 if let Some(owner) = frame.turn_id.and_then(|id| owners.get_mut(&id)) {
                     owner.push_frame(frame);
+                    if !held {
+                        let latency = shared.elapsed().saturating_sub(at);
+                        services
+                            .metrics
+                            .frame_latency
+                            .observe([], latency.as_secs_f64());
+                    }
                 }
             }
             Downstream::Blob(blob, held) => {
