@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rtc::ice::mdns::MulticastDnsMode;
+use rtc::peer_connection::certificate::{CertificateParams, RTCCertificate};
 use rtc::peer_connection::configuration::media_engine::MIME_TYPE_OPUS;
 use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodec, RTCRtpCodecParameters, RtpCodecKind};
 use tokio::sync::{mpsc, oneshot};
@@ -42,6 +43,39 @@ const ICE_MAX_BINDING_REQUESTS: u16 = 70;
 /// the poster's choosing. A browser offers a handful to a dozen (host candidates per
 /// interface and address family, server-reflexive, relay).
 pub const MAX_OFFER_CANDIDATES: usize = 24;
+
+/// How long the process presents one DTLS certificate before it makes a new one.
+const CERTIFICATE_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+
+/// The DTLS certificate (RFC 8827 §6.5) every peer connection of the process presents:
+/// an ECDSA P-256 key and self-signed certificate made on first use and renewed daily.
+/// Left to itself the stack makes a new key and certificate for every peer connection, a
+/// key generation and a signature on the path of every offer. The certificate only
+/// authenticates the DTLS handshake (whose ECDHE keys are new each time, so sessions
+/// keep forward secrecy) and its fingerprint travels in the answer; a server presents
+/// the same one to everyone, as a TLS server does.
+fn certificate() -> Result<RTCCertificate, MediaError> {
+    static CURRENT: Mutex<Option<(std::time::Instant, RTCCertificate)>> = Mutex::new(None);
+    let webrtc = |e: &dyn std::fmt::Display| MediaError::WebRtc(format!("DTLS certificate: {e}"));
+    let mut current = CURRENT
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some((made, certificate)) = current.as_ref()
+        && made.elapsed() < CERTIFICATE_LIFETIME
+    {
+        return Ok(certificate.clone());
+    }
+    let provider = rtc::crypto::default_provider().map_err(|e| webrtc(&e))?;
+    let params = CertificateParams::new(vec!["turngate".to_owned()]).map_err(|e| webrtc(&e))?;
+    let certificate = RTCCertificate::generate(
+        provider.crypto(),
+        rtc::crypto::SignatureScheme::EcdsaP256Sha256,
+        params,
+    )
+    .map_err(|e| webrtc(&e))?;
+    *current = Some((std::time::Instant::now(), certificate.clone()));
+    Ok(certificate)
+}
 
 /// Checks that an SDP offer is SDP, has audio the gateway can receive, and offers Opus.
 pub fn check_offer(sdp: &str) -> Result<(), MediaError> {
@@ -293,7 +327,11 @@ pub async fn answer(
             .map(|ip| SocketAddr::new(*ip, port.port()))
             .collect();
         let built = PeerConnectionBuilder::new()
-            .with_configuration(RTCConfigurationBuilder::new().build())
+            .with_configuration(
+                RTCConfigurationBuilder::new()
+                    .with_certificates(vec![certificate()?])
+                    .build(),
+            )
             .with_media_engine(media)
             .with_interceptor_registry(registry)
             .with_setting_engine(settings)
@@ -417,6 +455,14 @@ mod tests {
             let _ = check_offer(&lines.join("\r\n"));
             let _ = check_offer(&(OFFER.to_owned() + &lines.join("\r\n")));
         }
+    }
+
+    #[test]
+    fn every_peer_connection_presents_the_process_certificate() {
+        let pem = |c: RTCCertificate| c.serialize_pem().unwrap();
+        let first = pem(certificate().unwrap());
+        assert!(first.contains("CERTIFICATE"), "{first}");
+        assert_eq!(pem(certificate().unwrap()), first);
     }
 
     #[test]
