@@ -25,17 +25,17 @@ start_receiver() {
         --listen 127.0.0.1:$RECEIVER_PORT --media-ip 127.0.0.1 --media-ports 41000-41999 \
         --max-sessions 2000 --max-pending 2000 --max-pending-per-ip 2000 \
         --max-sessions-per-ip 2000 --sessions-per-minute-per-ip 1000000 \
-        2>>"$store/turngate.log" &
+        >>"$store/turngate.log" 2>&1 &
       ;;
     bare)
       RECEIVER_PORT=18081 RECEIVER_CHECK=(--no-check)
       "${pin[@]}" "$dir/turngate-bare-receiver" --listen 127.0.0.1:$RECEIVER_PORT \
-        --media-ports 42000-42999 2>>"$store/bare.log" &
+        --media-ports 42000-42999 >>"$store/bare.log" 2>&1 &
       ;;
     pion)
       RECEIVER_PORT=18082 RECEIVER_CHECK=(--no-check)
       "${pin[@]}" "$dir/pion-receiver" --listen 127.0.0.1:$RECEIVER_PORT \
-        --port-min 43000 --port-max 43999 2>>"$store/pion.log" &
+        --port-min 43000 --port-max 43999 >>"$store/pion.log" 2>&1 &
       ;;
     *) echo "unknown receiver: $name" >&2; return 1 ;;
   esac

@@ -815,7 +815,9 @@ impl Client {
             self.track.write_rtp(packet).await?;
             self.rtp.lock().unwrap().0 += 1;
             if !pace.is_zero() {
-                // Taken once the stack has the packet: a full send queue shows here.
+                // Taken once the stack has the packet: its send queue (256 packets)
+                // shows here only once full; lag inside it shows as packets that land
+                // after the run (the counters are read 500 ms after the last send).
                 let behind = due.elapsed();
                 let mut late = self.late.lock().unwrap();
                 late.0 += u64::from(behind > Duration::from_millis(20));

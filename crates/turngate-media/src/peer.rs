@@ -31,17 +31,23 @@ const GATHER_TIMEOUT: Duration = Duration::from_secs(5);
 const PEER_EVENT_QUEUE: usize = 32;
 
 /// ICE connectivity checks while connecting: one every 20 ms, 70 per candidate pair, so
-/// a pair is still tried for 1.4 s as with the stack's defaults (200 ms × 7). The
+/// a pair is still tried for about 1.4 s as with the stack's defaults (200 ms × 7). The
 /// stack's 200 ms interval was where the offer-to-connected time went: about 210 ms on
 /// loopback, one check interval, where Pion connects in 5–20 ms (measured with
-/// `scripts/bench-capacity`).
+/// `scripts/bench-capacity`). The stack checks every pair on each tick, so with more
+/// pairs the interval widens to keep [`ICE_PACING`] between checks ([`check_pacing`]).
 const ICE_CHECK_INTERVAL: Duration = Duration::from_millis(20);
-const ICE_MAX_BINDING_REQUESTS: u16 = 70;
-/// Most UDP ICE candidates an offer may carry. The gateway sends connectivity checks
-/// to every address an offer names (up to [`ICE_MAX_BINDING_REQUESTS`] per pair, 50 a
-/// second), so the count bounds what one offer can make it send towards addresses of
-/// the poster's choosing. A browser offers a handful to a dozen (host candidates per
-/// interface and address family, server-reflexive, relay).
+/// How long a pair is tried.
+const ICE_CHECK_SPAN: Duration = Duration::from_millis(1400);
+/// Least time between two connectivity checks of one agent (RFC 8445 §14.2: Ta ≥ 5 ms).
+const ICE_PACING: Duration = Duration::from_millis(5);
+/// Most remote ICE candidates an offer may carry: distinct addresses and ports, not
+/// counting TCP ones (never paired: the gateway listens on UDP only) or mDNS `.local`
+/// names (not resolved). The gateway sends connectivity checks to every address an
+/// offer names, so the count bounds what one offer can make it send towards addresses
+/// of the poster's choosing. A browser offers a handful to a dozen distinct ones (host
+/// candidates per interface and address family, server-reflexive, relay), repeated per
+/// media section.
 pub const MAX_OFFER_CANDIDATES: usize = 24;
 
 /// How long the process presents one DTLS certificate before it makes a new one.
@@ -60,13 +66,25 @@ fn certificate() -> Result<RTCCertificate, MediaError> {
     let mut current = CURRENT
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
+    // Renewed by age, or sooner if the wall clock comes within an hour of its expiry
+    // (which the stack checks on every connection).
+    let fresh = |c: &RTCCertificate| {
+        c.expires
+            .duration_since(std::time::SystemTime::now())
+            .is_ok_and(|left| left > Duration::from_secs(3600))
+    };
     if let Some((made, certificate)) = current.as_ref()
         && made.elapsed() < CERTIFICATE_LIFETIME
+        && fresh(certificate)
     {
         return Ok(certificate.clone());
     }
     let provider = rtc::crypto::default_provider().map_err(|e| webrtc(&e))?;
-    let params = CertificateParams::new(vec!["turngate".to_owned()]).map_err(|e| webrtc(&e))?;
+    // A random name, as the stack gives its own: the certificate travels in the clear
+    // (DTLS 1.2) and need not name the software.
+    let name =
+        rand::distr::SampleString::sample_string(&rand::distr::Alphanumeric, &mut rand::rng(), 16);
+    let params = CertificateParams::new(vec![name]).map_err(|e| webrtc(&e))?;
     let certificate = RTCCertificate::generate(
         provider.crypto(),
         rtc::crypto::SignatureScheme::EcdsaP256Sha256,
@@ -77,23 +95,39 @@ fn certificate() -> Result<RTCCertificate, MediaError> {
     Ok(certificate)
 }
 
-/// Checks that an SDP offer is SDP, has audio the gateway can receive, and offers Opus.
-pub fn check_offer(sdp: &str) -> Result<(), MediaError> {
+/// The interval between connectivity-check rounds and the checks per pair, for
+/// `pairs` candidate pairs: [`ICE_CHECK_INTERVAL`], widened so that checks are at
+/// least [`ICE_PACING`] apart, and as many as fit in [`ICE_CHECK_SPAN`].
+fn check_pacing(pairs: usize) -> (Duration, u16) {
+    let interval = ICE_CHECK_INTERVAL.max(ICE_PACING * pairs.max(1) as u32);
+    let checks = (ICE_CHECK_SPAN.as_millis() / interval.as_millis()).max(1);
+    (interval, checks.min(u128::from(u16::MAX)) as u16)
+}
+
+/// Checks that an SDP offer is SDP, has audio the gateway can receive, offers Opus and
+/// names at most [`MAX_OFFER_CANDIDATES`] remote candidates; returns how many it names.
+pub fn check_offer(sdp: &str) -> Result<usize, MediaError> {
     let parsed = rtc::sdp::SessionDescription::try_from(sdp.to_owned())
         .map_err(|e| MediaError::InvalidSdp(e.to_string()))?;
-    let candidates = parsed
+    // As the stack reads them: any transport but TCP is taken for UDP; duplicates
+    // (the same candidate in each media section) are one.
+    let candidates: BTreeSet<(String, String)> = parsed
         .attributes
         .iter()
         .chain(parsed.media_descriptions.iter().flat_map(|m| &m.attributes))
         .filter(|a| a.key == "candidate")
-        .filter(|a| {
-            let transport = a.value.as_deref().and_then(|v| v.split_whitespace().nth(2));
-            transport.is_some_and(|t| t.eq_ignore_ascii_case("udp"))
+        .filter_map(|a| {
+            let fields: Vec<&str> = a.value.as_deref()?.split_whitespace().collect();
+            let (transport, address, port) = (fields.get(2)?, fields.get(4)?, fields.get(5)?);
+            let tcp = transport.to_ascii_lowercase().starts_with("tcp");
+            let mdns = address.to_ascii_lowercase().ends_with(".local");
+            (!tcp && !mdns).then(|| (address.to_ascii_lowercase(), (*port).to_owned()))
         })
-        .count();
-    if candidates > MAX_OFFER_CANDIDATES {
+        .collect();
+    if candidates.len() > MAX_OFFER_CANDIDATES {
         return Err(MediaError::InvalidSdp(format!(
-            "the offer carries {candidates} UDP ICE candidates; at most {MAX_OFFER_CANDIDATES} are taken"
+            "the offer names {} ICE candidate addresses; at most {MAX_OFFER_CANDIDATES} are taken",
+            candidates.len()
         )));
     }
     let audio: Vec<_> = parsed
@@ -132,7 +166,7 @@ pub fn check_offer(sdp: &str) -> Result<(), MediaError> {
     if !offers_opus {
         return Err(MediaError::UnsupportedCodec);
     }
-    Ok(())
+    Ok(candidates.len())
 }
 
 /// Ports of the media range not currently leased.
@@ -287,7 +321,9 @@ pub async fn answer(
     ports: &Arc<PortPool>,
     offer: String,
 ) -> Result<AnsweredPeer, MediaError> {
-    check_offer(&offer)?;
+    let candidates = check_offer(&offer)?;
+    // One local candidate per media address.
+    let (check_interval, checks) = check_pacing(candidates * config.ips.len());
     let offer =
         RTCSessionDescription::offer(offer).map_err(|e| MediaError::InvalidSdp(e.to_string()))?;
     let webrtc = |e: webrtc::error::Error| MediaError::WebRtc(e.to_string());
@@ -313,7 +349,7 @@ pub async fn answer(
                 Some(config.ice_failed),
                 Some(Duration::from_secs(2)),
             )
-            .with_ice_connection_attempts(Some(ICE_CHECK_INTERVAL), Some(ICE_MAX_BINDING_REQUESTS))
+            .with_ice_connection_attempts(Some(check_interval), Some(checks))
             .build();
         let (events_tx, events) = mpsc::channel(PEER_EVENT_QUEUE);
         let (gathered_tx, gathered) = oneshot::channel();
@@ -429,12 +465,39 @@ mod tests {
         let two_tracks = OFFER.to_owned()
             + "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=sendonly\r\na=rtpmap:111 opus/48000/2\r\n";
         assert_eq!(code(&two_tracks), InvalidSdp);
-        let candidate =
-            |n: usize| format!("a=candidate:{n} 1 udp 2130706431 192.0.2.{n} 9 typ host\r\n");
-        let within: String = (1..=MAX_OFFER_CANDIDATES).map(candidate).collect();
-        assert!(check_offer(&(OFFER.to_owned() + &within)).is_ok());
-        let over = within + &candidate(MAX_OFFER_CANDIDATES + 1);
-        assert_eq!(code(&(OFFER.to_owned() + &over)), InvalidSdp);
+    }
+
+    #[test]
+    fn offers_name_at_most_so_many_candidate_addresses() {
+        use turngate_core::ErrorCode::InvalidSdp;
+        let candidate = |n: usize, transport: &str| {
+            format!("a=candidate:{n} 1 {transport} 2130706431 192.0.2.{n} 9 typ host\r\n")
+        };
+        let within: String = (1..=MAX_OFFER_CANDIDATES)
+            .map(|n| candidate(n, "udp"))
+            .collect();
+        // The same candidates again (a second media section repeats them), TCP ones
+        // and mDNS names do not count.
+        let repeated = within.clone()
+            + &within
+            + &candidate(99, "tcp")
+            + "a=candidate:7 1 udp 1 abcd.local 9 typ host\r\n";
+        assert_eq!(
+            check_offer(&(OFFER.to_owned() + &repeated)).unwrap(),
+            MAX_OFFER_CANDIDATES
+        );
+        // The stack takes any transport but TCP for UDP: "udpx" counts.
+        for transport in ["udp", "UDP", "udpx"] {
+            let over = within.clone() + &candidate(MAX_OFFER_CANDIDATES + 1, transport);
+            assert_eq!(code(&(OFFER.to_owned() + &over)), InvalidSdp, "{transport}");
+        }
+    }
+
+    #[test]
+    fn checks_stay_5_ms_apart_however_many_pairs() {
+        assert_eq!(check_pacing(0), (Duration::from_millis(20), 70));
+        assert_eq!(check_pacing(4), (Duration::from_millis(20), 70));
+        assert_eq!(check_pacing(24), (Duration::from_millis(120), 11));
     }
 
     proptest::proptest! {

@@ -17,6 +17,12 @@
 //! what it sent. Any other receiver that answers WHIP at `/v1/whip` works too (with
 //! `--no-check`: its packet count is read from `GET /stats` if it has one).
 //!
+//! Offers go `--connect-concurrency` at a time from one address: against a gateway on
+//! its defaults (`sessions.max_pending_per_ip = 8`) use 8, or raise its limits as the
+//! bench scripts do. With `--turn-ms`, each turn's audio is paced from its own start,
+//! after its `turn.start` and image upload: the gaps those take stretch the session a
+//! little beyond real time.
+//!
 //! ```text
 //! turngate-load --base http://127.0.0.1:8080 [--sessions 20]
 //!   [--seconds 30] [--ogg FILE | --wav NAME] [--connect-concurrency 50] [--pid PID]
@@ -511,10 +517,12 @@ async fn main() -> anyhow::Result<()> {
             let session: Value = request.send().await?.error_for_status()?.json().await?;
             let counters = &session["counters"];
             let received = counters["frames_received"].as_u64().unwrap_or(0);
-            // Received, but dropped before the turn engine (its queue was full).
+            // Received, but dropped before the turn engine (its queue was full) or
+            // refused by the decoder.
             let dropped = counters["frames_dropped_backpressure"]
                 .as_u64()
-                .unwrap_or(0);
+                .unwrap_or(0)
+                + counters["frames_undecodable"].as_u64().unwrap_or(0);
             received_total += received;
             dropped_total += dropped;
             if received != *sent || dropped > 0 {
