@@ -1,5 +1,6 @@
-# Starting the receivers a capacity run compares, for scripts/bench-capacity and
-# scripts/bench-ramp (sourced, inside their loopback-only network namespace).
+# Starting the receivers a capacity run compares, for scripts/bench-capacity,
+# scripts/bench-ramp and scripts/bench-latency (sourced; called inside their
+# loopback-only network namespace; the caller's environment reaches the receiver).
 #
 #   start_receiver NAME DIR STORE [CPUS]
 #

@@ -415,23 +415,21 @@ pub fn encode_opus_frames(rate: u32, pcm: &[i16], frame_ms: usize) -> anyhow::Re
 /// Data-channel messages a client received.
 #[derive(Clone, Default)]
 pub struct Inbox {
-    events: Arc<Mutex<Vec<Value>>>,
-    /// When each event arrived, in the same order.
-    received: Arc<Mutex<Vec<Instant>>>,
+    /// Each event with when it arrived.
+    events: Arc<Mutex<Vec<(Instant, Value)>>>,
     notify: Arc<Notify>,
 }
 
 impl Inbox {
     /// All events so far.
     pub fn all(&self) -> Vec<Value> {
-        self.events.lock().unwrap().clone()
+        let events = self.events.lock().unwrap();
+        events.iter().map(|(_, event)| event.clone()).collect()
     }
 
     /// All events so far, each with when the client received it.
     pub fn stamped(&self) -> Vec<(Instant, Value)> {
-        let events = self.events.lock().unwrap().clone();
-        let received = self.received.lock().unwrap().clone();
-        received.into_iter().zip(events).collect()
+        self.events.lock().unwrap().clone()
     }
 
     /// Events of one type.
@@ -466,10 +464,7 @@ impl Inbox {
     }
 
     fn push(&self, event: Value) {
-        let mut events = self.events.lock().unwrap();
-        self.received.lock().unwrap().push(Instant::now());
-        events.push(event);
-        drop(events);
+        self.events.lock().unwrap().push((Instant::now(), event));
         self.notify.notify_waiters();
     }
 }

@@ -569,6 +569,17 @@ async fn session_creation_is_limited_per_subject_without_touching_others() -> an
     Ok(())
 }
 
+/// The status of `GET /v1/sessions` with only `cookie` (a `name=value` pair).
+async fn sessions_status(gw: &Gateway, cookie: &str) -> anyhow::Result<u16> {
+    let response = gw
+        .http
+        .get(format!("{}/v1/sessions", gw.base))
+        .header("cookie", cookie)
+        .send()
+        .await?;
+    Ok(response.status().as_u16())
+}
+
 #[tokio::test]
 async fn the_login_form_sets_an_http_only_strict_cookie_that_reads_sessions() -> anyhow::Result<()>
 {
@@ -613,43 +624,20 @@ async fn the_login_form_sets_an_http_only_strict_cookie_that_reads_sessions() ->
     }
     assert!(!cookie.contains("Secure"), "loopback: {cookie}");
     let pair = cookie.split(';').next().unwrap();
-    let read = gw
-        .http
-        .get(format!("{}/v1/sessions", gw.base))
-        .header("cookie", pair)
-        .send()
-        .await?;
-    assert_eq!(read.status().as_u16(), 200);
+    assert_eq!(sessions_status(&gw, pair).await?, 200);
     // The cookie is a session, not the credential: a cookie reaching another service
     // on this host (browsers do not keep cookies apart by port) does not carry it.
     assert!(!pair.contains(ADMIN), "{pair}");
     // Another node with the same keys takes the session.
     let other = gateway().await?;
-    let read = other
-        .http
-        .get(format!("{}/v1/sessions", other.base))
-        .header("cookie", pair)
-        .send()
-        .await?;
-    assert_eq!(read.status().as_u16(), 200);
+    assert_eq!(sessions_status(&other, pair).await?, 200);
     // The credential itself in the cookie, or a client token, is no session.
     let client = hs256(&claims("ops", json!({"scope": "admin"})));
     for value in [ADMIN.to_owned(), client] {
-        let refused = gw
-            .http
-            .get(format!("{}/v1/sessions", gw.base))
-            .header("cookie", format!("turngate_admin={value}"))
-            .send()
-            .await?;
-        assert_eq!(refused.status().as_u16(), 401, "{value}");
+        let cookie = format!("turngate_admin={value}");
+        assert_eq!(sessions_status(&gw, &cookie).await?, 401, "{value}");
     }
-    let forged = gw
-        .http
-        .get(format!("{}/v1/sessions", gw.base))
-        .header("cookie", "turngate_admin=guess")
-        .send()
-        .await?;
-    assert_eq!(forged.status().as_u16(), 401);
+    assert_eq!(sessions_status(&gw, "turngate_admin=guess").await?, 401);
     // Signing out ends the session: the same cookie, replayed, is refused.
     let out = browser
         .post(format!("{}/logout", gw.base))
@@ -657,13 +645,7 @@ async fn the_login_form_sets_an_http_only_strict_cookie_that_reads_sessions() ->
         .send()
         .await?;
     assert_eq!(out.status().as_u16(), 204);
-    let replayed = gw
-        .http
-        .get(format!("{}/v1/sessions", gw.base))
-        .header("cookie", pair)
-        .send()
-        .await?;
-    assert_eq!(replayed.status().as_u16(), 401);
+    assert_eq!(sessions_status(&gw, pair).await?, 401);
     Ok(())
 }
 

@@ -10,6 +10,7 @@ use std::ops::RangeInclusive;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use rtc::ice::candidate::unmarshal_candidate;
 use rtc::ice::mdns::MulticastDnsMode;
 use rtc::peer_connection::certificate::{CertificateParams, RTCCertificate};
 use rtc::peer_connection::configuration::media_engine::MIME_TYPE_OPUS;
@@ -109,20 +110,17 @@ fn check_pacing(pairs: usize) -> (Duration, u16) {
 pub fn check_offer(sdp: &str) -> Result<usize, MediaError> {
     let parsed = rtc::sdp::SessionDescription::try_from(sdp.to_owned())
         .map_err(|e| MediaError::InvalidSdp(e.to_string()))?;
-    // As the stack reads them: any transport but TCP is taken for UDP; duplicates
-    // (the same candidate in each media section) are one.
-    let candidates: BTreeSet<(String, String)> = parsed
+    // Read by the stack's own parser, as it will read them to pair them: only UDP
+    // candidates are paired, mDNS names are dropped (mDNS is off), and a candidate
+    // repeated in each media section is one.
+    let candidates: BTreeSet<(String, u16)> = parsed
         .attributes
         .iter()
         .chain(parsed.media_descriptions.iter().flat_map(|m| &m.attributes))
         .filter(|a| a.key == "candidate")
-        .filter_map(|a| {
-            let fields: Vec<&str> = a.value.as_deref()?.split_whitespace().collect();
-            let (transport, address, port) = (fields.get(2)?, fields.get(4)?, fields.get(5)?);
-            let tcp = transport.to_ascii_lowercase().starts_with("tcp");
-            let mdns = address.to_ascii_lowercase().ends_with(".local");
-            (!tcp && !mdns).then(|| (address.to_ascii_lowercase(), (*port).to_owned()))
-        })
+        .filter_map(|a| unmarshal_candidate(a.value.as_deref()?).ok())
+        .filter(|c| c.network_type().is_udp() && !c.address().ends_with(".local"))
+        .map(|c| (c.address().to_ascii_lowercase(), c.port()))
         .collect();
     if candidates.len() > MAX_OFFER_CANDIDATES {
         return Err(MediaError::InvalidSdp(format!(

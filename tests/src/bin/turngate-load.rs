@@ -7,7 +7,8 @@
 //! `audio.received.ogg`, or `opusenc` output), or are encoded once, before, from a WAV
 //! fixture.
 //!
-//! Prints one JSON object: offer-to-connected percentiles as the client saw them,
+//! Prints one JSON object: whether the run was `lossless` and `real_time` (the verdicts
+//! the bench scripts go by), offer-to-connected percentiles as the client saw them,
 //! packets sent, the events each session received, the kernel's UDP receive errors
 //! during the run, the receiver's CPU and RSS (with `--pid`), the gateway's per-frame
 //! latency over the run (from its `turngate_frame_latency_seconds` histogram), the
@@ -164,31 +165,45 @@ fn udp_errors() -> anyhow::Result<(u64, u64)> {
     Ok((field("RcvbufErrors"), field("InErrors")))
 }
 
-/// The `p`-th percentile of sorted `values` (nearest rank).
+/// The `p`-th percentile of sorted, non-empty `values` (nearest rank).
 fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
     let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
+/// p50, p90, p99 and the maximum of `values` (milliseconds), to 0.01; nulls when
+/// there are none.
+fn percentiles(mut values: Vec<f64>) -> Value {
+    if values.is_empty() {
+        return json!({"p50": null, "p90": null, "p99": null, "max": null});
+    }
+    values.sort_by(f64::total_cmp);
+    let round = |v: f64| (v * 100.0).round() / 100.0;
+    json!({
+        "p50": round(percentile(&values, 50.0)),
+        "p90": round(percentile(&values, 90.0)),
+        "p99": round(percentile(&values, 99.0)),
+        "max": round(values[values.len() - 1]),
+    })
+}
+
 /// The cumulative buckets of a Prometheus histogram on the receiver's `/metrics`, as
-/// (upper bound in seconds, count) with `+Inf` last; `None` where the receiver has no
-/// such histogram (a baseline).
-async fn histogram(gw: &Gateway, name: &str) -> Option<Vec<(f64, u64)>> {
-    let text = gw
-        .http
-        .get(format!("{}/metrics", gw.base))
-        .send()
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
+/// (upper bound in seconds, count) with `+Inf` last; none before its first observation,
+/// or where the receiver has no such histogram (a baseline).
+async fn histogram(gw: &Gateway, name: &str) -> Vec<(f64, u64)> {
+    let text = async {
+        gw.http
+            .get(format!("{}/metrics", gw.base))
+            .send()
+            .await?
+            .text()
+            .await
+    };
+    let Ok(text) = text.await else {
+        return Vec::new();
+    };
     let prefix = format!("{name}_bucket{{le=\"");
-    let buckets: Vec<(f64, u64)> = text
-        .lines()
+    text.lines()
         .filter_map(|line| {
             let (le, count) = line.strip_prefix(&prefix)?.split_once("\"} ")?;
             let le = if le == "+Inf" {
@@ -198,8 +213,7 @@ async fn histogram(gw: &Gateway, name: &str) -> Option<Vec<(f64, u64)>> {
             };
             Some((le, count.trim().parse().ok()?))
         })
-        .collect();
-    (!buckets.is_empty()).then_some(buckets)
+        .collect()
 }
 
 /// The frames a histogram observed between two reads, and for each percentile asked
@@ -250,43 +264,34 @@ fn histogram_delta(before: &[(f64, u64)], after: &[(f64, u64)]) -> Value {
 /// while every session was still streaming count: when the streams stop together,
 /// every session's last turn ends at once, a burst no real load has.
 fn end_to_first_delta(clients: &[Arc<Client>], until: Instant) -> Value {
-    let mut by_reason: BTreeMap<String, Vec<f64>> = BTreeMap::new();
-    let mut ended_by_reason: BTreeMap<String, u64> = BTreeMap::new();
+    // By end reason: the turns that ended, and for those answered the milliseconds.
+    let mut by_reason: BTreeMap<String, (u64, Vec<f64>)> = BTreeMap::new();
     for client in clients {
         let events = client.inbox.stamped();
         let ended = events
             .iter()
             .filter(|(at, e)| e["type"] == "turn.ended" && *at < until);
         for (ended_at, ended) in ended {
-            let turn = &ended["turn_id"];
             let reason = ended["reason"].as_str().unwrap_or("?").to_owned();
-            *ended_by_reason.entry(reason).or_default() += 1;
+            let (count, ms) = by_reason.entry(reason).or_default();
+            *count += 1;
             let first = events
                 .iter()
-                .find(|(_, e)| e["type"] == "response.delta" && e["turn_id"] == *turn);
+                .find(|(_, e)| e["type"] == "response.delta" && e["turn_id"] == ended["turn_id"]);
             if let Some((delta_at, _)) = first {
-                let ms = delta_at.saturating_duration_since(*ended_at).as_secs_f64() * 1000.0;
-                let reason = ended["reason"].as_str().unwrap_or("?").to_owned();
-                by_reason.entry(reason).or_default().push(ms);
+                ms.push(delta_at.saturating_duration_since(*ended_at).as_secs_f64() * 1000.0);
             }
         }
     }
-    let round = |v: f64| (v * 100.0).round() / 100.0;
-    ended_by_reason
+    by_reason
         .into_iter()
-        .map(|(reason, ended)| {
-            let mut ms = by_reason.remove(&reason).unwrap_or_default();
-            ms.sort_by(f64::total_cmp);
-            let summary = json!({
-                "ended": ended,
-                // Of them, answered: a turn without speech, or whose backend failed,
-                // gets no response.delta.
-                "turns": ms.len(),
-                "p50": round(percentile(&ms, 50.0)),
-                "p90": round(percentile(&ms, 90.0)),
-                "p99": round(percentile(&ms, 99.0)),
-                "max": round(ms.last().copied().unwrap_or(0.0)),
-            });
+        .map(|(reason, (ended, ms))| {
+            // Of the turns ended, those answered: a turn without speech, or whose
+            // backend failed, gets no response.delta.
+            let answered = ms.len();
+            let mut summary = percentiles(ms);
+            summary["ended"] = json!(ended);
+            summary["turns"] = json!(answered);
             (reason, summary)
         })
         .collect::<serde_json::Map<String, Value>>()
@@ -415,8 +420,6 @@ async fn main() -> anyhow::Result<()> {
             Err(e) => failed.push(e.to_string()),
         }
     }
-    connect_ms.sort_by(f64::total_cmp);
-    answer_ms.sort_by(f64::total_cmp);
     // Session ids come in `session.ready` (turngate's); another receiver sends none.
     let mut ids = Vec::new();
     if a.check {
@@ -460,6 +463,7 @@ async fn main() -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_secs(a.seconds.saturating_sub(2).max(1))).await;
     let window_end = (a.pid.map(sample).transpose()?, Instant::now());
     let own_cpu = sample(std::process::id())?.0 - own_start;
+    let window_s = window_end.1.duration_since(window_start.1).as_secs_f64();
     // Every session still streams until then (the last starts 20 ms after the first).
     let streaming_until = window_end.1;
     for task in tasks {
@@ -475,10 +479,11 @@ async fn main() -> anyhow::Result<()> {
     // Let the last packets land before the counters are read.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let udp_after = udp_errors()?;
-    let frame_latency = match (latency_before, histogram(&gw, FRAME_LATENCY).await) {
-        (Some(before), Some(after)) => histogram_delta(&before, &after),
-        (None, Some(after)) => histogram_delta(&[], &after),
-        _ => json!(null),
+    let latency_after = histogram(&gw, FRAME_LATENCY).await;
+    let frame_latency = if latency_after.is_empty() {
+        json!(null)
+    } else {
+        histogram_delta(&latency_before, &latency_after)
     };
 
     let mut events: BTreeMap<String, u64> = BTreeMap::new();
@@ -508,7 +513,7 @@ async fn main() -> anyhow::Result<()> {
         }
     } else {
         let mut mismatched = Vec::new();
-        let (mut received_total, mut dropped_total) = (0, 0);
+        let (mut received_total, mut dropped_total, mut undecodable_total) = (0, 0, 0);
         for (id, sent) in ids.iter().zip(&sent) {
             let mut request = gw.http.get(format!("{}/v1/sessions/{id}", gw.base));
             if let Some(token) = &a.admin_token {
@@ -519,19 +524,23 @@ async fn main() -> anyhow::Result<()> {
             let received = counters["frames_received"].as_u64().unwrap_or(0);
             // Received, but dropped before the turn engine (its queue was full) or
             // refused by the decoder.
-            let dropped = counters["frames_dropped_backpressure"]
-                .as_u64()
-                .unwrap_or(0)
-                + counters["frames_undecodable"].as_u64().unwrap_or(0);
+            let count = |name: &str| counters[name].as_u64().unwrap_or(0);
+            let (dropped, undecodable) = (
+                count("frames_dropped_backpressure"),
+                count("frames_undecodable"),
+            );
             received_total += received;
             dropped_total += dropped;
-            if received != *sent || dropped > 0 {
-                mismatched.push(json!({"session_id": id, "sent": sent, "received": received, "dropped": dropped}));
+            undecodable_total += undecodable;
+            if received != *sent || dropped > 0 || undecodable > 0 {
+                mismatched.push(json!({"session_id": id, "sent": sent, "received": received,
+                    "dropped": dropped, "undecodable": undecodable}));
             }
         }
         checked = json!({
             "frames_received": received_total,
             "frames_dropped_backpressure": dropped_total,
+            "frames_undecodable": undecodable_total,
             "mismatched": mismatched,
         });
     }
@@ -540,11 +549,10 @@ async fn main() -> anyhow::Result<()> {
     }
     let cpu = match window_start.0.zip(window_end.0) {
         Some(((cpu0, _), (cpu1, rss))) => {
-            let wall = window_end.1.duration_since(window_start.1).as_secs_f64();
-            let millicores = (cpu1 - cpu0) / wall * 1000.0;
+            let millicores = (cpu1 - cpu0) / window_s * 1000.0;
             let n = clients.len().max(1) as f64;
             json!({
-                "window_s": (wall * 10.0).round() / 10.0,
+                "window_s": (window_s * 10.0).round() / 10.0,
                 "millicores": (millicores * 10.0).round() / 10.0,
                 "millicores_per_session": (millicores / n * 100.0).round() / 100.0,
                 "rss_kib_idle": idle.map(|i| i.1),
@@ -555,38 +563,40 @@ async fn main() -> anyhow::Result<()> {
         None => json!(null),
     };
     let round = |v: f64| (v * 10.0).round() / 10.0;
+    let sent_total: u64 = sent.iter().sum();
+    let udp = (udp_after.0 - udp_before.0, udp_after.1 - udp_before.1);
+    // Nothing lost: every session connected, every packet sent counted by the receiver
+    // (and none dropped or refused after), none dropped by the kernel.
+    let lossless = failed.is_empty()
+        && checked["mismatched"].as_array().is_some_and(Vec::is_empty)
+        && checked["frames_received"].as_u64() == Some(sent_total)
+        && udp == (0, 0);
+    // The load offered was real time: at most 1 % of packets sent over 20 ms late.
+    let real_time = late.0 * 100 <= sent_total;
     println!(
         "{}",
         json!({
             "sessions": a.sessions,
             "connected": clients.len(),
             "connect_failures": failed,
-            "connect_ms": {
-                "p50": round(percentile(&connect_ms, 50.0)),
-                "p90": round(percentile(&connect_ms, 90.0)),
-                "p99": round(percentile(&connect_ms, 99.0)),
-                "max": round(connect_ms.last().copied().unwrap_or(0.0)),
-            },
+            "connect_ms": percentiles(connect_ms),
             // Of which the WHIP exchange: the offer posted, the answer back.
-            "answer_ms": {
-                "p50": round(percentile(&answer_ms, 50.0)),
-                "p99": round(percentile(&answer_ms, 99.0)),
-            },
-            "packets_sent": sent.iter().sum::<u64>(),
+            "answer_ms": percentiles(answer_ms),
+            "lossless": lossless,
+            "real_time": real_time,
+            "packets_sent": sent_total,
             // Packets this generator sent more than 20 ms after their time (it was
             // short of CPU: the run no longer offers real-time load), and the worst.
             "packets_sent_late": late.0,
             "max_send_lateness_ms": round(late.1.as_secs_f64() * 1000.0),
             "counters": checked,
             "events": events,
-            "udp_rcvbuf_errors": udp_after.0 - udp_before.0,
-            "udp_in_errors": udp_after.1 - udp_before.1,
+            "udp_rcvbuf_errors": udp.0,
+            "udp_in_errors": udp.1,
             "receiver": cpu,
             // Its own CPU over the same window: a load generator near a full core
             // paces late, and the figures above no longer hold.
-            "load_generator_millicores": round(
-                own_cpu / window_end.1.duration_since(window_start.1).as_secs_f64() * 1000.0
-            ),
+            "load_generator_millicores": round(own_cpu / window_s * 1000.0),
             "frame_latency": frame_latency,
             "turn_end_to_first_delta_ms": end_to_first_delta(&clients, streaming_until),
         })
